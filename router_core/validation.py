@@ -1,0 +1,151 @@
+"""Row-level validation of a dataset: every bad row goes to the rejects table with a reason."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from . import schemas
+from .dataset import OUTCOMES_FILE, QUERIES_FILE, Dataset
+
+
+@dataclass
+class ValidationResult:
+    """The clean dataset, the rejected rows and the counts that reconcile them."""
+
+    dataset: Dataset
+    rejects: pa.Table
+    counts: dict[str, int]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.rejects.num_rows == 0
+
+    def reconciles(self) -> bool:
+        c = self.counts
+        return (
+            c["queries_in"] == c["queries_ok"] + c["queries_rejected"]
+            and c["outcomes_in"] == c["outcomes_ok"] + c["outcomes_rejected"]
+        )
+
+
+def _is_blank(s: str | None) -> bool:
+    return s is None or not s.strip()
+
+
+def validate(
+    ds: Dataset, queries_source: str = QUERIES_FILE, outcomes_source: str = OUTCOMES_FILE
+) -> ValidationResult:
+    """Split ``ds`` into accepted rows and rejects. Tables must already be conformed."""
+    rejects: list[dict] = []
+
+    # -- queries ----------------------------------------------------------------------------
+    q = ds.queries
+    qids = q.column("query_id").to_pylist()
+    texts = q.column("text").to_pylist()
+    splits = q.column("split").to_pylist()
+    first_row: dict[str, int] = {}
+    keep_q = []
+    rejected_qids: dict[str, str] = {}
+    for i, (qid, text, split) in enumerate(zip(qids, texts, splits)):
+        reason = column = None
+        if _is_blank(qid):
+            reason, column = "query_id is null or empty", "query_id"
+        elif qid in first_row:
+            reason, column = f"duplicate query_id (first at row {first_row[qid]})", "query_id"
+        elif text is None:
+            reason, column = "text is null", "text"
+        elif not text.strip():
+            reason, column = "text is empty or whitespace only", "text"
+        elif split is not None and split not in schemas.SPLITS:
+            reason, column = f"split {split!r} is not one of {', '.join(schemas.SPLITS)}", "split"
+        if qid is not None and qid not in first_row and not _is_blank(qid):
+            first_row[qid] = i
+        if reason is None:
+            keep_q.append(i)
+        else:
+            if qid is not None and column != "query_id":  # the id itself is fine, its row is not
+                rejected_qids.setdefault(qid, reason)
+            rejects.append(dict(source=queries_source, row=i, query_id=qid, column=column, reason=reason))
+    accepted_qids = {qids[i] for i in keep_q}
+
+    # -- outcomes ---------------------------------------------------------------------------
+    o = ds.outcomes
+    pool_names = set(ds.pool.names)
+    seen_pair: dict[tuple[str, str], int] = {}
+    keep_o = []
+    cols = [o.column(c).to_pylist() for c in ("query_id", "model", "score", "cost_usd", "output_tokens")]
+    for i, (qid, model, score, cost, otok) in enumerate(zip(*cols)):
+        reason = column = None
+        if _is_blank(qid):
+            reason, column = "query_id is null or empty", "query_id"
+        elif qid not in accepted_qids:
+            column = "query_id"
+            reason = "its query was rejected" if qid in rejected_qids else "query_id not in queries"
+        elif _is_blank(model):
+            reason, column = "model is null or empty", "model"
+        elif model not in pool_names:
+            reason, column = "model not in pool.yaml", "model"
+        elif score is None or math.isnan(score):
+            reason, column = "score is null or NaN", "score"
+        elif not 0.0 <= score <= 1.0:
+            reason, column = f"score {score!r} outside [0, 1]", "score"
+        elif cost is not None and (math.isnan(cost) or cost < 0 or math.isinf(cost)):
+            reason, column = f"cost_usd {cost!r} is negative or not finite", "cost_usd"
+        elif otok is not None and otok < 0:
+            reason, column = f"output_tokens {otok} is negative", "output_tokens"
+        elif (qid, model) in seen_pair:
+            reason = f"duplicate outcome for this query and model (first at row {seen_pair[(qid, model)]})"
+            column = "model"
+        if reason is None:
+            seen_pair[(qid, model)] = i
+            keep_o.append(i)
+        else:
+            rejects.append(
+                dict(source=outcomes_source, row=i, query_id=qid, model=model, column=column, reason=reason)
+            )
+
+    clean = Dataset(
+        queries=q.take(pa.array(keep_q, pa.int64())),
+        outcomes=o.take(pa.array(keep_o, pa.int64())),
+        pool=ds.pool,
+        warnings=list(ds.warnings),
+    )
+    warnings = list(ds.warnings)
+    measured = set(clean.outcomes.column("model").to_pylist())
+    unused = [m for m in ds.pool.names if m not in measured]
+    if unused:
+        warnings.append(f"pool.yaml: model(s) with no accepted outcome: {', '.join(unused)}")
+    counts = {
+        "queries_in": q.num_rows,
+        "queries_ok": len(keep_q),
+        "queries_rejected": q.num_rows - len(keep_q),
+        "outcomes_in": o.num_rows,
+        "outcomes_ok": len(keep_o),
+        "outcomes_rejected": o.num_rows - len(keep_o),
+        "models": len(measured),
+    }
+    return ValidationResult(clean, schemas.rejects_table(rejects), counts, warnings)
+
+
+def _split_order(s: str | None) -> tuple[int, str]:
+    return (schemas.SPLITS.index(s), "") if s in schemas.SPLITS else (len(schemas.SPLITS), str(s))
+
+
+def summary(ds: Dataset) -> dict:
+    """Counts a user checks after an import: queries, models, outcome rows, splits, tasks."""
+    splits = Counter(ds.queries.column("split").to_pylist())
+    tasks = Counter(ds.queries.column("task").to_pylist())
+    per_model = Counter(ds.outcomes.column("model").to_pylist())
+    return {
+        "queries": ds.queries.num_rows,
+        "models": len(per_model),
+        "outcomes": ds.outcomes.num_rows,
+        "splits": {str(k): v for k, v in sorted(splits.items(), key=lambda kv: _split_order(kv[0]))},
+        "tasks": {str(k): v for k, v in sorted(tasks.items(), key=lambda kv: str(kv[0]))},
+        "outcomes_per_model": dict(sorted(per_model.items())),
+    }

@@ -1,0 +1,112 @@
+"""The command line on local files: exit codes, one-line errors, reconciled counts."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.cli import main
+from router_core.dataset import save_dataset
+from router_core.storage import Storage
+
+
+@pytest.fixture
+def dataset_dir(tmp_path, small_dataset):
+    root = tmp_path / "ds"
+    save_dataset(Storage(), str(root), small_dataset)
+    return root
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_validate_clean_dataset(capsys, dataset_dir):
+    code, out, err = run(capsys, "validate", str(dataset_dir))
+    assert code == 0 and "OK" in out and "queries:  8 = 8 ok + 0 rejected" in out
+
+
+def test_validate_reports_bad_rows_and_writes_rejects(capsys, dataset_dir, tmp_path):
+    t = pq.read_table(dataset_dir / "outcomes.parquet")
+    scores = t.column("score").to_pylist()
+    scores[2] = 7.0
+    pq.write_table(t.set_column(2, "score", pa.array(scores)), dataset_dir / "outcomes.parquet")
+    rej = tmp_path / "rej.parquet"
+    code, out, err = run(capsys, "validate", str(dataset_dir), "--rejects", str(rej))
+    assert code == 1
+    assert "outcomes.parquet: row 2 (query_id 'q1') model 'a' column 'score': score 7.0 outside [0, 1]" in out
+    assert "outcomes: 15 = 14 ok + 1 rejected" in out
+    assert pq.read_table(rej).num_rows == 1
+
+
+@pytest.mark.parametrize("fault,message", [
+    ("wrong_type", "outcomes.parquet: column 'score' has type string, expected double"),
+    ("missing_column", "queries.parquet: missing column(s) text"),
+    ("not_parquet", "queries.parquet: not a readable Parquet file"),
+    ("empty_file", "queries.parquet: not a readable Parquet file"),
+    ("bad_pool", "pool.yaml: models[0] (a).price_out_per_mtok: Input should be greater than or equal to 0"),
+    ("no_pool", "pool.yaml: file not found"),
+])
+def test_structural_faults_exit_2_with_one_line(capsys, dataset_dir, fault, message):
+    if fault == "wrong_type":
+        t = pq.read_table(dataset_dir / "outcomes.parquet")
+        pq.write_table(t.set_column(2, "score", pa.array([str(x) for x in t.column("score").to_pylist()])),
+                       dataset_dir / "outcomes.parquet")
+    elif fault == "missing_column":
+        pq.write_table(pq.read_table(dataset_dir / "queries.parquet").drop_columns(["text"]),
+                       dataset_dir / "queries.parquet")
+    elif fault == "not_parquet":
+        (dataset_dir / "queries.parquet").write_bytes(b"query_id,text\nq1,hello\n")
+    elif fault == "empty_file":
+        (dataset_dir / "queries.parquet").write_bytes(b"")
+    elif fault == "bad_pool":
+        (dataset_dir / "pool.yaml").write_text(
+            "models:\n- {name: a, price_in_per_mtok: 1, price_out_per_mtok: -2}\n"
+            "- {name: b, price_in_per_mtok: 1, price_out_per_mtok: 2}\n")
+    elif fault == "no_pool":
+        (dataset_dir / "pool.yaml").unlink()
+    code, out, err = run(capsys, "validate", str(dataset_dir))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in err
+
+
+def test_config_with_unknown_key_exits_2(capsys, dataset_dir, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("storage:\n  bucket: x\n")
+    code, out, err = run(capsys, "validate", str(dataset_dir), "--config", str(cfg))
+    assert code == 2 and "storage.bucket: unknown key" in err
+
+
+def test_import_writes_rejects_and_counts_reconcile(capsys, tmp_path):
+    src = tmp_path / "rb.csv"
+    src.write_text(
+        "sample_id,prompt,eval_name,m1,m2,m1|total_cost,m2|total_cost,split\n"
+        "a,Q1,arc,1.0,0.0,0.001,0.01,train\n"
+        "b,,arc,1.0,0.0,0.001,0.01,train\n"
+        "c,Q3,arc,,2.0,0.002,0.02,test\n"
+        "d,Q4,arc,yes,1,0.002,0.02,test\n")
+    pool = tmp_path / "pool.yaml"
+    pool.write_text("models:\n- {name: m1, price_in_per_mtok: 1, price_out_per_mtok: 2}\n"
+                    "- {name: m2, price_in_per_mtok: 5, price_out_per_mtok: 9}\n")
+    out_dir = tmp_path / "out"
+    code, out, err = run(capsys, "import", "routerbench", str(src), "--out", str(out_dir), "--pool", str(pool))
+    assert code == 0
+    assert "4 source rows -> 3 queries + 1 rejected" in out
+    assert "8 model cells = 6 outcomes + 1 blank (not measured) + 1 unconvertible" in out
+    reasons = sorted(r["reason"] for r in pq.read_table(out_dir / "rejects.parquet").to_pylist())
+    assert reasons == ["its query was rejected", "its query was rejected", "score 'yes' is not a number",
+                       "score 2.0 outside [0, 1]", "text is empty or whitespace only"]
+    assert pq.read_table(out_dir / "outcomes.parquet").num_rows == 3
+    code, out, err = run(capsys, "validate", str(out_dir))
+    assert code == 0
+
+
+def test_help_explains_every_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("import", "validate"):
+        assert cmd in out
