@@ -36,10 +36,38 @@ class ImportConfig(Strict):
     test_frac: float = Field(0.2, ge=0, lt=1)
 
 
+class ExtractConfig(Strict):
+    """How the encoder reads queries. Fields marked (identity) change the features' cache key."""
+
+    encoder: str = Field("smollm2-135m", description="packaged alias, local model folder, or HF id (identity)")
+    revision: str | None = Field(None, description="HF revision for a hub id (identity)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="compute dtype (identity)")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:0")
+    max_length: int = Field(1024, ge=8, description="token cap per query (identity)")
+    truncation_side: Literal["left", "right"] = Field(
+        "left", description="which end to cut past max_length; left keeps the question (identity)")
+    chat_template: bool = Field(True, description="wrap the query as a user turn (identity)")
+    pooling: list[Literal["mean", "last"]] = Field(["mean", "last"], min_length=1, description="(identity)")
+    layers: Literal["all"] | list[int] = Field("all", description="hidden_states indices, 0 = embeddings (identity)")
+    token_budget: int = Field(8192, ge=64, description="padded tokens per forward batch")
+    max_batch_size: int = Field(64, ge=1)
+    prefix_sharing: bool = Field(True, description="run shared prefixes once and reuse their KV cache")
+    min_prefix_tokens: int = Field(32, ge=1, description="shortest prefix worth sharing")
+    min_prefix_group: int = Field(4, ge=2, description="fewest queries that share a prefix")
+    kv_budget_tokens: int = Field(32768, ge=256, description="cached prefix tokens held per suffix batch")
+    rows_per_task: int = Field(512, ge=1, description="queries per actor call (= per part file)")
+    actors: int = Field(1, ge=1, description="actor pool size")
+    actor_num_cpus: float = Field(0.5, gt=0, description="CPUs reserved per actor")
+    actor_num_gpus: float = Field(0, ge=0, description="GPUs per actor (1 on GPU nodes)")
+    torch_threads: int | None = Field(None, ge=1, description="intra-op threads per actor; None = all cores")
+    cache_dir: str | None = Field(None, description="converted encoders; None = ~/.cache/prefill-router")
+
+
 class AppConfig(Strict):
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
     import_: ImportConfig = Field(ImportConfig(), alias="import")
+    extract: ExtractConfig = ExtractConfig()
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:

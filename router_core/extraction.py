@@ -1,0 +1,341 @@
+"""Prefill extraction: run the encoder over queries and pool every requested hidden state.
+
+No token is generated and the LM head is never run. For each query the output is ``n_tokens``,
+``truncated`` and, per (pooling, layer), one float16 vector: ``mean`` over the query's tokens or
+the ``last`` token. Layer L is ``hidden_states[L]`` (0 = the embedding output).
+
+Two things keep it fast without changing the answer:
+- batches are cut from length-sorted queries by a padded-token budget, so padding is small;
+- a prefix shared by many queries (a few-shot preamble, the chat template's system turn) is run
+  once and its key/value cache reused: a query's mean is then
+  ``(sum over prefix + sum over suffix) / (prefix + suffix tokens)``, and its last token is the
+  suffix's last. Features equal the plain path's within floating-point tolerance.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import ExtractConfig
+from .errors import ArtifactError
+
+FEATURE_DTYPE = np.float16
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def feature_column(pooling: str, layer: int) -> str:
+    return f"{pooling}_{layer:02d}"
+
+
+def settings_identity(cfg: ExtractConfig, encoder_identity: str, layers: list[int]) -> dict:
+    """The settings that determine the features' values: the cache key next to the text hash."""
+    return {
+        "encoder": encoder_identity,
+        "dtype": cfg.dtype,
+        "max_length": cfg.max_length,
+        "truncation_side": cfg.truncation_side,
+        "chat_template": cfg.chat_template,
+        "pooling": list(cfg.pooling),
+        "layers": list(layers),
+    }
+
+
+def settings_key(identity: dict) -> str:
+    import json
+
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+
+
+# -- planning (pure, no torch) -----------------------------------------------------------------
+
+def budget_batches(lengths: list[int], token_budget: int, max_batch: int) -> list[list[int]]:
+    """Indices in batches, longest first, each with (rows x longest) <= token_budget.
+
+    A query longer than the budget gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        width = lengths[cur[0]] if cur else lengths[i]
+        if cur and ((len(cur) + 1) * width > token_budget or len(cur) >= max_batch):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def padding_waste(lengths: list[int], batches: list[list[int]]) -> tuple[int, int]:
+    """(real tokens, padded slots) of a batching."""
+    real = sum(lengths[i] for b in batches for i in b)
+    slots = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    return real, slots
+
+
+def _lcp(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@dataclass
+class PrefixGroup:
+    prefix_len: int
+    members: list[int]
+
+
+def prefix_groups(seqs: list[list[int]], min_prefix: int, min_group: int) -> tuple[list[PrefixGroup], list[int]]:
+    """Find shared token prefixes worth running once.
+
+    Sequences are sorted lexicographically; runs of neighbours sharing a prefix form candidate
+    groups, and each run is split where that saves more tokens ((members - 1) x prefix) than
+    keeping it whole. Every member keeps at least one token of its own. Returns the groups and the
+    indices of the sequences left to the plain path.
+    """
+    order = sorted(range(len(seqs)), key=lambda i: seqs[i])
+    lcp = [_lcp(seqs[order[k]], seqs[order[k + 1]]) for k in range(len(order) - 1)]
+    groups: list[PrefixGroup] = []
+    singles: list[int] = []
+
+    def best(lo: int, hi: int) -> tuple[int, list[tuple[int, int, int]]]:
+        # Best grouping of order[lo..hi] (inclusive): (tokens saved, [(lo, hi, prefix_len)]).
+        # Iterative over a stack of ranges would avoid recursion; depth is bounded by run length.
+        n = hi - lo + 1
+        if n < min_group:
+            return 0, []
+        m = min(range(lo, hi), key=lambda k: lcp[k])
+        p = min(lcp[m], min(len(seqs[order[k]]) for k in range(lo, hi + 1)) - 1)
+        whole = (n - 1) * p if p >= min_prefix else 0
+        left, right = best(lo, m), best(m + 1, hi)
+        if left[0] + right[0] > whole:
+            return left[0] + right[0], left[1] + right[1]
+        return (whole, [(lo, hi, p)]) if whole > 0 else (0, [])
+
+    # Split into maximal runs whose neighbours share at least min_prefix tokens, then optimise each.
+    start = 0
+    for k in range(len(order)):
+        if k == len(order) - 1 or lcp[k] < min_prefix:
+            saved, chosen = best(start, k) if k - start + 1 <= 900 else _chunked(best, start, k)
+            covered = set()
+            for lo, hi, p in chosen:
+                groups.append(PrefixGroup(p, [order[j] for j in range(lo, hi + 1)]))
+                covered.update(range(lo, hi + 1))
+            singles.extend(order[j] for j in range(start, k + 1) if j not in covered)
+            start = k + 1
+    return groups, singles
+
+
+def _chunked(best, start: int, end: int):
+    saved, chosen = 0, []
+    for lo in range(start, end + 1, 900):
+        s, c = best(lo, min(lo + 899, end))
+        saved += s
+        chosen += c
+    return saved, chosen
+
+
+# -- the encoder -------------------------------------------------------------------------------
+
+@dataclass
+class ExtractStats:
+    queries: int = 0
+    tokens: int = 0  # real tokens of all queries (what a plain pass would run)
+    computed_tokens: int = 0  # tokens actually run (prefixes once + suffixes)
+    padded_slots: int = 0  # slots of all forward batches, padding included
+    forward_batches: int = 0
+    prefix_groups: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: "ExtractStats") -> None:
+        for k in self.__dataclass_fields__:
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+    @property
+    def padding_waste(self) -> float:
+        run = self.computed_tokens
+        return 0.0 if not self.padded_slots else 1 - run / self.padded_slots
+
+
+@dataclass
+class ExtractResult:
+    n_tokens: np.ndarray  # (n,) int32
+    truncated: np.ndarray  # (n,) bool
+    features: dict[str, np.ndarray]  # column -> (n, d) float16; rows of failed queries are zero
+    errors: list[str | None]  # per query: None, or why it could not be encoded
+    stats: ExtractStats = field(default_factory=ExtractStats)
+
+
+class Encoder:
+    """A loaded encoder LLM (base model, no LM head) and its tokenizer."""
+
+    def __init__(self, cfg: ExtractConfig, model_path: str, revision: str | None = None):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.cfg = cfg
+        self.torch = torch
+        dtype = getattr(torch, cfg.dtype)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path, revision=revision)
+            self.model = AutoModel.from_pretrained(model_path, revision=revision, dtype=dtype)
+        except OSError as e:
+            raise ArtifactError(f"encoder {model_path}: cannot load ({str(e).splitlines()[0]})") from None
+        self.model.eval().to(cfg.device)
+        self.n_hidden = self.model.config.num_hidden_layers + 1
+        self.hidden_size = self.model.config.hidden_size
+        self.layers = list(range(self.n_hidden)) if cfg.layers == "all" else list(cfg.layers)
+        bad = [layer for layer in self.layers if not 0 <= layer < self.n_hidden]
+        if bad:
+            raise ArtifactError(f"layers {bad} out of range: this encoder has hidden states 0..{self.n_hidden - 1}")
+        if cfg.chat_template and not self.tokenizer.chat_template:
+            raise ArtifactError(f"encoder {model_path} has no chat template: set extract.chat_template=false")
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.columns = [feature_column(p, layer) for p in cfg.pooling for layer in self.layers]
+        # transformers 5 names the cache argument ``cache``; 4.x called it ``past_key_values``.
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+
+    # -- tokens ----------------------------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> tuple[list[list[int] | None], list[bool], list[str | None]]:
+        """Token ids per text (truncated to max_length), truncation flags, and per-text errors."""
+        ids_out: list[list[int] | None] = []
+        trunc: list[bool] = []
+        errors: list[str | None] = []
+        cap, side = self.cfg.max_length, self.cfg.truncation_side
+        for t in texts:
+            try:
+                if self.cfg.chat_template:
+                    s = self.tokenizer.apply_chat_template([{"role": "user", "content": t}],
+                                                           add_generation_prompt=True, tokenize=False)
+                    ids = self.tokenizer(s, add_special_tokens=False)["input_ids"]
+                else:
+                    ids = self.tokenizer(t, add_special_tokens=True)["input_ids"]
+            except Exception as e:  # the tokenizer's own errors vary by backend
+                ids_out.append(None)
+                trunc.append(False)
+                errors.append(f"tokenizer failed: {type(e).__name__}: {str(e)[:120]}")
+                continue
+            if not ids:
+                ids_out.append(None)
+                trunc.append(False)
+                errors.append("text encodes to zero tokens")
+                continue
+            cut = len(ids) > cap
+            if cut:
+                ids = ids[-cap:] if side == "left" else ids[:cap]
+            ids_out.append(list(ids))
+            trunc.append(cut)
+            errors.append(None)
+        return ids_out, trunc, errors
+
+    # -- forward passes --------------------------------------------------------------------
+    def _forward(self, ids: list[list[int]], past=None, past_len: int = 0):
+        """Right-padded forward. Returns hidden states (tuple of (b, s, d)) and lengths."""
+        torch = self.torch
+        lens = [len(x) for x in ids]
+        width = max(lens)
+        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), past_len + width), dtype=torch.long)
+        for i, x in enumerate(ids):
+            input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+            mask[i, : past_len + len(x)] = 1
+        kwargs = {self._cache_kwarg: past} if past is not None else {}
+        out = self.model(input_ids=input_ids.to(self.cfg.device), attention_mask=mask.to(self.cfg.device),
+                         use_cache=past is not None, output_hidden_states=True, **kwargs)
+        return out, lens
+
+    def extract(self, texts: list[str]) -> ExtractResult:
+        """Features of every text; failures are reported per text, never raised."""
+        torch = self.torch
+        t0 = time.perf_counter()
+        n = len(texts)
+        ids, trunc, errors = self.tokenize(texts)
+        ok = [i for i in range(n) if ids[i] is not None]
+        d = self.hidden_size
+        feats = {c: np.zeros((n, d), dtype=FEATURE_DTYPE) for c in self.columns}
+        stats = ExtractStats(queries=len(ok), tokens=sum(len(ids[i]) for i in ok))
+
+        groups: list[PrefixGroup] = []
+        plain = ok
+        if self.cfg.prefix_sharing and len(ok) >= self.cfg.min_prefix_group:
+            seqs = [ids[i] for i in ok]
+            g, singles = prefix_groups(seqs, self.cfg.min_prefix_tokens, self.cfg.min_prefix_group)
+            groups = [PrefixGroup(x.prefix_len, [ok[j] for j in x.members]) for x in g]
+            plain = [ok[j] for j in singles]
+
+        with torch.inference_mode():
+            # Plain path: length-sorted, budget-cut batches.
+            lens = [len(ids[i]) for i in plain]
+            for b in budget_batches(lens, self.cfg.token_budget, self.cfg.max_batch_size):
+                rows = [plain[j] for j in b]
+                out, blens = self._forward([ids[r] for r in rows])
+                self._pool(out.hidden_states, rows, blens, feats)
+                stats.forward_batches += 1
+                stats.padded_slots += len(rows) * max(blens)
+                stats.computed_tokens += sum(blens)
+            # Shared prefixes: run once, reuse the KV cache for every member's suffix.
+            for g in groups:
+                self._extract_group(g, ids, feats, stats)
+        stats.prefix_groups = len(groups)
+        stats.seconds = time.perf_counter() - t0
+        n_tok = np.array([len(x) if x is not None else 0 for x in ids], dtype=np.int32)
+        return ExtractResult(n_tok, np.array(trunc, dtype=bool), feats, errors, stats)
+
+    def _pool(self, hidden, rows: list[int], lens: list[int], feats: dict[str, np.ndarray],
+              prefix_sum=None, prefix_len: int = 0) -> None:
+        torch = self.torch
+        lens_t = torch.tensor(lens, device=hidden[0].device)
+        width = hidden[0].shape[1]
+        mask = (torch.arange(width, device=lens_t.device)[None, :] < lens_t[:, None]).unsqueeze(-1)  # (b, s, 1)
+        idx = torch.tensor(rows)
+        for layer in self.layers:
+            h = hidden[layer].float()  # (b, s, d)
+            if "mean" in self.cfg.pooling:
+                s = (h * mask).sum(dim=1)  # (b, d)
+                if prefix_sum is not None:
+                    s = s + prefix_sum[layer][None, :]
+                mean = s / (lens_t + prefix_len)[:, None].float()
+                feats[feature_column("mean", layer)][idx.numpy()] = mean.cpu().numpy().astype(FEATURE_DTYPE)
+            if "last" in self.cfg.pooling:
+                last = h[torch.arange(len(rows)), lens_t - 1]  # (b, d)
+                feats[feature_column("last", layer)][idx.numpy()] = last.cpu().numpy().astype(FEATURE_DTYPE)
+
+    def _extract_group(self, g: PrefixGroup, ids, feats, stats: ExtractStats) -> None:
+        P = g.prefix_len
+        prefix = ids[g.members[0]][:P]
+        cache = self._new_cache()
+        out, _ = self._forward([prefix], past=cache)  # fills ``cache`` in place
+        prefix_sum = {layer: out.hidden_states[layer][0].float().sum(dim=0) for layer in self.layers}
+        stats.forward_batches += 1
+        stats.padded_slots += P
+        stats.computed_tokens += P
+        suffix_lens = [len(ids[i]) - P for i in g.members]
+        # Each suffix row also holds P cached tokens per layer: bound rows by the KV budget too.
+        max_rows = max(1, min(self.cfg.max_batch_size, self.cfg.kv_budget_tokens // max(P, 1)))
+        for b in budget_batches(suffix_lens, self.cfg.token_budget, max_rows):
+            rows = [g.members[j] for j in b]
+            past = copy.deepcopy(cache)
+            past.batch_repeat_interleave(len(rows))
+            out, blens = self._forward([ids[r][P:] for r in rows], past=past, past_len=P)
+            self._pool(out.hidden_states, rows, blens, feats, prefix_sum, P)
+            stats.forward_batches += 1
+            stats.padded_slots += len(rows) * max(blens)
+            stats.computed_tokens += sum(blens)
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
