@@ -56,7 +56,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", help="dataset folder (local path or s3:// URI)")
     p.add_argument("--rejects", help="write every rejected row to this Parquet file")
     _common(p)
+
+    p = sub.add_parser("extract", help="prefill features of every query (Ray Data actor pool)",
+                       description="Run the encoder LLM over every query (prefill only) and store pooled "
+                       "hidden states as float16 Parquet parts with a manifest. The output folder is "
+                       "the cache: rows already there (same query id, same text, same settings) are "
+                       "reused, so reruns and resumed jobs extract only what is missing. Rows whose "
+                       "text is null, empty or cannot be tokenised go to OUT/rejects.parquet.")
+    p.add_argument("--data", required=True, help="dataset folder, queries Parquet file, or folder of parts")
+    p.add_argument("--out", required=True, help="features folder (local or s3://)")
+    p.add_argument("--encoder", help="smollm2-135m (packaged), a local model folder, or a HF id")
+    p.add_argument("--layers", help="comma-separated hidden-state indices (0 = embeddings), or 'all'")
+    p.add_argument("--pooling", help="mean, last or mean,last")
+    _common(p)
     return parser
+
+
+def _stage_overrides(args: argparse.Namespace) -> list[str]:
+    """Shortcut flags become --set overrides (they win over the config file)."""
+    out = []
+    if getattr(args, "encoder", None):
+        out.append(f"extract.encoder={args.encoder}")
+    if getattr(args, "layers", None):
+        layers = args.layers.strip()
+        out.append("extract.layers=all" if layers == "all" else f"extract.layers=[{layers}]")
+    if getattr(args, "pooling", None):
+        out.append(f"extract.pooling=[{args.pooling}]")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
                         force=True)
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides + _stage_overrides(args))
         if args.command == "import":
             from . import data
 
@@ -79,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
             run = data.run_validate(cfg, args.dataset, args.rejects)
             data.print_validate(run, args.dataset)
             return 0 if run.result.ok else 1
+        if args.command == "extract":
+            from . import extract
+
+            run = extract.run_extract(cfg, args.data, args.out)
+            extract.print_extract(run)
+            return 0 if not run.rejected else 1
     except RouterError as e:
         print(f"prefill-router {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code

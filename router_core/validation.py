@@ -37,8 +37,9 @@ def _is_blank(s: str | None) -> bool:
     return s is None or not s.strip()
 
 
-def check_queries(q: pa.Table, source: str = QUERIES_FILE) -> tuple[list[int], list[dict], dict[str, str]]:
-    """Row checks of a conformed queries table.
+def check_queries(q: pa.Table, source: str = QUERIES_FILE,
+                  check_split: bool = True) -> tuple[list[int], list[dict], dict[str, str]]:
+    """Row checks of a conformed queries table (the split too, unless ``check_split`` is off).
 
     Returns the indices of accepted rows, reject rows, and the ids whose row was refused for
     something other than the id itself (their outcomes are refused as "its query was rejected").
@@ -60,7 +61,7 @@ def check_queries(q: pa.Table, source: str = QUERIES_FILE) -> tuple[list[int], l
             reason, column = "text is null", "text"
         elif not text.strip():
             reason, column = "text is empty or whitespace only", "text"
-        elif split is not None and split not in schemas.SPLITS:
+        elif check_split and split is not None and split not in schemas.SPLITS:
             reason, column = f"split {split!r} is not one of {', '.join(schemas.SPLITS)}", "split"
         if not _is_blank(qid) and qid not in first_row:
             first_row[qid] = i

@@ -49,3 +49,26 @@ def small_dataset() -> Dataset:
             outcomes.append({"query_id": f"q{i}", "model": "b", "score": 1.0, "cost_usd": 0.01,
                              "output_tokens": 12})
     return make_dataset(queries, outcomes)
+
+
+@pytest.fixture(scope="session")
+def encoder_cache() -> str:
+    """Converted encoders persist in the repo's ignored .cache/ across runs (the GGUF converts once)."""
+    d = REPO / ".cache" / "encoders-for-tests"
+    d.mkdir(parents=True, exist_ok=True)
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def real_queries() -> list[dict]:
+    """Real short queries: 50 LLMRouter questions spread over its tasks (rows of the real file)."""
+    import csv
+
+    path = shared_file("llmrouter-9/scores_wide.csv")
+    csv.field_size_limit(2**31 - 1)
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    short = [r for r in rows if len(r["question"]) < 1200]
+    picked = short[:: len(short) // 50][:50]
+    return [{"query_id": f"lr-{i}", "text": r["question"], "split": r["split"], "task": r["task_name"]}
+            for i, r in enumerate(picked)]

