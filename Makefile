@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # torch pinned to the CPU build that this machine's index carries (see docs/stack.md).
 TORCH  := torch>=2.13,<2.14
 
-.PHONY: setup demo test test-fast test-slow bench clean
+.PHONY: setup demo test test-slow bench clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(CLI) import routerbench $(DATA)/routerbench-subset/routerbench_wide.csv --out $(OUT)/data
 	$(CLI) validate $(OUT)/data
+	$(CLI) extract --data $(OUT)/data --out $(OUT)/features
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
@@ -32,3 +33,6 @@ test-slow: $(STAMP)
 
 clean:
 	rm -rf out .pytest_cache
+
+bench: $(STAMP)
+	PYTHONUNBUFFERED=1 $(PY) tests/bench/bench_extract.py $(BENCH_ARGS)

@@ -128,7 +128,14 @@ class ExtractActor:
             "call_computed_tokens": [s.computed_tokens] * n,
             "call_padded_slots": [s.padded_slots] * n,
             "call_prefix_groups": [s.prefix_groups] * n,
+            "call_peak_rss_mb": [_peak_rss_mb()] * n,
         })
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 @dataclass
@@ -139,10 +146,10 @@ class ExtractRun:
     extracted: int
     rejected: int
     total_rows: int
-    tokens: int
     stats: ExtractStats
     seconds: float
     manifest: dict = field(default_factory=dict)
+    actor_peak_rss_mb: float = 0.0  # the largest peak RSS of any actor process
 
     def reconciles(self) -> bool:
         return self.input_rows == self.reused + self.extracted + self.rejected
@@ -194,6 +201,7 @@ def run_extract(cfg: AppConfig, data_uri: str, out: str) -> ExtractRun:
 
     stats = ExtractStats()
     extracted = 0
+    actor_peak_rss_mb = 0.0
     if todo.num_rows:
         # Sorting by text puts queries that share a prefix into the same actor call.
         todo = todo.take(pa.compute.sort_indices(todo, [("text", "ascending")]))
@@ -208,7 +216,8 @@ def run_extract(cfg: AppConfig, data_uri: str, out: str) -> ExtractRun:
         stats.tokens = int(pa.compute.sum(results.filter(ok_mask).column("n_tokens")).as_py() or 0)
         calls = results.group_by("call_id").aggregate([
             ("call_seconds", "max"), ("call_computed_tokens", "max"), ("call_padded_slots", "max"),
-            ("call_prefix_groups", "max")])
+            ("call_prefix_groups", "max"), ("call_peak_rss_mb", "max")])
+        actor_peak_rss_mb = float(pa.compute.max(calls.column("call_peak_rss_mb_max")).as_py())
         stats.computed_tokens = int(pa.compute.sum(calls.column("call_computed_tokens_max")).as_py())
         stats.padded_slots = int(pa.compute.sum(calls.column("call_padded_slots_max")).as_py())
         stats.prefix_groups = int(pa.compute.sum(calls.column("call_prefix_groups_max")).as_py())
@@ -222,8 +231,8 @@ def run_extract(cfg: AppConfig, data_uri: str, out: str) -> ExtractRun:
     total = read_feature_keys(storage, out).num_rows
     manifest.update(complete=True, rows=total, updated_unix=int(time.time()))
     storage.write_text(manifest_uri, json.dumps(manifest, indent=2))
-    run = ExtractRun(out, queries.num_rows, reused, extracted, len(rejects), total, stats.tokens, stats,
-                     time.perf_counter() - t0, manifest)
+    run = ExtractRun(out, queries.num_rows, reused, extracted, len(rejects), total, stats,
+                     time.perf_counter() - t0, manifest, actor_peak_rss_mb)
     if not run.reconciles():
         raise RuntimeError(f"extract counts do not reconcile: {run}")  # a bug, not user input
     return run
@@ -249,8 +258,7 @@ def _run_actor_pool(cfg: AppConfig, todo: pa.Table, cache_dir: str, identity: st
         num_cpus=ecfg.actor_num_cpus,
         num_gpus=ecfg.actor_num_gpus or None,
     )
-    return pa.concat_tables([pa.Table.from_pydict(b) if isinstance(b, dict) else b
-                             for b in out.iter_batches(batch_format="pyarrow", batch_size=None)])
+    return pa.concat_tables(list(out.iter_batches(batch_format="pyarrow", batch_size=None)))
 
 
 def _encoder_shape(path: str, ecfg: ExtractConfig) -> tuple[list[int], int]:

@@ -108,5 +108,5 @@ def test_help_explains_every_command(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("import", "validate"):
+    for cmd in ("import", "validate", "extract"):
         assert cmd in out

@@ -1,0 +1,152 @@
+"""Evaluation metrics of a router on a held-out split (see METHOD.md for the definitions).
+
+Arrays: ``scores`` (n, K) observed score of each target (1 = correct; graded allowed),
+``costs`` (n, K) dollars per call, ``proba`` (n, K) a router's P(correct). All rows are queries
+that every target was measured on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .routing import threshold_routes
+
+
+def route_value(routes: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> tuple[float, float]:
+    """(accuracy, mean cost) of sending query i to target routes[i]."""
+    rows = np.arange(len(routes))
+    return float(scores[rows, routes].mean()), float(costs[rows, routes].mean())
+
+
+def single_points(scores: np.ndarray, costs: np.ndarray) -> np.ndarray:
+    """(K, 2): mean cost and accuracy of always calling each target."""
+    return np.stack([costs.mean(axis=0), scores.mean(axis=0)], axis=1)
+
+
+def oracle(scores: np.ndarray, costs: np.ndarray) -> tuple[float, float]:
+    """Per query the cheapest target with the best score: (accuracy, mean cost)."""
+    best = scores.max(axis=1, keepdims=True)
+    routes = np.where(scores >= best - 1e-12, costs, np.inf).argmin(axis=1)
+    return route_value(routes, scores, costs)
+
+
+def gap_closed(acc_router: float, acc_best: float, acc_oracle: float) -> float:
+    """100 x (router - best single) / (oracle - best single)."""
+    return 100.0 * (acc_router - acc_best) / (acc_oracle - acc_best) if acc_oracle > acc_best else 0.0
+
+
+def threshold_curve(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> np.ndarray:
+    """(m, 2) points (mean cost, accuracy) for tau over every distinct gap p_max - p_m, by cost."""
+    gaps = np.unique(np.round(proba.max(axis=1, keepdims=True) - proba, 12))
+    pts = np.array([route_value(threshold_routes(proba, costs, float(t)), scores, costs) for t in gaps])
+    pts = pts[:, ::-1]  # (accuracy, cost) -> (cost, accuracy)
+    return pts[np.lexsort((pts[:, 1], pts[:, 0]))]
+
+
+def area_above_floor(points: np.ndarray, c_min: float, c_max: float, floor: float) -> float:
+    """Normalised trapezoid area of (accuracy - floor) over [c_min, c_max].
+
+    The curve starts at (c_min, floor), runs through the points sorted by cost (clipped to the
+    range), and stays flat at the last point's accuracy up to c_max.
+    """
+    if c_max <= c_min:
+        return 0.0
+    pts = points[np.argsort(points[:, 0], kind="stable")]
+    pts = pts[(pts[:, 0] >= c_min) & (pts[:, 0] <= c_max)]
+    xs = np.concatenate([[c_min], pts[:, 0], [c_max]])
+    ys = np.concatenate([[floor], pts[:, 1], [pts[-1, 1] if len(pts) else floor]])
+    ys = ys - floor
+    return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2) / (c_max - c_min))
+
+
+def pareto_front(points: np.ndarray) -> np.ndarray:
+    """Points not beaten by a cheaper-or-equal point of higher-or-equal accuracy, by cost."""
+    pts = points[np.lexsort((-points[:, 1], points[:, 0]))]
+    out, best = [], -np.inf
+    for c, a in pts:
+        if a > best:
+            out.append((c, a))
+            best = a
+    return np.array(out)
+
+
+def p_auccc(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> float:
+    singles = single_points(scores, costs)
+    cheap, dear = singles[:, 0].argmin(), singles[:, 0].argmax()
+    return area_above_floor(threshold_curve(proba, scores, costs), singles[cheap, 0], singles[dear, 0],
+                            singles[cheap, 1])
+
+
+def pareto_auccc(scores: np.ndarray, costs: np.ndarray) -> float:
+    singles = single_points(scores, costs)
+    cheap, dear = singles[:, 0].argmin(), singles[:, 0].argmax()
+    return area_above_floor(pareto_front(singles), singles[cheap, 0], singles[dear, 0], singles[cheap, 1])
+
+
+def cost_reduction(curve: np.ndarray, acc_best: float, cost_most_expensive: float) -> float | None:
+    """100 x (1 - cost / most expensive) at the cheapest point at least as accurate as the best single."""
+    ok = curve[curve[:, 1] >= acc_best - 1e-12]
+    return None if not len(ok) else 100.0 * (1 - ok[:, 0].min() / cost_most_expensive)
+
+
+def aiq(points: np.ndarray, c_min: float, c_max: float) -> float:
+    """RouterBench's AIQ: area under the non-decreasing convex hull of (cost, quality), normalised."""
+    pts = pareto_front(points)
+    hull: list[tuple[float, float]] = []
+    for p in pts:  # upper hull of a cost-sorted, accuracy-increasing sequence
+        while len(hull) >= 2:
+            (x1, y1), (x2, y2) = hull[-2], hull[-1]
+            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) >= 0:
+                hull.pop()
+            else:
+                break
+        hull.append((float(p[0]), float(p[1])))
+    h = np.array(hull)
+    if c_max <= c_min:
+        return 0.0
+    xs = np.clip(h[:, 0], c_min, c_max)
+    xs = np.concatenate([xs, [c_max]])
+    ys = np.concatenate([h[:, 1], [h[-1, 1]]])
+    area = np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2)  # nothing is reachable below the cheapest point
+    return float(area / (c_max - c_min))
+
+
+def roc_auc(p: np.ndarray, y: np.ndarray) -> float | None:
+    """ROC-AUC by the rank-sum (ties get average ranks); None when only one class is present."""
+    y = np.asarray(y).astype(bool)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if n1 == 0 or n0 == 0:
+        return None
+    order = np.argsort(p, kind="mergesort")
+    ranks = np.empty(len(p))
+    sp = np.asarray(p)[order]
+    i = 0
+    while i < len(sp):
+        j = i
+        while j + 1 < len(sp) and sp[j + 1] == sp[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def mean_auc(proba: np.ndarray, scores: np.ndarray) -> float:
+    """Mean over targets of ROC-AUC of P(correct) against score >= 0.5."""
+    aucs = [roc_auc(proba[:, k], scores[:, k] >= 0.5) for k in range(proba.shape[1])]
+    aucs = [a for a in aucs if a is not None]
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def ece(proba: np.ndarray, scores: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error (equal-width bins), averaged over targets."""
+    out = []
+    for k in range(proba.shape[1]):
+        p, y = proba[:, k], scores[:, k]
+        idx = np.minimum((p * bins).astype(int), bins - 1)
+        e = 0.0
+        for b in range(bins):
+            m = idx == b
+            if m.any():
+                e += m.mean() * abs(p[m].mean() - y[m].mean())
+        out.append(e)
+    return float(np.mean(out))

@@ -1,0 +1,59 @@
+"""Layer probes: how much a layer's features say about whether a target answers correctly.
+
+- Effective dimensionality (diagnostic): the participation ratio of the covariance spectrum,
+  ``d_eff = (sum lambda)^2 / sum lambda^2``; d for an isotropic cloud, 1 when one direction
+  dominates.
+- Fisher separability (selection criterion): ``J = trace((S_w + eps I)^-1 S_b)`` between the
+  queries a target got right and those it got wrong, after standardisation and a PCA to a modest
+  size for stability. S_w is the class-prior-weighted within-class covariance, S_b the
+  class-prior-weighted scatter of the class means (the standard definitions).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def standardise(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Zero mean, unit variance per column.  (n, d) -> (n, d) float64."""
+    x = np.asarray(x, dtype=np.float64)
+    return (x - x.mean(axis=0)) / (x.std(axis=0) + eps)
+
+
+def participation_ratio(x: np.ndarray, standardised: bool = True) -> float:
+    """Effective dimensionality of the features' covariance.  (n, d) -> scalar in [1, d]."""
+    z = standardise(x) if standardised else np.asarray(x, np.float64) - np.mean(x, axis=0)
+    # The nonzero eigenvalues of the covariance are the squared singular values of z / sqrt(n-1).
+    s = np.linalg.svd(z, compute_uv=False)
+    lam = s**2 / max(len(z) - 1, 1)
+    total = lam.sum()
+    return float(total**2 / (lam**2).sum()) if total > 0 else 0.0
+
+
+def pca_project(z: np.ndarray, k: int) -> np.ndarray:
+    """Project standardised features onto their top-k principal directions.  (n, d) -> (n, k')."""
+    k = min(k, z.shape[0] - 1, z.shape[1])
+    _, _, vt = np.linalg.svd(z - z.mean(axis=0), full_matrices=False)
+    return z @ vt[:k].T
+
+
+def fisher_separability(x: np.ndarray, y: np.ndarray, pca_dim: int = 64, eps: float = 1e-3) -> float:
+    """J between y == 1 and y == 0 rows.  x (n, d), y (n,) in {0, 1} -> scalar >= 0.
+
+    Returns 0.0 when a class has fewer than two rows (nothing to separate).
+    """
+    y = np.asarray(y).astype(bool)
+    if y.sum() < 2 or (~y).sum() < 2:
+        return 0.0
+    z = pca_project(standardise(x), pca_dim)
+    p1 = y.mean()
+    mu = z.mean(axis=0)
+    s_w = np.zeros((z.shape[1], z.shape[1]))
+    s_b = np.zeros_like(s_w)
+    for mask, p in ((y, p1), (~y, 1 - p1)):
+        zc = z[mask]
+        d = zc - zc.mean(axis=0)
+        s_w += p * (d.T @ d) / len(zc)
+        m = (zc.mean(axis=0) - mu)[:, None]
+        s_b += p * (m @ m.T)
+    return float(np.trace(np.linalg.solve(s_w + eps * np.eye(len(s_w)), s_b)))

@@ -1,0 +1,60 @@
+"""Known answers on hand-computed toys."""
+
+import numpy as np
+import pytest
+
+from router_core import metrics as M
+
+# 4 queries, 3 targets: cheap (cost 1), mid (cost 2), dear (cost 4).
+S = np.array([[1, 1, 1], [0, 1, 1], [0, 0, 1], [0, 0, 0]], dtype=float)
+C = np.tile([1.0, 2.0, 4.0], (4, 1))
+
+
+def test_singles_and_oracle():
+    assert M.single_points(S, C).tolist() == [[1.0, 0.25], [2.0, 0.5], [4.0, 0.75]]
+    acc, cost = M.oracle(S, C)
+    # q0 -> cheap, q1 -> mid, q2 -> dear, q3 (nobody right) -> cheap: cost (1 + 2 + 4 + 1) / 4.
+    assert acc == 0.75 and cost == 2.0
+    assert M.gap_closed(0.7, 0.6, 0.8) == pytest.approx(50.0)
+
+
+def test_area_above_floor_by_hand():
+    # Floor 0.25 over [1, 4]; one point (2, 0.75) then flat to 4:
+    # ramp 1->2: (0 + 0.5) / 2 * 1 = 0.25; flat 2->4: 0.5 * 2 = 1.0; total 1.25 / 3.
+    pts = np.array([[2.0, 0.75]])
+    assert M.area_above_floor(pts, 1.0, 4.0, 0.25) == pytest.approx(1.25 / 3)
+
+
+def test_p_auccc_of_a_perfect_router_and_of_the_singles():
+    # Probabilities equal to the labels: gaps {0, 1}. tau 0 routes like the oracle: (2.0, 0.75);
+    # tau 1 always takes the cheapest: (1.0, 0.25). Area over floor 0.25 on [1, 4]:
+    # (1,0)-(2,0.5): 0.25; flat 0.5 from 2 to 4: 1.0; total 1.25 / 3.
+    assert M.threshold_curve(S, S, C).tolist() == [[1.0, 0.25], [2.0, 0.75]]
+    assert M.p_auccc(S, S, C) == pytest.approx(1.25 / 3)
+    # Singles' frontier (1, .25) -> (2, .5) -> (4, .75): 0.125 + 0.75 = 0.875 over 3.
+    assert M.pareto_auccc(S, C) == pytest.approx(0.875 / 3)
+    # A router that ranks the targets backwards does worse than the singles' frontier.
+    assert M.p_auccc(1 - S, S, C) < M.pareto_auccc(S, C)
+
+
+def test_cost_reduction_and_pareto():
+    curve = np.array([[1.0, 0.5], [1.5, 0.76], [3.0, 0.8]])
+    assert M.cost_reduction(curve, 0.75, 4.0) == pytest.approx(62.5)
+    assert M.cost_reduction(curve, 0.9, 4.0) is None
+    front = M.pareto_front(np.array([[1, 0.2], [2, 0.1], [3, 0.5], [3, 0.4]]))
+    assert front.tolist() == [[1, 0.2], [3, 0.5]]
+
+
+def test_aiq_uses_the_convex_hull():
+    pts = np.array([[1.0, 0.2], [2.0, 0.3], [3.0, 0.8]])
+    # Hull drops (2, .3): the segment (1, .2)-(3, .8) has area (0.2 + 0.8) / 2 * 2 = 1.0 over [1, 3].
+    assert M.aiq(pts, 1.0, 3.0) == pytest.approx(0.5)
+
+
+def test_roc_auc_and_ece():
+    assert M.roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == pytest.approx(0.75)
+    assert M.roc_auc(np.array([0.5, 0.5]), np.array([0, 1])) == pytest.approx(0.5)
+    assert M.roc_auc(np.array([0.1, 0.2]), np.array([1, 1])) is None
+    p = np.array([[0.9], [0.9], [0.1], [0.1]])
+    y = np.array([[1.0], [1.0], [0.0], [0.0]])
+    assert M.ece(p, y) == pytest.approx(0.1)

@@ -1,0 +1,31 @@
+import numpy as np
+
+from router_core.probes import fisher_separability, participation_ratio
+
+
+def test_isotropic_gaussian_has_full_effective_dimensionality():
+    x = np.random.default_rng(0).normal(size=(5000, 20))
+    assert 18.5 < participation_ratio(x, standardised=False) <= 20
+
+
+def test_one_dominant_direction_has_effective_dimensionality_near_one():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2000, 20))
+    x[:, 3] *= 100.0  # like SmolLM2's few huge hidden dimensions
+    assert participation_ratio(x, standardised=False) < 1.1
+    assert participation_ratio(x, standardised=True) > 18  # standardising removes the artefact
+
+
+def test_fisher_separability_known_answers():
+    rng = np.random.default_rng(2)
+    n, d = 4000, 10
+    y = rng.integers(0, 2, n)
+    noise = rng.normal(size=(n, d))
+    same = fisher_separability(noise, y, pca_dim=d)
+    shifted = noise.copy()
+    shifted[:, 0] += 4.0 * y  # class means 4 within-class standard deviations apart on one axis
+    far = fisher_separability(shifted, y, pca_dim=d)
+    assert same < 0.02
+    # One dimension, priors 1/2: J = p1 p0 delta^2 / sigma_w^2 = 0.25 * 16 = 4 (standardising keeps J).
+    assert 3.6 < far < 4.4
+    assert fisher_separability(shifted, np.zeros(n)) == 0.0
