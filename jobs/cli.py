@@ -69,6 +69,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", help="comma-separated hidden-state indices (0 = embeddings), or 'all'")
     p.add_argument("--pooling", help="mean, last or mean,last")
     _common(p)
+
+    p = sub.add_parser("select-layers", help="rank (pooling, layer) columns by Fisher separability",
+                       description="On the training split, compute for every feature column its effective "
+                       "dimensionality and, for every target, the Fisher separability J of correct vs "
+                       "incorrect queries (after standardisation and PCA). Writes layer_profile.json "
+                       "and layer_profile.png under OUT and prints the best columns.")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--features", required=True, help="features folder made by extract")
+    p.add_argument("--out", required=True, help="folder for the profile")
+    _common(p)
+
+    p = sub.add_parser("train", help="fit SharedTrunkNet with Ray Train, tuned by Optuna",
+                       description="Fit the multi-output router on the training split: Optuna searches "
+                       "learning rate, weight decay, widths, dropout, pooling, number of top-J layers and "
+                       "PCA size (train.n_trials trials, each a Ray Train run); the best setting is "
+                       "trained with train.seeds seeds and the best train.keep form the ensemble. "
+                       "Missing outcomes are masked, never read as 0. Writes OUT/prefill_trunk/"
+                       "{weights.safetensors,manifest.json}.")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--features", required=True, help="features folder made by extract")
+    p.add_argument("--out", required=True, help="model folder")
+    _common(p)
     return parser
 
 
@@ -111,6 +133,18 @@ def main(argv: list[str] | None = None) -> int:
             run = extract.run_extract(cfg, args.data, args.out)
             extract.print_extract(run)
             return 0 if not run.rejected else 1
+        if args.command == "select-layers":
+            from . import select_layers
+
+            run = select_layers.run_select_layers(cfg, args.data, args.features, args.out)
+            select_layers.print_select(run)
+            return 0
+        if args.command == "train":
+            from . import train
+
+            run = train.run_train(cfg, args.data, args.features, args.out)
+            train.print_train(run)
+            return 0
     except RouterError as e:
         print(f"prefill-router {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -63,11 +63,40 @@ class ExtractConfig(Strict):
     cache_dir: str | None = Field(None, description="converted encoders; None = ~/.cache/prefill-router")
 
 
+class SelectConfig(Strict):
+    """Layer selection on the training split (Fisher separability J; d_eff as a diagnostic)."""
+
+    strategy: Literal["top_k_mean", "per_target"] = "top_k_mean"
+    k: int = Field(3, ge=1, description="columns kept by top_k_mean")
+    pca_dim: int = Field(64, ge=2, description="PCA size in which J is computed")
+    eps: float = Field(1e-3, gt=0, description="ridge added to S_w")
+    pooling: list[Literal["mean", "last"]] | None = Field(None, description="restrict to these poolings")
+
+
+class TrainConfig(Strict):
+    """SharedTrunkNet training: Optuna over the search space, then the best setting as an ensemble."""
+
+    seed: int = 0
+    val_frac: float = Field(0.15, gt=0, lt=1, description="share of train held out when there is no val split")
+    n_trials: int = Field(8, ge=1, description="Optuna trial budget (one seed each)")
+    seeds: int = Field(10, ge=1, description="ensemble members trained with the best setting")
+    keep: int = Field(5, ge=1, description="members kept, by validation loss")
+    max_epochs: int = Field(200, ge=1)
+    patience: int = Field(15, ge=1)
+    batch_size: int = Field(512, ge=8)
+    num_workers: int = Field(2, ge=1, description="Ray Train data-parallel workers")
+    cpus_per_worker: float = Field(0.5, gt=0)
+    use_gpu: bool = False
+    max_layers: int = Field(4, ge=1, description="most feature columns a trial may concatenate")
+
+
 class AppConfig(Strict):
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
     import_: ImportConfig = Field(ImportConfig(), alias="import")
     extract: ExtractConfig = ExtractConfig()
+    select: SelectConfig = SelectConfig()
+    train: TrainConfig = TrainConfig()
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:

@@ -144,3 +144,18 @@ def save_dataset(storage: Storage, root: str, ds: Dataset) -> None:
     storage.write_table(ds.outcomes.cast(schemas.OUTCOMES), join(root, OUTCOMES_FILE))
     storage.write_table(ds.queries.cast(schemas.QUERIES), join(root, QUERIES_FILE))
     storage.write_text(join(root, POOL_FILE), pool_to_yaml(ds.pool))
+
+
+def outcome_matrix(outcomes: pa.Table, query_ids: list[str], models: list[str], column: str = "score") -> "np.ndarray":
+    """(n, K) of ``column`` per query and model; NaN where the pair was not measured."""
+    import numpy as np
+
+    row = {q: i for i, q in enumerate(query_ids)}
+    col = {m: k for k, m in enumerate(models)}
+    out = np.full((len(query_ids), len(models)), np.nan)
+    vals = outcomes.column(column).to_numpy(zero_copy_only=False)
+    for q, m, v in zip(outcomes.column("query_id").to_pylist(), outcomes.column("model").to_pylist(), vals):
+        i, k = row.get(q), col.get(m)
+        if i is not None and k is not None and v is not None:
+            out[i, k] = v
+    return out

@@ -57,3 +57,41 @@ def fisher_separability(x: np.ndarray, y: np.ndarray, pca_dim: int = 64, eps: fl
         m = (zc.mean(axis=0) - mu)[:, None]
         s_b += p * (m @ m.T)
     return float(np.trace(np.linalg.solve(s_w + eps * np.eye(len(s_w)), s_b)))
+
+
+def layer_profile(columns: dict[str, np.ndarray], scores: np.ndarray, targets: list[str],
+                  pca_dim: int = 64, eps: float = 1e-3) -> list[dict]:
+    """d_eff and Fisher J of every feature column for every target.
+
+    ``columns``: name (``mean_12``) -> (n, d) features of the training rows; ``scores``: (n, K) with
+    NaN where a target was not measured (those rows are left out for that target, never read as
+    0); a score >= 0.5 counts as correct. Returns one dict per column, in the given order.
+    """
+    out = []
+    for name, x in columns.items():
+        z = standardise(x)
+        zp = pca_project(z, pca_dim)
+        per_target = {}
+        for k, t in enumerate(targets):
+            m = ~np.isnan(scores[:, k])
+            per_target[t] = fisher_separability(zp[m], scores[m, k] >= 0.5, pca_dim=pca_dim, eps=eps)
+        pooling, _, layer = name.rpartition("_")
+        out.append({
+            "column": name, "pooling": pooling, "layer": int(layer),
+            "d_eff": participation_ratio(z, standardised=False),
+            "d_eff_raw": participation_ratio(x, standardised=False),
+            "fisher_mean": float(np.mean(list(per_target.values()))),
+            "fisher": per_target,
+        })
+    return out
+
+
+def select_columns(profile: list[dict], strategy: str = "top_k_mean", k: int = 3) -> list[str]:
+    """Columns to keep: ``top_k_mean`` (highest mean J) or ``per_target`` (each target's best)."""
+    if strategy == "top_k_mean":
+        return [r["column"] for r in sorted(profile, key=lambda r: -r["fisher_mean"])[:k]]
+    if strategy == "per_target":
+        targets = list(profile[0]["fisher"]) if profile else []
+        best = {max(profile, key=lambda r: r["fisher"][t])["column"] for t in targets}
+        return [r["column"] for r in profile if r["column"] in best]
+    raise ValueError(f"unknown layer selection strategy {strategy!r} (top_k_mean, per_target)")

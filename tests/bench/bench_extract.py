@@ -4,7 +4,7 @@ On the same N real RouterBench prompts, in one process and one run, prints token
   (1) a plain transformers loop: fixed batches of 16 in input order (the usual baseline);
   (2) the core with length-sorted token-budget batches, prefix sharing off;
   (2p) the core with shared-prefix KV reuse (the default);
-  (3) the Ray job end to end (one actor, the same threads), prefix sharing on;
+  (3) the Ray job end to end (one actor, the same threads), prefix sharing on, and (3n) off;
 plus padding waste, peak memory, this CPU's measured matmul throughput in the same dtype and the
 extraction's share of it, bfloat16's speed and accuracy cost, and the job's memory at two corpus
 sizes. Results are printed as a table with ratios and written to out/bench/extract.json.
@@ -189,6 +189,11 @@ def main() -> None:
             job, run = job_run(cfg, texts, work, "job")
         record("(3) Ray job end to end", job, m.peak_mb)
         results["(3) Ray job end to end"]["actor_peak_rss_mb"] = run.actor_peak_rss_mb
+        # The same job with prefix sharing off: like for like against (2).
+        plain_cfg = cfg.model_copy(update={"extract": cfg.extract.model_copy(update={"prefix_sharing": False})})
+        with PeakRSS() as m:
+            job_plain, run = job_run(plain_cfg, texts, work, "job-plain")
+        record("(3n) Ray job, no prefix sharing", job_plain, m.peak_mb)
         # Memory against corpus size: same settings with a 16-token cap so 5,000 queries fit the run.
         capped = cfg.model_copy(update={"extract": cfg.extract.model_copy(update={"max_length": 16})})
         pool = load_prompts(3178, Path(args.data))
@@ -215,8 +220,9 @@ def main() -> None:
     print()
     print(f"matmul peak measured here: fp32 {peak_fp32 / 1e9:.0f} GFLOP/s, bf16 {peak_bf16 / 1e9:.0f} GFLOP/s "
           f"(2048^3, median of 5); FLOPs counted as 2 x {n_matmul / 1e6:.0f}M x tokens run")
-    print(f"ratios: (2)/(1) = {r2 / base:.2f}x   (2p)/(2) = {r2p / r2:.2f}x   (3)/(2p) = {r3 / r2p:.2f}x   "
-          f"ray.init {ray_start:.1f} s (not counted)")
+    r3n = results["(3n) Ray job, no prefix sharing"]["tok_s"]
+    print(f"ratios: (2)/(1) = {r2 / base:.2f}x   (2p)/(2) = {r2p / r2:.2f}x   (3n)/(2) = {r3n / r2:.2f}x   "
+          f"(3)/(2p) = {r3 / r2p:.2f}x   (3)/(2) = {r3 / r2:.2f}x   ray.init {ray_start:.1f} s (not counted)")
     print(f"shared prefixes vs plain: max abs diff {d_prefix[0]:.3g}, max relative {d_prefix[1]:.2e}")
     print(f"bfloat16 vs float32:      max abs diff {d_bf16[0]:.3g}, max relative {d_bf16[1]:.2e}")
     print("job memory vs corpus size (16-token cap): " + "; ".join(

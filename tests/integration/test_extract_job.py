@@ -12,6 +12,7 @@ from router_core.config import AppConfig
 from router_core.encoders import resolve_encoder
 from router_core.errors import ArtifactError
 from router_core.extraction import Encoder, text_hash
+from router_core.features import load_features
 from router_core.storage import Storage, join
 from jobs.extract import read_feature_keys, run_extract
 
@@ -64,6 +65,17 @@ def test_job_output_equals_core_and_counts_reconcile(ray_local, encoder_cache, r
         want = core.features[c].astype(np.float32)
         rel = np.abs(got - want).max(axis=1) / (np.abs(want).max(axis=1) + 1e-3)
         assert rel.max() < 2e-3, (c, rel.max())
+
+    # Read back aligned to a queries table, as training and routing do: absent rows are flagged.
+    probe = pa.Table.from_pylist([{"query_id": q["query_id"], "text": q["text"]} for q in real_queries[:5]]
+                                 + [{"query_id": "never-seen", "text": "x"},
+                                    {"query_id": real_queries[6]["query_id"], "text": "changed text"}])
+    fs = load_features(Storage(), out, probe, ["mean_12"])
+    assert fs.present.tolist() == [True] * 5 + [False, False]
+    want = core.features["mean_12"][:5].astype(np.float32)
+    rel = np.abs(fs.columns["mean_12"][:5] - want).max(axis=1) / (np.abs(want).max(axis=1) + 1e-3)
+    assert rel.max() < 2e-3
+    assert not fs.columns["mean_12"][5:].any()
 
 
 def test_rerun_resumes_without_duplicates_or_losses(ray_local, encoder_cache, real_queries, tmp_path):

@@ -29,3 +29,22 @@ def test_fisher_separability_known_answers():
     # One dimension, priors 1/2: J = p1 p0 delta^2 / sigma_w^2 = 0.25 * 16 = 4 (standardising keeps J).
     assert 3.6 < far < 4.4
     assert fisher_separability(shifted, np.zeros(n)) == 0.0
+
+
+def test_layer_profile_ranks_the_informative_column_first_and_masks_missing():
+    from router_core.probes import layer_profile, select_columns
+
+    rng = np.random.default_rng(3)
+    n = 600
+    y = rng.integers(0, 2, (n, 2)).astype(float)
+    good = rng.normal(size=(n, 8))
+    good[:, 0] += 3 * y[:, 0]
+    good[:, 1] += 3 * y[:, 1]
+    noise = rng.normal(size=(n, 8))
+    scores = y.copy()
+    scores[:50, 1] = np.nan  # not measured: left out, not read as 0
+    prof = layer_profile({"mean_01": noise, "last_05": good}, scores, ["a", "b"], pca_dim=8)
+    assert [r["layer"] for r in prof] == [1, 5] and prof[1]["pooling"] == "last"
+    assert prof[1]["fisher"]["a"] > 1.0 > 0.1 > prof[0]["fisher"]["a"]
+    assert select_columns(prof, "top_k_mean", 1) == ["last_05"]
+    assert select_columns(prof, "per_target") == ["last_05"]

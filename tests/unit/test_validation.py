@@ -95,3 +95,13 @@ def test_pool_problems_name_model_and_field(text, fragment):
         parse_pool(text, "pool.yaml")
     assert str(e.value).startswith("pool.yaml: ") and fragment in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_outcome_matrix_marks_unmeasured_as_nan(small_dataset):
+    import numpy as np
+
+    from router_core.dataset import outcome_matrix
+
+    m = outcome_matrix(small_dataset.outcomes, ["q3", "q2", "zz"], ["a", "b"])
+    assert m[0, 0] == 1.0 and np.isnan(m[0, 1])  # q3 never measured on b
+    assert m[1].tolist() == [0.0, 1.0] and np.isnan(m[2]).all()

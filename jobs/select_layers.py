@@ -1,0 +1,95 @@
+"""Stage ``select-layers``: profile every (pooling, layer) column on the training split."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from router_core.config import AppConfig
+from router_core.dataset import load_dataset, outcome_matrix
+from router_core.errors import DataError
+from router_core.features import load_features, read_manifest
+from router_core.probes import layer_profile, select_columns
+from router_core.storage import join
+
+from .common import format_table, storage_from
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SelectRun:
+    out: str
+    profile: list[dict]
+    selected: list[str]
+    n_train: int
+    targets: list[str]
+    seconds: float
+
+
+def run_select_layers(cfg: AppConfig, data: str, features: str, out: str) -> SelectRun:
+    t0 = time.perf_counter()
+    storage = storage_from(cfg)
+    ds = load_dataset(storage, data)
+    train = ds.queries.filter(np.array([s == "train" for s in ds.queries.column("split").to_pylist()]))
+    if train.num_rows == 0:
+        raise DataError(f"{data}: no queries with split 'train'")
+    manifest = read_manifest(storage, features)
+    cols = [c for c in manifest["columns"]
+            if cfg.select.pooling is None or c.rpartition("_")[0] in cfg.select.pooling]
+    fs = load_features(storage, features, train, cols)
+    if not fs.present.all():
+        log.warning("select-layers: %d of %d training queries have no features; left out",
+                    int((~fs.present).sum()), train.num_rows)
+    targets = ds.pool.names
+    qids = [q for q, p in zip(train.column("query_id").to_pylist(), fs.present) if p]
+    scores = outcome_matrix(ds.outcomes, qids, targets)
+    x = {c: fs.columns[c][fs.present] for c in cols}
+    profile = layer_profile(x, scores, targets, cfg.select.pca_dim, cfg.select.eps)
+    selected = select_columns(profile, cfg.select.strategy, cfg.select.k)
+    doc = {"dataset": data, "features": features, "encoder": manifest["encoder"], "n_train": len(qids),
+           "targets": targets, "strategy": cfg.select.strategy, "k": cfg.select.k, "pca_dim": cfg.select.pca_dim,
+           "selected": selected, "profile": profile}
+    storage.write_text(join(out, "layer_profile.json"), json.dumps(doc, indent=2))
+    storage.write_bytes(join(out, "layer_profile.png"), plot_profile(profile))
+    return SelectRun(out, profile, selected, len(qids), targets, time.perf_counter() - t0)
+
+
+def plot_profile(profile: list[dict]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for pooling in sorted({r["pooling"] for r in profile}):
+        rows = sorted((r for r in profile if r["pooling"] == pooling), key=lambda r: r["layer"])
+        layers = [r["layer"] for r in rows]
+        a1.plot(layers, [r["fisher_mean"] for r in rows], marker="o", label=pooling)
+        a2.plot(layers, [r["d_eff"] for r in rows], marker="o", label=f"{pooling} (standardised)")
+        a2.plot(layers, [r["d_eff_raw"] for r in rows], linestyle="--", label=f"{pooling} (raw)")
+    a1.set(xlabel="layer (hidden_states index)", ylabel="Fisher J, mean over targets", title="Separability")
+    a2.set(xlabel="layer (hidden_states index)", ylabel="participation ratio", title="Effective dimensionality",
+           yscale="log")
+    a1.legend()
+    a2.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def print_select(run: SelectRun, top: int = 10) -> None:
+    print(f"layer profile of {len(run.profile)} columns x {len(run.targets)} targets on {run.n_train} "
+          f"training queries ({run.seconds:.1f} s)")
+    best = sorted(run.profile, key=lambda r: -r["fisher_mean"])[:top]
+    print(format_table(["column", "mean J", "d_eff", "d_eff raw"],
+                       [[r["column"], r["fisher_mean"], r["d_eff"], r["d_eff_raw"]] for r in best]))
+    print(f"selected: {', '.join(run.selected)}")
+    print(f"wrote {join(run.out, 'layer_profile.json')} and layer_profile.png")

@@ -1,0 +1,145 @@
+"""SharedTrunkNet: one network that predicts P(correct) for every target model at once.
+
+standardise -> (optional PCA) -> Linear(d, w1) -> ReLU -> Dropout -> Linear(w1, w2) -> ReLU ->
+Dropout -> Linear(w2, K). Trained with binary cross-entropy masked where a target has no outcome
+for a query (never read as 0); graded scores in [0, 1] are soft targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class Preprocessor:
+    """Standardisation and optional PCA, fitted on training rows; arrays only (safetensors-ready)."""
+
+    def __init__(self, pca_dim: int | None = None, eps: float = 1e-6):
+        self.pca_dim = pca_dim
+        self.eps = eps
+
+    def fit(self, x: np.ndarray) -> "Preprocessor":
+        x = np.asarray(x, np.float64)
+        self.mean_ = x.mean(axis=0)
+        self.scale_ = x.std(axis=0) + self.eps
+        z = (x - self.mean_) / self.scale_
+        if self.pca_dim:
+            k = min(self.pca_dim, z.shape[0] - 1, z.shape[1])
+            _, _, vt = np.linalg.svd(z - z.mean(axis=0), full_matrices=False)
+            self.components_ = vt[:k].T  # (d, k)
+        else:
+            self.components_ = None
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        z = (np.asarray(x, np.float64) - self.mean_) / self.scale_
+        if self.components_ is not None:
+            z = z @ self.components_
+        return z.astype(np.float32)
+
+    @property
+    def out_dim(self) -> int:
+        return len(self.mean_) if self.components_ is None else self.components_.shape[1]
+
+    def state(self) -> dict[str, np.ndarray]:
+        s = {"mean": self.mean_, "scale": self.scale_}
+        if self.components_ is not None:
+            s["components"] = self.components_
+        return s
+
+    @classmethod
+    def from_state(cls, s: dict[str, np.ndarray]) -> "Preprocessor":
+        p = cls(pca_dim=s["components"].shape[1] if "components" in s else None)
+        p.mean_, p.scale_ = np.asarray(s["mean"]), np.asarray(s["scale"])
+        p.components_ = np.asarray(s["components"]) if "components" in s else None
+        return p
+
+
+class SharedTrunkNet(nn.Module):
+    def __init__(self, d_in: int, n_targets: int, widths: tuple[int, ...] = (256, 128),
+                 dropouts: tuple[float, ...] = (0.3, 0.2)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = d_in
+        for w, p in zip(widths, dropouts):
+            layers += [nn.Linear(prev, w), nn.ReLU(), nn.Dropout(p)]
+            prev = w
+        layers.append(nn.Linear(prev, n_targets))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (b, d) -> (b, K) logits
+        return self.net(x)
+
+
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean BCE over measured (query, target) pairs only.  All (b, K); mask 1 = measured."""
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return (loss * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+@dataclass
+class TrainParams:
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 512
+    max_epochs: int = 200
+    patience: int = 15
+    widths: tuple[int, ...] = (256, 128)
+    dropouts: tuple[float, ...] = (0.3, 0.2)
+
+
+def split_targets(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(targets with NaN -> 0, mask of measured) from an (n, K) score matrix with NaN = not measured."""
+    mask = ~np.isnan(scores)
+    return np.where(mask, scores, 0.0).astype(np.float32), mask.astype(np.float32)
+
+
+def fit_trunk(x_tr: np.ndarray, s_tr: np.ndarray, x_va: np.ndarray, s_va: np.ndarray, params: TrainParams,
+              seed: int, rank: int = 0, world: int = 1, wrap=None) -> tuple[SharedTrunkNet, float, int]:
+    """Train one net with early stopping on validation loss. Deterministic for a seed on CPU.
+
+    Data-parallel use: each of ``world`` workers passes its ``rank`` and a ``wrap`` (e.g. DDP) for
+    the net; every worker sees the same permutation and trains on its slice of each batch, so all
+    take the same number of steps. Returns the net at its best epoch, that validation loss, and
+    the number of epochs run.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = SharedTrunkNet(x_tr.shape[1], s_tr.shape[1], params.widths, params.dropouts)
+    model = wrap(net) if wrap is not None else net
+    opt = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    xt, (yt, mt) = torch.from_numpy(x_tr), map(torch.from_numpy, split_targets(s_tr))
+    xv, (yv, mv) = torch.from_numpy(x_va), map(torch.from_numpy, split_targets(s_va))
+    best, best_state, since, epoch = float("inf"), None, 0, 0
+    for epoch in range(1, params.max_epochs + 1):
+        model.train()
+        perm = torch.randperm(len(xt), generator=gen)
+        for i in range(0, len(xt), params.batch_size):
+            idx = perm[i : i + params.batch_size][rank::world]
+            opt.zero_grad()
+            masked_bce(model(xt[idx]), yt[idx], mt[idx]).backward()
+            opt.step()
+        net.eval()
+        with torch.no_grad():
+            val = float(masked_bce(net(xv), yv, mv))
+        if val < best - 1e-6:
+            best, since = val, 0
+            best_state = {k: v.clone() for k, v in net.state_dict().items()}
+        else:
+            since += 1
+            if since >= params.patience:
+                break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    net.eval()
+    return net, best, epoch
+
+
+def predict_proba(nets: list[SharedTrunkNet], x: np.ndarray) -> np.ndarray:
+    """Mean of the ensemble's sigmoid outputs.  (n, d) -> (n, K)."""
+    with torch.no_grad():
+        xt = torch.from_numpy(np.asarray(x, np.float32))
+        return np.mean([torch.sigmoid(n.eval()(xt)).numpy() for n in nets], axis=0)  # eval: no dropout
