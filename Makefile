@@ -24,6 +24,7 @@ demo: $(STAMP)
 	$(CLI) import routerbench $(DATA)/routerbench-subset/routerbench_wide.csv --out $(OUT)/data
 	$(CLI) validate $(OUT)/data
 	$(CLI) extract --data $(OUT)/data --out $(OUT)/features
+	$(CLI) select-layers --data $(OUT)/data --features $(OUT)/features --out $(OUT)/layers
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
