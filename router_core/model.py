@@ -111,8 +111,9 @@ def fit_trunk(x_tr: np.ndarray, s_tr: np.ndarray, x_va: np.ndarray, s_va: np.nda
     net = SharedTrunkNet(x_tr.shape[1], s_tr.shape[1], params.widths, params.dropouts)
     model = wrap(net) if wrap is not None else net
     opt = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    xt, (yt, mt) = torch.from_numpy(x_tr), map(torch.from_numpy, split_targets(s_tr))
-    xv, (yv, mv) = torch.from_numpy(x_va), map(torch.from_numpy, split_targets(s_va))
+    # Copies: arrays from Ray's object store are read-only.
+    xt, (yt, mt) = torch.tensor(x_tr, dtype=torch.float32), map(torch.from_numpy, split_targets(s_tr))
+    xv, (yv, mv) = torch.tensor(x_va, dtype=torch.float32), map(torch.from_numpy, split_targets(s_va))
     best, best_state, since, epoch = float("inf"), None, 0, 0
     for epoch in range(1, params.max_epochs + 1):
         model.train()
