@@ -29,6 +29,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
+def _learning_inputs(p: argparse.ArgumentParser, out_help: str) -> None:
+    """The arguments of the stages that learn from a dataset and its features."""
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--features", required=True, help="features folder made by extract")
+    p.add_argument("--out", required=True, help=out_help)
+    _common(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefill-router", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,10 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "dimensionality and, for every target, the Fisher separability J of correct vs "
                        "incorrect queries (after standardisation and PCA). Writes layer_profile.json "
                        "and layer_profile.png under OUT and prints the best columns.")
-    p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--features", required=True, help="features folder made by extract")
-    p.add_argument("--out", required=True, help="folder for the profile")
-    _common(p)
+    _learning_inputs(p, out_help="folder for the profile")
 
     p = sub.add_parser("train", help="fit SharedTrunkNet with Ray Train, tuned by Optuna",
                        description="Fit the multi-output router on the training split: Optuna searches "
@@ -87,10 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "trained with train.seeds seeds and the best train.keep form the ensemble. "
                        "Missing outcomes are masked, never read as 0. Writes OUT/prefill_trunk/"
                        "{weights.safetensors,manifest.json}.")
-    p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--features", required=True, help="features folder made by extract")
-    p.add_argument("--out", required=True, help="model folder")
-    _common(p)
+    _learning_inputs(p, out_help="model folder")
     return parser
 
 

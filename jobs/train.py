@@ -98,7 +98,7 @@ def _split_masks(queries, cfg: AppConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.array(train), np.array(val)
 
 
-def _fit(cfg: AppConfig, data_ref, params: TrainParams, seeds: list[int], d_in_note: str):
+def _fit(cfg: AppConfig, data_ref, params: TrainParams, seeds: list[int], run_name: str):
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -109,7 +109,7 @@ def _fit(cfg: AppConfig, data_ref, params: TrainParams, seeds: list[int], d_in_n
             train_loop_config={"data": data_ref, "params": params.__dict__, "seeds": seeds},
             scaling_config=ray.train.ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                                                    resources_per_worker={"CPU": tc.cpus_per_worker}),
-            run_config=ray.train.RunConfig(storage_path=store, name=f"trunk-{d_in_note}"),
+            run_config=ray.train.RunConfig(storage_path=store, name=f"trunk-{run_name}"),
         )
         result = trainer.fit()
         if result.error:
