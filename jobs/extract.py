@@ -23,10 +23,17 @@ import pyarrow.parquet as pq
 
 from router_core import schemas
 from router_core.config import AppConfig, ExtractConfig
-from router_core.dataset import conform
+from router_core.dataset import conform, table_uri
 from router_core.encoders import resolve_encoder
 from router_core.errors import ArtifactError, DataError
-from router_core.extraction import ExtractStats, settings_identity, settings_key, text_hash
+from router_core.extraction import (
+    ExtractStats,
+    feature_column,
+    resolve_layers,
+    settings_identity,
+    settings_key,
+    text_hash,
+)
 from router_core.storage import Storage, join
 from router_core.validation import check_queries
 
@@ -40,16 +47,12 @@ PARTS = "parts"
 REJECTS = "rejects.parquet"
 
 
-def queries_uri(storage: Storage, uri: str) -> str:
-    """A dataset folder (holding queries.parquet or queries/), a Parquet file, or a folder of parts."""
-    for cand in (join(uri, "queries.parquet"), join(uri, "queries")):
-        if storage.exists(cand):
-            return cand
-    return uri
-
-
 def read_queries(storage: Storage, uri: str) -> tuple[pa.Table, str]:
-    src = queries_uri(storage, uri)
+    """A dataset folder (holding queries.parquet or queries/), a Parquet file, or a folder of parts."""
+    try:
+        src = table_uri(storage, uri, "queries")
+    except DataError:
+        src = uri
     table, warnings = conform(storage.read_table(src), schemas.QUERIES, src)
     for w in warnings:
         log.warning(w)
@@ -194,7 +197,7 @@ def run_extract(cfg: AppConfig, data_uri: str, out: str) -> ExtractRun:
         "settings_key": key,
         "settings": identity,
         "encoder": {"spec": ecfg.encoder, "identity": resolved.identity, "revision": resolved.revision},
-        "columns": [f"{p}_{layer:02d}" for p in ecfg.pooling for layer in layers],
+        "columns": [feature_column(p, layer) for p in ecfg.pooling for layer in layers],
         "feature_dim": dim,
         "feature_dtype": "float16",
         "key_columns": ["query_id", "text_hash"],
@@ -232,7 +235,7 @@ def run_extract(cfg: AppConfig, data_uri: str, out: str) -> ExtractRun:
         storage.write_table(schemas.rejects_table(rejects), rej_uri)
     elif storage.exists(rej_uri):
         storage.delete(rej_uri)
-    total = read_feature_keys(storage, out).num_rows
+    total = have.num_rows + extracted  # new rows are pairs the folder did not hold
     manifest.update(complete=True, rows=total, updated_unix=int(time.time()))
     storage.write_text(manifest_uri, json.dumps(manifest, indent=2))
     run = ExtractRun(out, queries.num_rows, reused, extracted, len(rejects), total, stats,
@@ -269,12 +272,7 @@ def _encoder_shape(path: str, ecfg: ExtractConfig) -> tuple[list[int], int]:
     from transformers import AutoConfig
 
     conf = AutoConfig.from_pretrained(path, revision=ecfg.revision)
-    n_hidden = conf.num_hidden_layers + 1
-    layers = list(range(n_hidden)) if ecfg.layers == "all" else list(ecfg.layers)
-    bad = [x for x in layers if not 0 <= x < n_hidden]
-    if bad:
-        raise ArtifactError(f"extract.layers {bad} out of range: the encoder has hidden states 0..{n_hidden - 1}")
-    return layers, conf.hidden_size
+    return resolve_layers(ecfg.layers, conf.num_hidden_layers + 1), conf.hidden_size
 
 
 def _diff(old: dict, new: dict) -> str:

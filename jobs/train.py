@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from router_core.artifacts import save_trunk
+from router_core.artifacts import member_state, save_trunk
 from router_core.config import AppConfig
 from router_core.dataset import load_dataset, outcome_matrix
 from router_core.errors import DataError
@@ -124,7 +124,6 @@ def _fit(cfg: AppConfig, data_ref, params: TrainParams, seeds: list[int], run_na
 def run_train(cfg: AppConfig, data: str, features: str, out: str) -> TrainRun:
     import optuna
     import ray
-    import torch
 
     from router_core.model import SharedTrunkNet
 
@@ -194,8 +193,7 @@ def run_train(cfg: AppConfig, data: str, features: str, out: str) -> TrainRun:
     nets = []
     for s in kept:
         net = SharedTrunkNet(pre.out_dim, len(targets), params.widths, params.dropouts)
-        prefix = f"seed{s}."
-        net.load_state_dict({k[len(prefix):]: torch.from_numpy(v) for k, v in states.items() if k.startswith(prefix)})
+        net.load_state_dict(member_state(states, f"seed{s}."))
         nets.append(net)
 
     fingerprint = hashlib.sha256(json.dumps({

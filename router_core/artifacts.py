@@ -24,6 +24,11 @@ WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
 
 
+def member_state(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, torch.Tensor]:
+    """The state dict stored under ``prefix`` (e.g. ``member0.``) in a flat tensor mapping."""
+    return {k[len(prefix):]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith(prefix)}
+
+
 def save_trunk(storage: Storage, folder: str, pre: Preprocessor, nets: list[SharedTrunkNet],
                manifest: dict) -> dict:
     tensors = {f"pre.{k}": np.ascontiguousarray(v, dtype=np.float64) for k, v in pre.state().items()}
@@ -53,9 +58,7 @@ def load_trunk(storage: Storage, folder: str) -> tuple[Preprocessor, list[Shared
     for i in range(manifest["members"]):
         net = SharedTrunkNet(pre.out_dim, len(manifest["targets"]), tuple(manifest["widths"]),
                              tuple(manifest["dropouts"]))
-        prefix = f"member{i}."
-        net.load_state_dict({k[len(prefix):]: torch.from_numpy(v) for k, v in tensors.items()
-                             if k.startswith(prefix)})
+        net.load_state_dict(member_state(tensors, f"member{i}."))
         net.eval()
         nets.append(net)
     return pre, nets, manifest

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import yaml
 from pydantic import ValidationError
@@ -111,7 +112,7 @@ def pool_to_yaml(pool: schemas.Pool) -> str:
     return yaml.safe_dump(pool.model_dump(exclude_none=True), sort_keys=False)
 
 
-def _table_uri(storage: Storage, root: str, name: str) -> str:
+def table_uri(storage: Storage, root: str, name: str) -> str:
     """``root/name.parquet`` if it exists, else the folder ``root/name/``."""
     single = join(root, f"{name}.parquet")
     if storage.exists(single):
@@ -130,8 +131,8 @@ def load_dataset(storage: Storage, root: str) -> Dataset:
     """Read a dataset folder; structural problems raise DataError, row problems are left in."""
     if not storage.exists(root):
         raise DataError(f"{root}: dataset folder not found")
-    q_uri = _table_uri(storage, root, "queries")
-    o_uri = _table_uri(storage, root, "outcomes")
+    q_uri = table_uri(storage, root, "queries")
+    o_uri = table_uri(storage, root, "outcomes")
     queries, w1 = read_table_conformed(storage, q_uri, schemas.QUERIES)
     outcomes, w2 = read_table_conformed(storage, o_uri, schemas.OUTCOMES)
     pool_uri = join(root, POOL_FILE)
@@ -146,10 +147,8 @@ def save_dataset(storage: Storage, root: str, ds: Dataset) -> None:
     storage.write_text(join(root, POOL_FILE), pool_to_yaml(ds.pool))
 
 
-def outcome_matrix(outcomes: pa.Table, query_ids: list[str], models: list[str], column: str = "score") -> "np.ndarray":
+def outcome_matrix(outcomes: pa.Table, query_ids: list[str], models: list[str], column: str = "score") -> np.ndarray:
     """(n, K) of ``column`` per query and model; NaN where the pair was not measured."""
-    import numpy as np
-
     row = {q: i for i, q in enumerate(query_ids)}
     col = {m: k for k, m in enumerate(models)}
     out = np.full((len(query_ids), len(models)), np.nan)

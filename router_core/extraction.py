@@ -36,6 +36,15 @@ def feature_column(pooling: str, layer: int) -> str:
     return f"{pooling}_{layer:02d}"
 
 
+def resolve_layers(layers: "str | list[int]", n_hidden: int) -> list[int]:
+    """The hidden-state indices asked for ("all" or a list), checked against the encoder's count."""
+    out = list(range(n_hidden)) if layers == "all" else list(layers)
+    bad = [x for x in out if not 0 <= x < n_hidden]
+    if bad:
+        raise ArtifactError(f"extract.layers {bad} out of range: the encoder has hidden states 0..{n_hidden - 1}")
+    return out
+
+
 def settings_identity(cfg: ExtractConfig, encoder_identity: str, layers: list[int]) -> dict:
     """The settings that determine the features' values: the cache key next to the text hash."""
     return {
@@ -196,10 +205,7 @@ class Encoder:
         self.model.eval().to(cfg.device)
         self.n_hidden = self.model.config.num_hidden_layers + 1
         self.hidden_size = self.model.config.hidden_size
-        self.layers = list(range(self.n_hidden)) if cfg.layers == "all" else list(cfg.layers)
-        bad = [layer for layer in self.layers if not 0 <= layer < self.n_hidden]
-        if bad:
-            raise ArtifactError(f"layers {bad} out of range: this encoder has hidden states 0..{self.n_hidden - 1}")
+        self.layers = resolve_layers(cfg.layers, self.n_hidden)
         if cfg.chat_template and not self.tokenizer.chat_template:
             raise ArtifactError(f"encoder {model_path} has no chat template: set extract.chat_template=false")
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

@@ -9,7 +9,6 @@ import pytest
 from jobs.cli import main
 from router_core import importers
 from router_core.artifacts import load_trunk
-from router_core.config import AppConfig
 from router_core.dataset import Dataset, save_dataset
 from router_core.model import predict_proba
 from router_core.storage import Storage
