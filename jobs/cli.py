@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="features folder (local or s3://)")
     p.add_argument("--encoder", help="smollm2-135m (packaged), a local model folder, or a HF id")
     p.add_argument("--layers", help="comma-separated hidden-state indices (0 = embeddings), or 'all'")
-    p.add_argument("--pooling", help="mean, last or mean,last")
+    p.add_argument("--pooling", help="comma-separated: mean (all tokens), last (last token), tail (last extract.tail_tokens)")
     _common(p)
 
     p = sub.add_parser("select-layers", help="rank (pooling, layer) columns by Fisher separability",

