@@ -85,14 +85,28 @@ def build_parser() -> argparse.ArgumentParser:
                        "and layer_profile.png under OUT and prints the best columns.")
     _learning_inputs(p, out_help="folder for the profile")
 
-    p = sub.add_parser("train", help="fit SharedTrunkNet with Ray Train, tuned by Optuna",
+    p = sub.add_parser("train", help="fit SharedTrunkNet with Ray Train, tuned by Optuna, and its baselines",
                        description="Fit the multi-output router on the training split: Optuna searches "
-                       "learning rate, weight decay, widths, dropout, pooling, number of top-J layers and "
-                       "PCA size (train.n_trials trials, each a Ray Train run); the best setting is "
-                       "trained with train.seeds seeds and the best train.keep form the ensemble. "
-                       "Missing outcomes are masked, never read as 0. Writes OUT/prefill_trunk/"
-                       "{weights.safetensors,manifest.json}.")
+                       "learning rate, weight decay, widths, dropout, pooling, which columns (top-n by "
+                       "Fisher J or each target's best) and PCA size (train.n_trials trials, each a Ray "
+                       "Train run); the best setting is trained with train.seeds seeds, the best "
+                       "train.keep form the ensemble, and a temperature is fitted on validation. Missing "
+                       "outcomes are masked, never read as 0. Also fits the baselines (semantic MLP and "
+                       "kNN on all-MiniLM-L6-v2 embeddings, computed and cached by the extraction job; "
+                       "per-target logistic regression; task prior; fixed, random, oracle). Writes "
+                       "OUT/<router>/{weights.safetensors,manifest.json} and OUT/manifest.json.")
     _learning_inputs(p, out_help="model folder")
+
+    p = sub.add_parser("evaluate", help="score every trained router on the test split; report.json + report.html",
+                       description="On the dataset's test queries measured on every target: accuracy and "
+                       "cost at tau 0, gap closed, P-AUCCC, Pareto-AUCCC of the single models, cost "
+                       "reduction, mean ROC-AUC, ECE (before/after temperature), AIQ, and for two-model "
+                       "pools APGR and CPT(50%). Costs are the observed cost_usd, else tokens x prices.")
+    p.add_argument("--data", required=True, help="dataset folder (local or s3://)")
+    p.add_argument("--features", required=True, help="prefill features folder made by `extract`")
+    p.add_argument("--model", required=True, help="model folder made by `train`")
+    p.add_argument("--out", required=True, help="report folder")
+    _common(p)
     return parser
 
 
@@ -146,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
 
             run = train.run_train(cfg, args.data, args.features, args.out)
             train.print_train(run)
+            return 0
+        if args.command == "evaluate":
+            from . import evaluate
+
+            run = evaluate.run_evaluate(cfg, args.data, args.features, args.model, args.out)
+            evaluate.print_evaluate(run)
             return 0
     except RouterError as e:
         print(f"prefill-router {args.command}: error: {e}", file=sys.stderr)

@@ -1,9 +1,10 @@
 """The trained router on disk: safetensors weights beside a JSON manifest. No pickles.
 
-``MODEL/prefill_trunk/weights.safetensors`` holds the preprocessor arrays (``pre.mean``,
-``pre.scale``, optionally ``pre.components``) and each ensemble member's parameters
-(``member0.net.0.weight`` ...). ``manifest.json`` holds what is needed to use them safely:
-targets, prices, encoder identity, feature columns, widths, metrics, the weights' SHA-256.
+Every router is a folder ``MODEL/<name>/`` with ``weights.safetensors`` (arrays only; e.g. the
+preprocessor's ``pre.mean``, ``pre.scale``, ``pre.components`` and each ensemble member's
+``member0.net.0.weight`` ...) and ``manifest.json``: what is needed to use them safely (targets,
+prices, encoder identity, feature columns, widths, metrics) and the weights' SHA-256, checked on
+every load.
 """
 
 from __future__ import annotations
@@ -29,38 +30,64 @@ def member_state(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, torch
     return {k[len(prefix):]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def save_trunk(storage: Storage, folder: str, pre: Preprocessor, nets: list[SharedTrunkNet],
-               manifest: dict) -> dict:
-    tensors = {f"pre.{k}": np.ascontiguousarray(v, dtype=np.float64) for k, v in pre.state().items()}
-    for i, net in enumerate(nets):
-        for k, v in net.state_dict().items():
-            tensors[f"member{i}.{k}"] = v.detach().cpu().numpy()
-    data = st_save(tensors)
-    manifest = dict(manifest, members=len(nets), weights_sha256=hashlib.sha256(data).hexdigest())
+def save_component(storage: Storage, folder: str, tensors: dict[str, np.ndarray], manifest: dict) -> dict:
+    """Write ``weights.safetensors`` and ``manifest.json`` (with the weights' SHA-256) to ``folder``."""
+    data = st_save({k: np.ascontiguousarray(v) for k, v in tensors.items()})
+    manifest = dict(manifest, weights_sha256=hashlib.sha256(data).hexdigest())
     storage.write_bytes(join(folder, WEIGHTS), data)
     storage.write_text(join(folder, MANIFEST), json.dumps(manifest, indent=2))
     return manifest
 
 
-def load_trunk(storage: Storage, folder: str) -> tuple[Preprocessor, list[SharedTrunkNet], dict]:
+def read_json(storage: Storage, uri: str) -> dict:
+    if not storage.exists(uri):
+        raise ArtifactError(f"{uri}: missing")
     try:
-        manifest = json.loads(storage.read_text(join(folder, MANIFEST)))
+        return json.loads(storage.read_text(uri))
     except json.JSONDecodeError as e:
-        raise ArtifactError(f"{join(folder, MANIFEST)}: not valid JSON ({e})") from None
+        raise ArtifactError(f"{uri}: not valid JSON ({e})") from None
+
+
+def load_component(storage: Storage, folder: str) -> tuple[dict[str, np.ndarray], dict]:
+    """The tensors and manifest of ``folder``; refuses weights whose digest differs from the manifest's."""
+    manifest = read_json(storage, join(folder, MANIFEST))
     data = storage.read_bytes(join(folder, WEIGHTS))
     digest = hashlib.sha256(data).hexdigest()
     if digest != manifest.get("weights_sha256"):
         raise ArtifactError(f"{join(folder, WEIGHTS)}: SHA-256 {digest[:12]}... does not match the manifest's "
                             f"{str(manifest.get('weights_sha256'))[:12]}...; refusing to load")
-    tensors = st_load(data)
-    pre = Preprocessor.from_state({k[4:]: v for k, v in tensors.items() if k.startswith("pre.")})
+    return st_load(data), manifest
+
+
+def trunk_tensors(pre: Preprocessor, nets: list[SharedTrunkNet], prefix: str = "") -> dict[str, np.ndarray]:
+    tensors = {f"{prefix}pre.{k}": np.asarray(v, dtype=np.float64) for k, v in pre.state().items()}
+    for i, net in enumerate(nets):
+        for k, v in net.state_dict().items():
+            tensors[f"{prefix}member{i}.{k}"] = v.detach().cpu().numpy()
+    return tensors
+
+
+def trunk_from_tensors(tensors: dict[str, np.ndarray], n_members: int, n_targets: int, widths, dropouts,
+                       prefix: str = "") -> tuple[Preprocessor, list[SharedTrunkNet]]:
+    p = f"{prefix}pre."
+    pre = Preprocessor.from_state({k[len(p):]: v for k, v in tensors.items() if k.startswith(p)})
     nets = []
-    for i in range(manifest["members"]):
-        net = SharedTrunkNet(pre.out_dim, len(manifest["targets"]), tuple(manifest["widths"]),
-                             tuple(manifest["dropouts"]))
-        net.load_state_dict(member_state(tensors, f"member{i}."))
-        net.eval()
-        nets.append(net)
+    for i in range(n_members):
+        net = SharedTrunkNet(pre.out_dim, n_targets, tuple(widths), tuple(dropouts))
+        net.load_state_dict(member_state(tensors, f"{prefix}member{i}."))
+        nets.append(net.eval())
+    return pre, nets
+
+
+def save_trunk(storage: Storage, folder: str, pre: Preprocessor, nets: list[SharedTrunkNet],
+               manifest: dict) -> dict:
+    return save_component(storage, folder, trunk_tensors(pre, nets), dict(manifest, members=len(nets)))
+
+
+def load_trunk(storage: Storage, folder: str) -> tuple[Preprocessor, list[SharedTrunkNet], dict]:
+    tensors, manifest = load_component(storage, folder)
+    pre, nets = trunk_from_tensors(tensors, manifest["members"], len(manifest["targets"]), manifest["widths"],
+                                   manifest["dropouts"])
     return pre, nets, manifest
 
 

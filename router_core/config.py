@@ -90,6 +90,19 @@ class TrainConfig(Strict):
     cpus_per_worker: float = Field(0.5, gt=0)
     use_gpu: bool = False
     max_layers: int = Field(4, ge=1, description="most feature columns a trial may concatenate")
+    temperature: bool = Field(True, description="fit a temperature on the validation split (ECE before/after)")
+
+
+class BaselinesConfig(Strict):
+    """The routers ``train`` fits beside the prefill SharedTrunkNet, for ``evaluate`` to compare."""
+
+    semantic_encoder: str = Field("minilm-l6", description="sentence encoder of the semantic baselines")
+    semantic_max_length: int = Field(256, ge=8, description="its token cap (the question end is kept)")
+    semantic_features: str | None = Field(None, description="where its embeddings are cached; None = MODEL/semantic_features")
+    semantic_trials: int | None = Field(None, ge=1, description="Optuna trials of the semantic MLP; None = train.n_trials")
+    knn_k: list[int] = Field([5, 10, 20, 50, 100], min_length=1, description="k tried by semantic_knn on val")
+    logreg_c: list[float] = Field([0.001, 0.01, 0.1, 1.0], min_length=1, description="C tried by prefill_logreg on val")
+    random_seed: int = 0
 
 
 class AppConfig(Strict):
@@ -99,6 +112,7 @@ class AppConfig(Strict):
     extract: ExtractConfig = ExtractConfig()
     select: SelectConfig = SelectConfig()
     train: TrainConfig = TrainConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:

@@ -41,8 +41,8 @@ def feature_column(pooling: str, layer: int) -> str:
 
 
 def resolve_layers(layers: "str | list[int]", n_hidden: int) -> list[int]:
-    """The hidden-state indices asked for ("all" or a list), checked against the encoder's count."""
-    out = list(range(n_hidden)) if layers == "all" else list(layers)
+    """The hidden-state indices asked for ("all" or a list; -1 = the last), checked against the count."""
+    out = list(range(n_hidden)) if layers == "all" else [x + n_hidden if -n_hidden <= x < 0 else x for x in layers]
     bad = [x for x in out if not 0 <= x < n_hidden]
     if bad:
         raise ArtifactError(f"extract.layers {bad} out of range: the encoder has hidden states 0..{n_hidden - 1}")

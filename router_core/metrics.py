@@ -138,10 +138,13 @@ def mean_auc(proba: np.ndarray, scores: np.ndarray) -> float:
 
 
 def ece(proba: np.ndarray, scores: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error (equal-width bins), averaged over targets."""
+    """Expected calibration error (equal-width bins), averaged over targets; NaN scores are skipped."""
     out = []
     for k in range(proba.shape[1]):
-        p, y = proba[:, k], scores[:, k]
+        m = ~np.isnan(scores[:, k])
+        if not m.any():
+            continue
+        p, y = proba[m, k], scores[m, k]
         idx = np.minimum((p * bins).astype(int), bins - 1)
         e = 0.0
         for b in range(bins):
@@ -150,3 +153,30 @@ def ece(proba: np.ndarray, scores: np.ndarray, bins: int = 10) -> float:
                 e += m.mean() * abs(p[m].mean() - y[m].mean())
         out.append(e)
     return float(np.mean(out))
+
+
+def pgr_curve(prefer_strong: np.ndarray, s_strong: np.ndarray, s_weak: np.ndarray,
+              steps: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """RouteLLM's performance gap recovered against the share of calls sent to the strong model.
+
+    The ``round(f * n)`` queries the router most prefers for the strong model go to it, for f on a
+    grid of ``steps + 1`` shares in [0, 1]. PGR = (accuracy - weak) / (strong - weak).
+    """
+    n = len(prefer_strong)
+    order = np.argsort(-np.asarray(prefer_strong), kind="stable")
+    gain = np.concatenate([[0.0], np.cumsum(s_strong[order] - s_weak[order])])
+    fracs = np.linspace(0.0, 1.0, steps + 1)
+    acc = (s_weak.sum() + gain[np.round(fracs * n).astype(int)]) / n
+    gap = s_strong.mean() - s_weak.mean()
+    return fracs, (acc - s_weak.mean()) / gap if gap > 0 else np.zeros_like(fracs)
+
+
+def apgr(fracs: np.ndarray, pgr: np.ndarray) -> float:
+    """Average PGR over the call share (trapezoid rule on [0, 1])."""
+    return float(np.sum((fracs[1:] - fracs[:-1]) * (pgr[1:] + pgr[:-1]) / 2))
+
+
+def cpt(fracs: np.ndarray, pgr: np.ndarray, level: float = 0.5) -> float | None:
+    """Smallest share of strong-model calls (in %) whose PGR reaches ``level``; None if never."""
+    ok = np.nonzero(pgr >= level - 1e-12)[0]
+    return None if not len(ok) else float(100.0 * fracs[ok[0]])

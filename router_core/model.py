@@ -139,8 +139,13 @@ def fit_trunk(x_tr: np.ndarray, s_tr: np.ndarray, x_va: np.ndarray, s_va: np.nda
     return net, best, epoch
 
 
-def predict_proba(nets: list[SharedTrunkNet], x: np.ndarray) -> np.ndarray:
-    """Mean of the ensemble's sigmoid outputs.  (n, d) -> (n, K)."""
+def predict_logits(nets: list[SharedTrunkNet], x: np.ndarray) -> np.ndarray:
+    """Each member's logits.  (n, d) -> (members, n, K)."""
     with torch.no_grad():
         xt = torch.from_numpy(np.asarray(x, np.float32))
-        return np.mean([torch.sigmoid(n.eval()(xt)).numpy() for n in nets], axis=0)  # eval: no dropout
+        return np.stack([n.eval()(xt).numpy() for n in nets])  # eval: no dropout
+
+
+def predict_proba(nets: list[SharedTrunkNet], x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Mean of the ensemble's sigmoid(logits / temperature).  (n, d) -> (n, K)."""
+    return (1.0 / (1.0 + np.exp(-predict_logits(nets, x) / temperature))).mean(axis=0)

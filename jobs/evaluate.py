@@ -1,0 +1,160 @@
+"""Stage ``evaluate``: every router under MODEL on the dataset's test split -> report.json + report.html.
+
+Rows are the test queries measured on every target (a router's cost-accuracy curve needs each
+target's outcome); the others are counted in the report, never silently dropped. Costs per call
+are the observed ``cost_usd``, else tokens x prices (see router_core.evaluation.call_costs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from router_core.artifacts import check_features_match, read_json
+from router_core.config import AppConfig
+from router_core.dataset import load_dataset, outcome_matrix
+from router_core.errors import ArtifactError, DataError
+from router_core.evaluation import build_report, call_costs, reliability
+from router_core.features import load_features, read_manifest
+from router_core.routers import RouterInputs, TrunkRouter, load_router
+from router_core.storage import join
+
+from .common import format_table, storage_from
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalRun:
+    out: str
+    report: dict
+    seconds: float
+
+
+def load_model_index(storage, model: str) -> dict:
+    index = read_json(storage, join(model, "manifest.json"))
+    if index.get("kind") != "prefill-router-models":
+        raise ArtifactError(f"{join(model, 'manifest.json')}: kind is {index.get('kind')!r}, "
+                            "expected 'prefill-router-models' (the output folder of `train`)")
+    return index
+
+
+def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str) -> EvalRun:
+    from .train import semantic_embeddings
+
+    t0 = time.perf_counter()
+    storage = storage_from(cfg)
+    index = load_model_index(storage, model)
+    targets = index["targets"]
+    ds = load_dataset(storage, data)
+    missing = [t for t in targets if t not in ds.pool.names]
+    if missing:
+        raise DataError(f"{data}: pool.yaml lacks the model's target(s) {', '.join(missing)}")
+    q = ds.queries
+    splits = np.array(q.column("split").to_pylist(), dtype=object)
+    test = splits == "test"
+    if not test.any():
+        raise DataError(f"{data}: no queries with split 'test' to evaluate on")
+    qids = q.column("query_id").to_pylist()
+    scores = outcome_matrix(ds.outcomes, qids, targets)
+
+    routers = {name: load_router(storage, join(model, folder)) for name, folder in index["routers"].items()}
+    fman = read_manifest(storage, features)
+    prefill_cols = sorted({c for r, m in routers.values() if "prefill" in r.needs for c in m["columns"]})
+    for name, (r, m) in routers.items():
+        if "prefill" in r.needs:
+            check_features_match(m, fman)
+    fs = load_features(storage, features, q, prefill_cols)
+    sem_info = index["features"]["semantic"]
+    sem = load_features(storage, sem_info["uri"], q, [sem_info["column"]])
+    sem_x, sem_present = sem.columns[sem_info["column"]], sem.present
+    if not sem_present[test].all():  # new test texts: embed them through the extraction job's cache
+        sem_x, sem_present, sman = semantic_embeddings(cfg, data, sem_info["uri"], q)
+        if sman["settings_key"] != sem_info["settings_key"]:
+            raise ArtifactError(f"{sem_info['uri']}: sentence embeddings of other settings than the model's")
+
+    measured = ~np.isnan(scores).any(axis=1)
+    rows = test & measured & fs.present & sem_present
+    counts = {"test": int(test.sum()), "evaluated": int(rows.sum()),
+              "not_measured_on_every_target": int((test & ~measured).sum()),
+              "without_features": int((test & measured & ~(fs.present & sem_present)).sum())}
+    if not rows.any():
+        raise DataError(f"{data}: none of the {counts['test']} test queries is measured on every target "
+                        "and has features")
+    tasks = q.column("task").to_pylist()
+    train = splits == "train"
+    costs, cost_source = call_costs(
+        outcome_matrix(ds.outcomes, qids, targets, "cost_usd")[rows], [t for t, r in zip(q.column("text").to_pylist(), rows) if r],
+        ds.pool, targets, outcome_matrix(ds.outcomes, qids, targets, "output_tokens")[train])
+    x = RouterInputs(n=int(rows.sum()), prefill={c: v[rows] for c, v in fs.columns.items()},
+                     semantic=sem_x[rows], tasks=[t for t, r in zip(tasks, rows) if r], scores=scores[rows])
+    probas, calibration = {}, {}
+    for name, (r, m) in routers.items():
+        if "tasks" in r.needs and all(t is None for t in x.tasks):
+            log.warning("evaluate: %s skipped, the dataset has no task column", name)
+            continue
+        probas[name] = r.predict_proba(x)
+        if isinstance(r, TrunkRouter):
+            from router_core import metrics as M
+
+            raw = r.logits(x)
+            untempered = (1 / (1 + np.exp(-raw))).mean(axis=0)
+            calibration[name] = {"temperature": r.temperature, "ece_before": M.ece(untempered, x.scores),
+                                 "ece_after": M.ece(probas[name], x.scores),
+                                 "reliability": reliability(probas[name], x.scores),
+                                 "reliability_before": reliability(untempered, x.scores)}
+    report, curves = build_report(data, targets, x.scores, costs, probas)
+    report.update(counts=counts, cost_source=cost_source, model=model, features=features,
+                  calibration=calibration, seconds=time.perf_counter() - t0)
+    report["seconds"] = time.perf_counter() - t0
+    storage.write_text(join(out, "report.json"), json.dumps(report, indent=2, default=_json_default))
+    profile = None
+    if index.get("layer_profile") and storage.exists(join(model, index["layer_profile"])):
+        profile = read_json(storage, join(model, index["layer_profile"]))["profile"]
+    from .report import write_html
+
+    write_html(storage, out, report, curves, profile)
+    return EvalRun(out, report, time.perf_counter() - t0)
+
+
+def _json_default(v):
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    raise TypeError(f"not JSON serialisable: {type(v)}")
+
+
+ORDER = ["prefill_trunk", "prefill_logreg", "semantic_mlp", "semantic_knn", "task_prior", "best_single",
+         "cheapest", "most_expensive", "random", "oracle"]
+
+
+def ordered(names) -> list[str]:
+    return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+
+
+def print_evaluate(run: EvalRun) -> None:
+    r = run.report
+    c = r["counts"]
+    print(f"evaluated {len(r['routers'])} routers on {c['evaluated']} of {c['test']} test queries of {r['dataset']} "
+          f"({c['not_measured_on_every_target']} not measured on every target, {c['without_features']} without "
+          f"features) in {run.seconds:.1f} s; costs: {r['cost_source']}")
+    b, o = r["best_single"], r["oracle"]
+    print(f"best single {b['model']}: accuracy {b['accuracy']:.4f}, mean cost ${b['mean_cost']:.6f}; "
+          f"oracle {o['accuracy']:.4f} at ${o['mean_cost']:.6f}; Pareto-AUCCC of the singles {r['pareto_auccc']:.4f}")
+    two = any("apgr" in v for v in r["routers"].values())
+    head = ["router", "accuracy", "mean cost $", "gap closed %", "P-AUCCC", "cost red. %", "mean AUC", "ECE", "AIQ"]
+    rows = []
+    for name in ordered(r["routers"]):
+        v = r["routers"][name]
+        row = [name, v["accuracy"], v["mean_cost"], v["gap_closed_pct"], v["p_auccc"], v["cost_reduction_pct"],
+               v["mean_auc"], v["ece"], v["aiq"]]
+        if two:
+            row += [v["apgr"], v["cpt50_pct"]]
+        rows.append(row)
+    print(format_table(head + (["APGR", "CPT(50%)"] if two else []), rows))
+    for name, cal in r["calibration"].items():
+        print(f"{name}: temperature {cal['temperature']:.3f}, test ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}")
+    print(f"wrote {join(run.out, 'report.json')} and report.html")

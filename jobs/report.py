@@ -1,0 +1,116 @@
+"""report.html and its PNG figures (matplotlib): cost-accuracy curves, layer profile, calibration."""
+
+from __future__ import annotations
+
+import html
+import io
+
+import numpy as np
+
+from router_core.metrics import pareto_front
+from router_core.storage import Storage, join
+
+HIGHLIGHT = {"prefill_trunk": "tab:red", "prefill_logreg": "tab:orange", "semantic_mlp": "tab:blue",
+             "semantic_knn": "tab:cyan", "task_prior": "tab:green", "random": "tab:gray"}
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(report: dict, curves: dict[str, np.ndarray]) -> bytes:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for name, pts in curves.items():
+        if name in ("best_single", "cheapest", "most_expensive", "oracle"):
+            continue
+        ax.plot(pts[:, 0], pts[:, 1], drawstyle="steps-post", lw=1.6 if name in HIGHLIGHT else 1,
+                color=HIGHLIGHT.get(name), label=f"{name} (P-AUCCC {report['routers'][name]['p_auccc']:.3f})")
+    singles = np.array([[v["mean_cost"], v["accuracy"]] for v in report["singles"].values()])
+    ax.scatter(singles[:, 0], singles[:, 1], color="black", s=18, zorder=5, label="single models")
+    for (c, a), t in zip(singles, report["singles"]):
+        ax.annotate(t[:22], (c, a), fontsize=6, xytext=(3, -8), textcoords="offset points")
+    front = pareto_front(singles)
+    ax.plot(front[:, 0], front[:, 1], "k--", lw=0.8, label=f"singles' Pareto front ({report['pareto_auccc']:.3f})")
+    o = report["oracle"]
+    ax.scatter([o["mean_cost"]], [o["accuracy"]], marker="*", s=90, color="gold", edgecolor="k", zorder=6,
+               label="oracle")
+    ax.set(xscale="log", xlabel="mean cost per query ($, log)", ylabel="accuracy",
+           title=f"Cost-accuracy on {report['n_test']} test queries (threshold policy, tau swept)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def plot_calibration(report: dict) -> bytes:
+    plt = _plt()
+    cal = report["calibration"]
+    fig, axes = plt.subplots(1, max(len(cal), 1), figsize=(4.5 * max(len(cal), 1), 4), squeeze=False)
+    for ax, (name, c) in zip(axes[0], cal.items()):
+        for key, label, style in (("reliability_before", f"T = 1 (ECE {c['ece_before']:.3f})", "o--"),
+                                  ("reliability", f"T = {c['temperature']:.2f} (ECE {c['ece_after']:.3f})", "o-")):
+            pts = np.array([(p, y) for p, y, _ in c[key]])
+            ax.plot(pts[:, 0], pts[:, 1], style, label=label)
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.set(xlabel="predicted P(correct)", ylabel="observed accuracy", title=name, xlim=(0, 1), ylim=(0, 1))
+        ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def write_html(storage: Storage, out: str, report: dict, curves: dict[str, np.ndarray],
+               profile: list[dict] | None) -> None:
+    from .evaluate import ordered
+    from .select_layers import plot_profile
+
+    storage.write_bytes(join(out, "curves.png"), plot_curves(report, curves))
+    figures = [("Cost-accuracy curves", "curves.png")]
+    if report["calibration"]:
+        storage.write_bytes(join(out, "calibration.png"), plot_calibration(report))
+        figures.append(("Calibration (pooled over targets, test split)", "calibration.png"))
+    if profile:
+        storage.write_bytes(join(out, "layer_profile.png"), plot_profile(profile))
+        figures.append(("Layer profile (training split)", "layer_profile.png"))
+    cols = ["accuracy", "mean_cost", "gap_closed_pct", "p_auccc", "cost_reduction_pct", "mean_auc", "ece", "aiq"]
+    if any("apgr" in v for v in report["routers"].values()):
+        cols += ["apgr", "cpt50_pct"]
+
+    def cell(v):
+        return "n/a" if v is None else f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
+
+    rows = "\n".join(
+        "<tr><td>" + html.escape(n) + "</td>" + "".join(f"<td>{cell(report['routers'][n].get(c))}</td>" for c in cols)
+        + "</tr>" for n in ordered(report["routers"]))
+    singles = "\n".join(f"<tr><td>{html.escape(t)}</td><td>{v['accuracy']:.4f}</td><td>{v['mean_cost']:.6g}</td></tr>"
+                        for t, v in report["singles"].items())
+    b, o, c = report["best_single"], report["oracle"], report["counts"]
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>Router evaluation</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{text-align:left}}</style></head><body>
+<h1>Router evaluation</h1>
+<p>Dataset <code>{html.escape(report['dataset'])}</code>, model <code>{html.escape(report['model'])}</code>.
+{c['evaluated']} of {c['test']} test queries (measured on every target and with features); costs:
+{html.escape(report['cost_source'])}.</p>
+<p>Best single model <b>{html.escape(b['model'])}</b>: accuracy {b['accuracy']:.4f} at ${b['mean_cost']:.6g} per query.
+Oracle: {o['accuracy']:.4f} at ${o['mean_cost']:.6g}. Pareto-AUCCC of the single models: {report['pareto_auccc']:.4f}.</p>
+<h2>Routers</h2><p>Accuracy and cost at tau = 0; curve metrics over every tau.</p>
+<table><tr><th>router</th>{''.join(f'<th>{html.escape(x)}</th>' for x in cols)}</tr>
+{rows}</table>
+{''.join(f'<h2>{html.escape(t)}</h2><img src="{f}" style="max-width:100%">' for t, f in figures)}
+<h2>Single models</h2><table><tr><th>model</th><th>accuracy</th><th>mean cost $</th></tr>{singles}</table>
+</body></html>"""
+    storage.write_text(join(out, "report.html"), doc)

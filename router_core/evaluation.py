@@ -1,0 +1,97 @@
+"""Scoring routers on a held-out split: per-call costs, every metric, and the report's JSON.
+
+The report's shape (other tools read it)::
+
+    {"dataset", "n_test", "best_single": {"model", "accuracy", "mean_cost"},
+     "oracle": {"accuracy", "mean_cost"}, "pareto_auccc",
+     "routers": {name: {"accuracy", "mean_cost", "gap_closed_pct", "p_auccc", "cost_reduction_pct",
+                        "mean_auc", "ece", "aiq", ["apgr", "cpt50_pct"]}}, ...}
+
+Accuracy and cost of a router are at tau = 0 (each query to its most probable target, the
+cheaper on a tie); the curve metrics sweep tau over every distinct probability gap.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import metrics as M
+from .importers import CHARS_PER_TOKEN
+from .routing import threshold_routes
+from .schemas import Pool
+
+
+def call_costs(costs_observed: np.ndarray, texts: list[str], pool: Pool, targets: list[str],
+               train_output_tokens: np.ndarray) -> tuple[np.ndarray, str]:
+    """(n, K) dollars per call and how they were obtained.
+
+    The observed ``cost_usd`` where the dataset has it; elsewhere input tokens (about 4 characters
+    each) x input price + the target's median training output tokens x output price.
+    ``train_output_tokens`` (n_train, K) may hold NaN (unknown): a target without any uses 0.
+    """
+    prices = {m.name: m for m in pool.models}
+    in_tok = np.array([len(t) / CHARS_PER_TOKEN for t in texts])[:, None]
+    med = np.array([np.nanmedian(c) if np.isfinite(c).any() else 0.0 for c in np.asarray(train_output_tokens).T])
+    p_in = np.array([prices[t].price_in_per_mtok for t in targets]) / 1e6
+    p_out = np.array([prices[t].price_out_per_mtok for t in targets]) / 1e6
+    estimate = in_tok * p_in[None, :] + med[None, :] * p_out[None, :]
+    observed = ~np.isnan(costs_observed)
+    how = "observed cost_usd" if observed.all() else \
+        "estimated: tokens x prices" if not observed.any() else "observed cost_usd, else tokens x prices"
+    return np.where(observed, costs_observed, estimate), how
+
+
+def score_router(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, acc_best: float,
+                 acc_oracle: float) -> tuple[dict, np.ndarray]:
+    """Every metric of one router on rows measured on all targets; and its (cost, accuracy) curve."""
+    singles = M.single_points(scores, costs)
+    c_min, c_max = singles[:, 0].min(), singles[:, 0].max()
+    acc, cost = M.route_value(threshold_routes(proba, costs, 0.0), scores, costs)
+    curve = M.threshold_curve(proba, scores, costs)
+    row = {
+        "accuracy": acc,
+        "mean_cost": cost,
+        "gap_closed_pct": M.gap_closed(acc, acc_best, acc_oracle),
+        "p_auccc": M.p_auccc(proba, scores, costs),
+        "cost_reduction_pct": M.cost_reduction(curve, acc_best, c_max),
+        "mean_auc": M.mean_auc(proba, scores),
+        "ece": M.ece(proba, scores),
+        "aiq": M.aiq(curve, c_min, c_max),
+    }
+    if scores.shape[1] == 2:  # RouteLLM's figures: the dearer target is the strong one
+        strong = int(singles[:, 0].argmax())
+        fr, pgr = M.pgr_curve(proba[:, strong] - proba[:, 1 - strong], scores[:, strong], scores[:, 1 - strong])
+        row["apgr"] = M.apgr(fr, pgr)
+        row["cpt50_pct"] = M.cpt(fr, pgr, 0.5)
+    return row, curve
+
+
+def build_report(dataset: str, targets: list[str], scores: np.ndarray, costs: np.ndarray,
+                 probas: dict[str, np.ndarray]) -> tuple[dict, dict[str, np.ndarray]]:
+    """The report dict and each router's curve, on rows measured on every target."""
+    singles = M.single_points(scores, costs)
+    best = int(singles[:, 1].argmax())
+    acc_or, cost_or = M.oracle(scores, costs)
+    report = {
+        "dataset": dataset,
+        "n_test": int(len(scores)),
+        "targets": targets,
+        "best_single": {"model": targets[best], "accuracy": float(singles[best, 1]),
+                        "mean_cost": float(singles[best, 0])},
+        "oracle": {"accuracy": acc_or, "mean_cost": cost_or},
+        "pareto_auccc": M.pareto_auccc(scores, costs),
+        "singles": {t: {"accuracy": float(a), "mean_cost": float(c)} for t, (c, a) in zip(targets, singles)},
+        "routers": {},
+    }
+    curves = {}
+    for name, p in probas.items():
+        report["routers"][name], curves[name] = score_router(p, scores, costs, float(singles[best, 1]), acc_or)
+    return report, curves
+
+
+def reliability(proba: np.ndarray, scores: np.ndarray, bins: int = 10) -> list[tuple[float, float, int]]:
+    """Pooled over targets: (mean predicted, mean observed, count) per equal-width bin."""
+    p, y = proba.ravel(), scores.ravel()
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    return [(float(p[idx == b].mean()), float(y[idx == b].mean()), int((idx == b).sum()))
+            for b in range(bins) if (idx == b).any()]

@@ -1,0 +1,376 @@
+"""Every router behind one interface: ``predict_proba(inputs) -> (n, K)`` P(correct) per target.
+
+The prefill SharedTrunkNet and its baselines:
+
+==================  ===========================================================================
+``prefill_trunk``   SharedTrunkNet ensemble on the encoder's hidden states (optionally tempered)
+``prefill_logreg``  per target, a logistic regression on that target's best layer by Fisher J
+``semantic_mlp``    SharedTrunkNet on all-MiniLM-L6-v2 sentence embeddings
+``semantic_knn``    mean score of the k nearest training queries by cosine (k chosen on val)
+``task_prior``      per-task mean score of each target on train (global mean for unseen tasks)
+``best_single``     every target's mean training score, for every query (= always the best)
+``cheapest``        always the cheapest target; ``most_expensive`` likewise
+``random``          uniform random probabilities (seeded)
+``oracle``          the observed scores themselves (an upper bound; needs the labels)
+==================  ===========================================================================
+
+A router's state is arrays (safetensors) plus JSON; ``ROUTERS[kind].from_state`` rebuilds it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ArtifactError
+from .model import Preprocessor, SharedTrunkNet, masked_bce, predict_logits
+
+
+@dataclass
+class RouterInputs:
+    """What routers read for n queries; each router takes the parts it needs."""
+
+    n: int
+    prefill: dict[str, np.ndarray] = field(default_factory=dict)  # feature column -> (n, d)
+    semantic: np.ndarray | None = None  # (n, d) sentence embeddings
+    tasks: list[str | None] | None = None
+    scores: np.ndarray | None = None  # (n, K) observed scores: only the oracle reads them
+
+    def take(self, rows: np.ndarray) -> "RouterInputs":
+        return RouterInputs(
+            n=int(np.asarray(rows).sum()) if np.asarray(rows).dtype == bool else len(rows),
+            prefill={c: v[rows] for c, v in self.prefill.items()},
+            semantic=None if self.semantic is None else self.semantic[rows],
+            tasks=None if self.tasks is None else [t for t, r in zip(self.tasks, _mask(rows, self.n)) if r],
+            scores=None if self.scores is None else self.scores[rows])
+
+
+def _mask(rows: np.ndarray, n: int) -> np.ndarray:
+    rows = np.asarray(rows)
+    if rows.dtype == bool:
+        return rows
+    m = np.zeros(n, bool)
+    m[rows] = True
+    return m
+
+
+def _need(value, what: str, router: str):
+    if value is None:
+        raise ArtifactError(f"router {router} needs {what}, which were not given")
+    return value
+
+
+class Router:
+    kind: str = ""
+    needs: tuple[str, ...] = ()  # subset of ("prefill", "semantic", "tasks", "scores")
+
+    def predict_proba(self, x: RouterInputs) -> np.ndarray:
+        raise NotImplementedError
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(arrays, JSON-able settings) that ``from_state`` turns back into this router."""
+        return {}, {}
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, np.ndarray], meta: dict) -> "Router":
+        raise NotImplementedError
+
+
+# -- fixed and reference routers --------------------------------------------------------------
+class ConstantRouter(Router):
+    """The same probabilities for every query."""
+
+    def __init__(self, kind: str, proba: np.ndarray):
+        self.kind, self.proba = kind, np.asarray(proba, np.float64)
+
+    @classmethod
+    def best_single(cls, train_scores: np.ndarray) -> "ConstantRouter":
+        return cls("best_single", np.nanmean(train_scores, axis=0))
+
+    @classmethod
+    def one_target(cls, kind: str, k: int, n_targets: int) -> "ConstantRouter":
+        p = np.zeros(n_targets)
+        p[k] = 1.0
+        return cls(kind, p)
+
+    def predict_proba(self, x: RouterInputs) -> np.ndarray:
+        return np.tile(self.proba, (x.n, 1))
+
+    def state(self):
+        return {"proba": self.proba}, {}
+
+    @classmethod
+    def from_state(cls, tensors, meta):
+        return cls(meta["router"], tensors["proba"])
+
+
+class RandomRouter(Router):
+    kind = "random"
+
+    def __init__(self, n_targets: int, seed: int = 0):
+        self.n_targets, self.seed = n_targets, seed
+
+    def predict_proba(self, x: RouterInputs) -> np.ndarray:
+        return np.random.default_rng(self.seed).random((x.n, self.n_targets))
+
+    def state(self):
+        return {}, {"n_targets": self.n_targets, "seed": self.seed}
+
+    @classmethod
+    def from_state(cls, tensors, meta):
+        return cls(meta["n_targets"], meta["seed"])
+
+
+class OracleRouter(Router):
+    kind = "oracle"
+    needs = ("scores",)
+
+    def predict_proba(self, x: RouterInputs) -> np.ndarray:
+        return np.asarray(_need(x.scores, "the observed scores", self.kind), np.float64)
+
+    @classmethod
+    def from_state(cls, tensors, meta):
+        return cls()
+
+
+class TaskPrior(Router):
+    """Per-task mean training score of each target; tasks unseen in training get the global mean."""
+
+    kind = "task_prior"
+    needs = ("tasks",)
+
+    def __init__(self, tasks: list[str], table: np.ndarray, fallback: np.ndarray):
+        self.tasks, self.table, self.fallback = list(tasks), np.asarray(table), np.asarray(fallback)
+
+    @classmethod
+    def fit(cls, tasks: list[str | None], scores: np.ndarray) -> "TaskPrior":
+        names = sorted({t for t in tasks if t is not None})
+        arr = np.array(tasks, dtype=object)
+        fallback = _nanmean0(scores, 0.5)
+        table = np.stack([_nanmean0(scores[arr == t], fallback) for t in names]) if names else np.zeros((0, len(fallback)))
+        return cls(names, table, fallback)
+
+    def predict_proba(self, x: RouterInputs) -> np.ndarray:
+        index = {t: i for i, t in enumerate(self.tasks)}
+        tasks = _need(x.tasks, "a task per query", self.kind)
+        return np.stack([self.table[index[t]] if t in index else self.fallback for t in tasks]) if tasks \
+            else np.zeros((0, len(self.fallback)))
+
+    def state(self):
+        return {"table": self.table, "fallback": self.fallback}, {"tasks": self.tasks}
+
+    @classmethod
+    def from_state(cls, tensors, meta):
+        return cls(meta["tasks"], tensors["table"], tensors["fallback"])
+
+
+def _nanmean0(scores: np.ndarray, fallback) -> np.ndarray:
+    """Column means ignoring NaN; ``fallback`` where a column has no value."""
+    n = (~np.isnan(scores)).sum(axis=0)
+    s = np.nansum(scores, axis=0)
+    return np.where(n > 0, s / np.maximum(n, 1), fallback)
+
+
+# -- semantic routers -------------------------------------------------------------------------
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
+
+
+class SemanticKNN(Router):
+    """Mean score of the k most cosine-similar training queries, smoothed towards the global mean
+    with ``alpha`` pseudo-neighbours (so no probability is exactly 0 or 1)."""
+
+    kind = "semantic_knn"
+    needs = ("semantic",)
+
+    def __init__(self, emb: np.ndarray, scores: np.ndarray, k: int, alpha: float = 1.0):
+        self.emb, self.scores, self.k, self.alpha = _unit(emb), np.asarray(scores, np.float32), int(k), alpha
+        self.prior = _nanmean0(self.scores, 0.5)
+
+    @classmethod
+    def fit(cls, emb_tr, s_tr, emb_va, s_va, ks=(5, 10, 20, 50, 100)) -> tuple["SemanticKNN", dict]:
+        losses = {}
+        for k in ks:
+            if k <= len(emb_tr):
+                losses[k] = _bce(cls(emb_tr, s_tr, k).predict_emb(emb_va), s_va)
+        best = min(losses, key=losses.get)
+        return cls(emb_tr, s_tr, best), {"val_bce_by_k": {str(k): v for k, v in losses.items()}}
+
+    def predict_emb(self, emb: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        q = _unit(emb)
+        out = np.empty((len(q), self.scores.shape[1]))
+        measured = ~np.isnan(self.scores)
+        filled = np.where(measured, self.scores, 0.0)
+        for i in range(0, len(q), chunk):
+            sim = q[i : i + chunk] @ self.emb.T
+            nn = np.argpartition(-sim, self.k - 1, axis=1)[:, : self.k]
+            s = filled[nn].sum(axis=1)
+            c = measured[nn].sum(axis=1)
+            out[i : i + chunk] = (s + self.alpha * self.prior) / (c + self.alpha)
+        return out
+
+    def predict_proba(self, x: RouterInputs) -> np.ndarray:
+        return self.predict_emb(_need(x.semantic, "sentence embeddings", self.kind))
+
+    def state(self):
+        return {"emb": self.emb, "scores": self.scores}, {"k": self.k, "alpha": self.alpha}
+
+    @classmethod
+    def from_state(cls, tensors, meta):
+        return cls(tensors["emb"], tensors["scores"], meta["k"], meta["alpha"])
+
+
+# -- networks (prefill or semantic inputs) -----------------------------------------------------
+class TrunkRouter(Router):
+    """A SharedTrunkNet ensemble over concatenated feature columns (or the sentence embedding),
+    probabilities averaged over members, each member's logits divided by ``temperature``."""
+
+    def __init__(self, kind: str, columns: list[str], pre: Preprocessor, nets: list[SharedTrunkNet],
+                 temperature: float = 1.0):
+        self.kind, self.columns, self.pre, self.nets, self.temperature = kind, list(columns), pre, nets, temperature
+        self.needs = ("semantic",) if kind.startswith("semantic") else ("prefill",)
+
+    def design(self, x: RouterInputs) -> np.ndarray:
+        if self.needs == ("semantic",):
+            return _need(x.semantic, "sentence embeddings", self.kind)
+        missing = [c for c in self.columns if c not in x.prefill]
+        if missing:
+            raise ArtifactError(f"router {self.kind} needs feature column(s) {', '.join(missing)}")
+        return np.concatenate([x.prefill[c] for c in self.columns], axis=1)
+
+    def logits(self, x: RouterInputs) -> np.ndarray:
+        """(members, n, K) untempered logits."""
+        return predict_logits(self.nets, self.pre.transform(self.design(x)))
+
+    def predict_proba(self, x: RouterInputs) -> np.ndarray:
+        return _sigmoid(self.logits(x) / self.temperature).mean(axis=0)
+
+    def state(self):
+        from .artifacts import trunk_tensors
+
+        return trunk_tensors(self.pre, self.nets), {
+            "columns": self.columns, "members": len(self.nets), "temperature": self.temperature,
+            "widths": [m.out_features for m in self.nets[0].net if hasattr(m, "out_features")][:-1],
+            "dropouts": [m.p for m in self.nets[0].net if hasattr(m, "p")]}
+
+    @classmethod
+    def from_state(cls, tensors, meta):
+        from .artifacts import trunk_from_tensors
+
+        pre, nets = trunk_from_tensors(tensors, meta["members"], len(meta["targets"]), meta["widths"], meta["dropouts"])
+        return cls(meta["router"], meta["columns"], pre, nets, meta.get("temperature", 1.0))
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def fit_temperature(logits: np.ndarray, scores: np.ndarray, grid: np.ndarray | None = None) -> float:
+    """The T minimising validation BCE of ``mean_members sigmoid(logits / T)`` (masked), on a log grid."""
+    grid = np.exp(np.linspace(np.log(0.25), np.log(4.0), 97)) if grid is None else grid
+    losses = [_bce(_sigmoid(logits / t).mean(axis=0), scores) for t in grid]
+    return float(grid[int(np.argmin(losses))])
+
+
+def _bce(proba: np.ndarray, scores: np.ndarray) -> float:
+    import torch
+
+    from .model import split_targets
+
+    y, m = split_targets(scores)
+    p = torch.from_numpy(np.clip(np.asarray(proba, np.float64), 1e-7, 1 - 1e-7))
+    logit = torch.log(p) - torch.log1p(-p)
+    return float(masked_bce(logit.float(), torch.from_numpy(y), torch.from_numpy(m)))
+
+
+class PrefillLogReg(Router):
+    """Per target: standardise its best prefill column (by Fisher J on train), logistic regression.
+
+    Graded scores become two weighted rows (label 1 with weight s, label 0 with weight 1 - s);
+    unmeasured (NaN) rows are left out of that target's fit.
+    """
+
+    kind = "prefill_logreg"
+    needs = ("prefill",)
+
+    def __init__(self, columns: list[str], mean: np.ndarray, scale: np.ndarray, coef: np.ndarray,
+                 intercept: np.ndarray):
+        self.columns = list(columns)  # one per target
+        self.mean, self.scale, self.coef, self.intercept = mean, scale, coef, intercept  # (K, d) x3, (K,)
+
+    @classmethod
+    def fit(cls, columns: list[str], x_tr: dict[str, np.ndarray], s_tr: np.ndarray, x_va: dict[str, np.ndarray],
+            s_va: np.ndarray, cs=(0.001, 0.01, 0.1, 1.0)) -> tuple["PrefillLogReg", dict]:
+        from sklearn.linear_model import LogisticRegression
+
+        K = s_tr.shape[1]
+        d = x_tr[columns[0]].shape[1]
+        mean, scale, coef, icpt = np.zeros((K, d)), np.ones((K, d)), np.zeros((K, d)), np.zeros(K)
+        chosen = []
+        for k, col in enumerate(columns):
+            m = ~np.isnan(s_tr[:, k])
+            mu, sd = x_tr[col][m].mean(axis=0), x_tr[col][m].std(axis=0) + 1e-6
+            z = (x_tr[col][m] - mu) / sd
+            y = s_tr[m, k]
+            zz, yy, ww = np.concatenate([z, z]), np.r_[np.ones(len(y)), np.zeros(len(y))], np.r_[y, 1 - y]
+            mv = ~np.isnan(s_va[:, k])
+            zv = (x_va[col][mv] - mu) / sd
+            best = None
+            for c in cs:
+                if yy[ww > 0].min() == yy[ww > 0].max():  # one class only: a constant
+                    break
+                lr = LogisticRegression(C=c, max_iter=300).fit(zz, yy, sample_weight=ww)
+                loss = _bce(lr.predict_proba(zv)[:, 1:2], s_va[mv, k : k + 1]) if mv.any() else 0.0
+                if best is None or loss < best[0]:
+                    best = (loss, c, lr)
+            mean[k], scale[k] = mu, sd
+            if best is None:
+                icpt[k] = np.log(max(y.mean(), 1e-4) / max(1 - y.mean(), 1e-4))
+                chosen.append(None)
+            else:
+                coef[k], icpt[k] = best[2].coef_[0], best[2].intercept_[0]
+                chosen.append(best[1])
+        return cls(columns, mean, scale, coef, icpt), {"C": chosen}
+
+    def predict_proba(self, x: RouterInputs) -> np.ndarray:
+        out = np.empty((x.n, len(self.columns)))
+        for k, col in enumerate(self.columns):
+            if col not in x.prefill:
+                raise ArtifactError(f"router {self.kind} needs feature column {col}")
+            z = (x.prefill[col] - self.mean[k]) / self.scale[k]
+            out[:, k] = _sigmoid(z @ self.coef[k] + self.intercept[k])
+        return out
+
+    def state(self):
+        return {"mean": self.mean, "scale": self.scale, "coef": self.coef, "intercept": self.intercept}, \
+            {"columns": self.columns}
+
+    @classmethod
+    def from_state(cls, tensors, meta):
+        return cls(meta["columns"], tensors["mean"], tensors["scale"], tensors["coef"], tensors["intercept"])
+
+
+ROUTERS: dict[str, type[Router]] = {
+    "prefill_trunk": TrunkRouter, "semantic_mlp": TrunkRouter, "prefill_logreg": PrefillLogReg,
+    "semantic_knn": SemanticKNN, "task_prior": TaskPrior, "best_single": ConstantRouter,
+    "cheapest": ConstantRouter, "most_expensive": ConstantRouter, "random": RandomRouter, "oracle": OracleRouter,
+}
+
+
+def save_router(storage, folder: str, router: Router, manifest: dict) -> dict:
+    from .artifacts import save_component
+
+    tensors, meta = router.state()
+    return save_component(storage, folder, tensors, dict(manifest, **meta, router=router.kind, needs=list(router.needs)))
+
+
+def load_router(storage, folder: str) -> tuple[Router, dict]:
+    from .artifacts import load_component
+
+    tensors, manifest = load_component(storage, folder)
+    kind = manifest.get("router")
+    if kind not in ROUTERS:
+        raise ArtifactError(f"{folder}: unknown router kind {kind!r}")
+    return ROUTERS[kind].from_state(tensors, manifest), manifest
