@@ -21,10 +21,8 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(CLI) import routerbench $(DATA)/routerbench-subset/routerbench_wide.csv --out $(OUT)/data
-	$(CLI) validate $(OUT)/data
-	$(CLI) extract --data $(OUT)/data --out $(OUT)/features
-	$(CLI) select-layers --data $(OUT)/data --features $(OUT)/features --out $(OUT)/layers
+	$(CLI) pipeline --config configs/demo.yaml --set pipeline.out=$(OUT) \
+		--set pipeline.source=$(DATA)/routerbench-subset/routerbench_wide.csv
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
@@ -37,3 +35,4 @@ clean:
 
 bench: $(STAMP)
 	PYTHONUNBUFFERED=1 $(PY) tests/bench/bench_extract.py $(BENCH_ARGS)
+	PYTHONUNBUFFERED=1 $(PY) tests/bench/bench_route.py $(ROUTE_BENCH_ARGS)

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from router_core.config import load_config
-from router_core.errors import RouterError
+from router_core.errors import ConfigError, RouterError
 
 DESCRIPTION = """\
 Prefill Router: send each LLM query to the cheapest model that will answer it correctly,
@@ -107,6 +107,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder made by `train`")
     p.add_argument("--out", required=True, help="report folder")
     _common(p)
+    p = sub.add_parser("route", help="route a bulk query set: which LLM answers each, and what it costs",
+                       description="Read queries (Parquet file, folder or prefix of parts, or dataset folder; "
+                       "local or s3://), extract prefill features through the model's feature cache (only "
+                       "new texts are encoded), predict P(correct) for every target, assign each query by "
+                       "the policy and write OUT/routes/part-*.parquet, OUT/tally.json, OUT/rejects.parquet "
+                       "and OUT/run.json. Policies: threshold (cheapest target within --tau of the best "
+                       "probability), utility (argmax p - lam x cost), budget (maximise expected accuracy "
+                       "with total estimated cost <= --budget-usd for the whole batch).")
+    p.add_argument("--queries", required=True, help="queries: Parquet file, folder/prefix of parts, or dataset folder")
+    p.add_argument("--model", required=True, help="model folder made by `train`")
+    p.add_argument("--out", required=True, help="routes folder (one run per folder)")
+    p.add_argument("--policy", choices=["threshold", "utility", "budget"], default="threshold")
+    p.add_argument("--tau", type=float, default=0.0, help="threshold policy: 0 = most probable, 1 = cheapest")
+    p.add_argument("--lam", type=float, default=0.0, help="utility policy: accuracy per dollar traded")
+    p.add_argument("--budget-usd", type=float, help="budget policy: total dollars for the batch (> 0)")
+    p.add_argument("--features", help="feature cache folder (default: the model's training features)")
+    p.add_argument("--run-id", help="name this run (default: a digest of queries, router and policy)")
+    p.add_argument("--router", help="which router under MODEL (default: the model's default, prefill_trunk)")
+    _common(p)
+
+    p = sub.add_parser("submit", help="run a stage as a Ray Job on a cluster; follow its logs; exit as it did",
+                       description="Submit `STAGE ARGS...` to a Ray cluster's Jobs API (JobSubmissionClient): "
+                       "the repository is uploaded as the working directory and the stage runs as "
+                       "`python -m jobs.cli STAGE ARGS...` on the cluster; logs are followed and the exit "
+                       "code mirrors the job's status (0 succeeded, 1 failed, 130 stopped). Clusters with "
+                       "token auth: the token comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
+                       "~/.ray/auth_token. Put the stage's own options after `--`.")
+    p.add_argument("stage", help="import, validate, extract, select-layers, train, evaluate, route, pipeline, ...")
+    p.add_argument("stage_args", nargs=argparse.REMAINDER, help="the stage's arguments (after --)")
+    p.add_argument("--address", required=True, help="the Jobs API, e.g. http://HEAD:8265")
+    p.add_argument("--working-dir", help="folder to upload (default: this checkout)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME",
+                   help="pass this environment variable to the job (credentials are refused)")
+    p.add_argument("--python", default="python", help="the cluster's Python (default: python)")
+    p.add_argument("--no-follow", action="store_true", help="print the job id and return")
+    p.add_argument("--timeout", type=float, help="stop the job after this many seconds")
+    _common(p)
+
+    p = sub.add_parser("nightly", help="route every query set that appeared under nightly.input since the last run",
+                       description="List the children of nightly.input (Parquet files or folders); route each "
+                       "one not yet in the watermark into nightly.output/<date>/<set>/ and add it to the "
+                       "watermark only once its outputs are complete. configs/nightly.yaml shows the fields.")
+    p.add_argument("--date", help="the date of the outputs (default: today, UTC), YYYY-MM-DD")
+    _common(p)
+
+    p = sub.add_parser("pipeline", help="the main job end to end: import, extract, select, train, evaluate, route",
+                       description="Run every stage on one output folder (pipeline.out): import the source "
+                       "(pipeline.format, pipeline.source), validate, extract, select-layers, train, "
+                       "evaluate, and route the test split with pipeline.policy; print where the report "
+                       "and the routes are. configs/demo.yaml is the embedded default (make demo).")
+    _common(p)
     return parser
 
 
@@ -166,6 +217,36 @@ def main(argv: list[str] | None = None) -> int:
 
             run = evaluate.run_evaluate(cfg, args.data, args.features, args.model, args.out)
             evaluate.print_evaluate(run)
+            return 0
+        if args.command == "submit":
+            from . import submit
+
+            rest = args.stage_args[1:] if args.stage_args[:1] == ["--"] else args.stage_args
+            if args.config:
+                rest = ["--config", args.config, *rest]
+            rest += [x for o in args.overrides for x in ("--set", o)]
+            sub_run = submit.submit(args.address, args.stage, rest, args.working_dir, args.env,
+                                    not args.no_follow, args.timeout, args.python)
+            return sub_run.exit_code
+        if args.command == "nightly":
+            from . import nightly
+
+            nightly.print_nightly(nightly.run_nightly(cfg, args.date))
+            return 0
+        if args.command == "pipeline":
+            from . import pipeline
+
+            pipeline.run_pipeline(cfg)
+            return 0
+        if args.command == "route":
+            from . import route
+
+            if args.policy == "budget" and (args.budget_usd is None or not args.budget_usd > 0):
+                raise ConfigError(f"--budget-usd must be a positive number of dollars with --policy budget, "
+                                  f"got {args.budget_usd}")
+            pol = route.Policy(args.policy, args.tau, args.lam, args.budget_usd)
+            run = route.run_route(cfg, args.queries, args.model, args.out, pol, args.features, args.run_id, args.router)
+            route.print_route(run)
             return 0
     except RouterError as e:
         print(f"prefill-router {args.command}: error: {e}", file=sys.stderr)

@@ -64,10 +64,11 @@ def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str)
 
     routers = {name: load_router(storage, join(model, folder)) for name, folder in index["routers"].items()}
     fman = read_manifest(storage, features)
-    prefill_cols = sorted({c for r, m in routers.values() if "prefill" in r.needs for c in m["columns"]})
+    prefill_cols = sorted({c for r, m in routers.values() if "prefill" in r.needs for c in m["columns"]
+                           if c not in TrunkRouter.EXTRA})
     for name, (r, m) in routers.items():
         if "prefill" in r.needs:
-            check_features_match(m, fman)
+            check_features_match(dict(m, columns=[c for c in m["columns"] if c not in TrunkRouter.EXTRA]), fman)
     fs = load_features(storage, features, q, prefill_cols)
     sem_info = index["features"]["semantic"]
     sem = load_features(storage, sem_info["uri"], q, [sem_info["column"]])
@@ -92,6 +93,8 @@ def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str)
         ds.pool, targets, outcome_matrix(ds.outcomes, qids, targets, "output_tokens")[train])
     x = RouterInputs(n=int(rows.sum()), prefill={c: v[rows] for c, v in fs.columns.items()},
                      semantic=sem_x[rows], tasks=[t for t, r in zip(tasks, rows) if r], scores=scores[rows])
+    if "task_prior" in routers and any(t is not None for t in x.tasks):
+        x.prior = routers["task_prior"][0].predict_proba(x)  # an input of trunks trained with it
     probas, calibration = {}, {}
     for name, (r, m) in routers.items():
         if "tasks" in r.needs and all(t is None for t in x.tasks):

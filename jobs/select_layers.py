@@ -50,7 +50,8 @@ def run_select_layers(cfg: AppConfig, data: str, features: str, out: str) -> Sel
     qids = [q for q, p in zip(train.column("query_id").to_pylist(), fs.present) if p]
     scores = outcome_matrix(ds.outcomes, qids, targets)
     x = {c: fs.columns[c][fs.present] for c in cols}
-    profile = layer_profile(x, scores, targets, cfg.select.pca_dim, cfg.select.eps)
+    cv = cfg.select.cv_folds if cfg.select.strategy == "cv_auc" else 0
+    profile = layer_profile(x, scores, targets, cfg.select.pca_dim, cfg.select.eps, cv)
     selected = select_columns(profile, cfg.select.strategy, cfg.select.k)
     doc = {"dataset": data, "features": features, "encoder": manifest["encoder"], "n_train": len(qids),
            "targets": targets, "strategy": cfg.select.strategy, "k": cfg.select.k, "pca_dim": cfg.select.pca_dim,
@@ -89,7 +90,9 @@ def print_select(run: SelectRun, top: int = 10) -> None:
     print(f"layer profile of {len(run.profile)} columns x {len(run.targets)} targets on {run.n_train} "
           f"training queries ({run.seconds:.1f} s)")
     best = sorted(run.profile, key=lambda r: -r["fisher_mean"])[:top]
-    print(format_table(["column", "mean J", "d_eff", "d_eff raw"],
-                       [[r["column"], r["fisher_mean"], r["d_eff"], r["d_eff_raw"]] for r in best]))
+    cv = "cv_auc_mean" in run.profile[0]
+    print(format_table(["column", "mean J", "d_eff", "d_eff raw"] + (["cv AUC"] if cv else []),
+                       [[r["column"], r["fisher_mean"], r["d_eff"], r["d_eff_raw"]] + ([r["cv_auc_mean"]] if cv else [])
+                        for r in best]))
     print(f"selected: {', '.join(run.selected)}")
     print(f"wrote {join(run.out, 'layer_profile.json')} and layer_profile.png")

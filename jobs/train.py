@@ -36,8 +36,8 @@ from router_core.features import load_features, read_manifest
 from router_core.importers import hash_split
 from router_core.model import Preprocessor, SharedTrunkNet, TrainParams, predict_logits
 from router_core.probes import layer_profile, select_columns
-from router_core.routers import (ConstantRouter, OracleRouter, PrefillLogReg, RandomRouter, Router, SemanticKNN,
-                                 TaskPrior, TrunkRouter, fit_temperature, save_router)
+from router_core.routers import (ConstantRouter, OracleRouter, PrefillLogReg, RandomRouter, Router, RouterInputs,
+                                 SemanticKNN, TaskPrior, TrunkRouter, bce, fit_temperature, save_router)
 from router_core.storage import join
 
 from .common import storage_from
@@ -202,12 +202,13 @@ def _tune_trunk(cfg: AppConfig, name: str, space, design, reference: dict, n_tri
         nets.append(net.eval())
     router = TrunkRouter(name, cols, pre, nets)
     logits_va = predict_logits(nets, data[2])
-    before = M.ece(router_proba(logits_va, 1.0), data[3])
-    calibration = {"temperature": 1.0, "val_ece_before": before, "val_ece_after": before}
+    calibration = {"temperature": 1.0, "val_ece_before": M.ece(router_proba(logits_va, 1.0), data[3]),
+                   "val_bce_before": bce(router_proba(logits_va, 1.0), data[3])}
     if tc.temperature:
         router.temperature = fit_temperature(logits_va, data[3])
-        calibration.update(temperature=router.temperature,
-                           val_ece_after=M.ece(router_proba(logits_va, router.temperature), data[3]))
+    calibration.update(temperature=router.temperature,
+                       val_ece_after=M.ece(router_proba(logits_va, router.temperature), data[3]),
+                       val_bce_after=bce(router_proba(logits_va, router.temperature), data[3]))
     trials = [{"number": t.number, "params": t.params, "val_loss": t.value} for t in study.trials]
     return Tuned(router, best, trials, {"seeds": seeds, "val_losses": losses, "kept": kept}, calibration)
 
@@ -277,13 +278,24 @@ def run_train(cfg: AppConfig, data: str, features: str, out: str) -> TrainRun:
         p["n_layers"] = trial.suggest_int("n_layers", 1, tc.max_layers)
         return p
 
+    tasks = ds.queries.column("task").to_pylist()
+    has_tasks = any(x is not None for x in tasks)
+    tr_idx = np.nonzero(tr_mask)[0]
+    prior = TaskPrior.fit([tasks[i] for i in tr_idx], scores[tr_mask]) if has_tasks else None
+    extra = {"semantic": sem}
+    if "task_prior" in tc.extra_inputs:
+        if prior is None:
+            raise DataError(f"{data}: train.extra_inputs has task_prior but the queries have no task")
+        extra["task_prior"] = prior.predict_proba(RouterInputs(n=len(qids), tasks=tasks))
+
     def prefill_design(p: dict) -> tuple[list[str], np.ndarray]:
         rows = [r for r in profile if p["pooling"] == "all" or r["pooling"] == p["pooling"]]
         if p.get("selection") == "per_target":
             cols = select_columns(rows, "per_target")
         else:
             cols = select_columns(rows, "top_k_mean", p["n_layers"])
-        return cols, np.concatenate([fs.columns[c] for c in cols], axis=1)
+        cols = cols + list(tc.extra_inputs)
+        return cols, np.concatenate([fs.columns[c] if c in fs.columns else extra[c] for c in cols], axis=1)
 
     reference = dict(REFERENCE, pooling=poolings[0], selection="top_mean", n_layers=1)
     t = time.perf_counter()
@@ -301,9 +313,6 @@ def run_train(cfg: AppConfig, data: str, features: str, out: str) -> TrainRun:
     logreg, logreg_info = PrefillLogReg.fit(per_target, {c: fs.columns[c][tr_mask] for c in set(per_target)},
                                             scores[tr_mask], {c: fs.columns[c][va_mask] for c in set(per_target)},
                                             scores[va_mask], bc.logreg_c)
-    tasks = ds.queries.column("task").to_pylist()
-    has_tasks = any(x is not None for x in tasks)
-    tr_idx = np.nonzero(tr_mask)[0]
     mean_cost = _mean_train_cost(ds, qids, targets, tr_mask)
     baselines: dict[str, tuple[Router, dict]] = {
         "prefill_logreg": (logreg, dict(logreg_info, features_settings_key=fman["settings_key"],
@@ -316,8 +325,8 @@ def run_train(cfg: AppConfig, data: str, features: str, out: str) -> TrainRun:
         "random": (RandomRouter(len(targets), bc.random_seed), {}),
         "oracle": (OracleRouter(), {}),
     }
-    if has_tasks:
-        baselines["task_prior"] = (TaskPrior.fit([tasks[i] for i in tr_idx], scores[tr_mask]), {})
+    if prior is not None:
+        baselines["task_prior"] = (prior, {})
     seconds["other_baselines"] = time.perf_counter() - t
 
     fingerprint = hashlib.sha256(json.dumps({
@@ -328,6 +337,7 @@ def run_train(cfg: AppConfig, data: str, features: str, out: str) -> TrainRun:
     folders = {}
     m_trunk = save_router(storage, join(out, "prefill_trunk"), trunk.router, dict(
         common, kind="prefill-router-model", encoder=fman["encoder"], features_settings_key=fman["settings_key"],
+        extra_inputs=list(tc.extra_inputs),
         layers=[{"column": r["column"], "fisher_mean": r["fisher_mean"], "d_eff": r["d_eff"]}
                 for r in profile if r["column"] in trunk.router.columns],
         preprocess={"standardise": True, "pca_dim": trunk.best_params["pca_dim"] or None},
@@ -345,7 +355,11 @@ def run_train(cfg: AppConfig, data: str, features: str, out: str) -> TrainRun:
         {"dataset": data, "features": features, "n_train": int(tr_mask.sum()), "targets": targets,
          "pca_dim": cfg.select.pca_dim, "profile": profile}, indent=2))
     seconds["total"] = time.perf_counter() - t0
+    out_tok = outcome_matrix(ds.outcomes, qids, targets, "output_tokens")[tr_mask]
     index = dict(common, kind="prefill-router-models", default="prefill_trunk", routers=folders,
+                 best_single=targets[int(np.nanmean(scores[tr_mask], axis=0).argmax())],
+                 output_tokens_median={t: float(np.nanmedian(c)) if np.isfinite(c).any() else 0.0
+                                       for t, c in zip(targets, out_tok.T)},
                  features={"prefill": {"uri": features, "settings_key": fman["settings_key"],
                                        "encoder": fman["encoder"]},
                            "semantic": {"uri": sem_uri, "settings_key": sem_manifest["settings_key"],

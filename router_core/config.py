@@ -68,7 +68,9 @@ class ExtractConfig(Strict):
 class SelectConfig(Strict):
     """Layer selection on the training split (Fisher separability J; d_eff as a diagnostic)."""
 
-    strategy: Literal["top_k_mean", "per_target"] = "top_k_mean"
+    strategy: Literal["top_k_mean", "per_target", "cv_auc"] = Field(
+        "top_k_mean", description="top-k by mean Fisher J, each target's best J, or top-k by cross-validated probe AUC")
+    cv_folds: int = Field(3, ge=2, description="stratified folds of the cv_auc probe")
     k: int = Field(3, ge=1, description="columns kept by top_k_mean")
     pca_dim: int = Field(64, ge=2, description="PCA size in which J is computed")
     eps: float = Field(1e-3, gt=0, description="ridge added to S_w")
@@ -91,6 +93,8 @@ class TrainConfig(Strict):
     use_gpu: bool = False
     max_layers: int = Field(4, ge=1, description="most feature columns a trial may concatenate")
     temperature: bool = Field(True, description="fit a temperature on the validation split (ECE before/after)")
+    extra_inputs: list[Literal["semantic", "task_prior"]] = Field(
+        [], description="appended to prefill_trunk's prefill columns: sentence embedding, task prior probabilities")
 
 
 class BaselinesConfig(Strict):
@@ -105,6 +109,41 @@ class BaselinesConfig(Strict):
     random_seed: int = 0
 
 
+class RouteConfig(Strict):
+    """The route job: prediction tasks and output layout (the policy comes from the command line)."""
+
+    task_cpus: float = Field(1.0, gt=0, description="CPUs per prediction task")
+    rows_per_part: int = Field(500_000, ge=1, description="rows per routes Parquet part")
+
+
+class PipelineConfig(Strict):
+    """``pipeline``: the main job end to end under one output folder."""
+
+    out: str = Field("out/demo", description="output folder (local or s3://) of every stage")
+    format: Literal["routerbench", "llmrouter", "routellm"] = "routerbench"
+    source: str = Field("../shared/data/routerbench-subset/routerbench_wide.csv", description="file to import")
+    pool: str | None = Field(None, description="pool.yaml with prices (else the importer's)")
+    candidates: str | None = Field(None, description="llmrouter: llm_candidates.json")
+    route_split: str = Field("test", description="which split's queries the route stage routes")
+    policy: Literal["threshold", "utility", "budget"] = "threshold"
+    tau: float = Field(0.0, ge=0, le=1)
+    lam: float = Field(0.0, ge=0)
+    budget_usd: float | None = Field(None, gt=0)
+
+
+class NightlyConfig(Strict):
+    """``nightly``: route the query sets that appeared under ``input`` since the last success."""
+
+    input: str | None = Field(None, description="prefix whose children (Parquet files or folders) are query sets")
+    output: str | None = Field(None, description="prefix for dated outputs: OUTPUT/<date>/<set>/")
+    model: str | None = Field(None, description="model folder made by train")
+    watermark: str | None = Field(None, description="watermark object; None = OUTPUT/_watermark.json")
+    policy: Literal["threshold", "utility", "budget"] = "threshold"
+    tau: float = Field(0.0, ge=0, le=1)
+    lam: float = Field(0.0, ge=0)
+    budget_usd: float | None = Field(None, gt=0, description="budget policy: dollars per query set")
+
+
 class AppConfig(Strict):
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
@@ -113,6 +152,9 @@ class AppConfig(Strict):
     select: SelectConfig = SelectConfig()
     train: TrainConfig = TrainConfig()
     baselines: BaselinesConfig = BaselinesConfig()
+    route: RouteConfig = RouteConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    nightly: NightlyConfig = NightlyConfig()
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:

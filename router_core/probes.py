@@ -59,13 +59,33 @@ def fisher_separability(x: np.ndarray, y: np.ndarray, pca_dim: int = 64, eps: fl
     return float(np.trace(np.linalg.solve(s_w + eps * np.eye(len(s_w)), s_b)))
 
 
+def cv_probe_auc(z: np.ndarray, y: np.ndarray, folds: int = 3, seed: int = 0) -> float | None:
+    """Cross-validated ROC-AUC of a logistic-regression probe (stratified folds) on features z.
+
+    None when a class has fewer rows than folds.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    from .metrics import roc_auc
+
+    y = np.asarray(y).astype(int)
+    if min(y.sum(), len(y) - y.sum()) < folds:
+        return None
+    pred = np.zeros(len(y))
+    for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(z, y):
+        pred[te] = LogisticRegression(C=1.0, max_iter=300).fit(z[tr], y[tr]).decision_function(z[te])
+    return roc_auc(pred, y)
+
+
 def layer_profile(columns: dict[str, np.ndarray], scores: np.ndarray, targets: list[str],
-                  pca_dim: int = 64, eps: float = 1e-3) -> list[dict]:
+                  pca_dim: int = 64, eps: float = 1e-3, cv_folds: int = 0) -> list[dict]:
     """d_eff and Fisher J of every feature column for every target.
 
     ``columns``: name (``mean_12``) -> (n, d) features of the training rows; ``scores``: (n, K) with
     NaN where a target was not measured (those rows are left out for that target, never read as
-    0); a score >= 0.5 counts as correct. Returns one dict per column, in the given order.
+    0); a score >= 0.5 counts as correct. Returns one dict per column, in the given order. With
+    ``cv_folds`` > 1 each column also gets the cross-validated probe AUC per target (``cv_auc``).
     """
     out = []
     for name, x in columns.items():
@@ -76,22 +96,36 @@ def layer_profile(columns: dict[str, np.ndarray], scores: np.ndarray, targets: l
             m = ~np.isnan(scores[:, k])
             per_target[t] = fisher_separability(zp[m], scores[m, k] >= 0.5, pca_dim=pca_dim, eps=eps)
         pooling, _, layer = name.rpartition("_")
+        extra = {}
+        if cv_folds > 1:
+            aucs = {}
+            for k, t in enumerate(targets):
+                m = ~np.isnan(scores[:, k])
+                aucs[t] = cv_probe_auc(zp[m], scores[m, k] >= 0.5, cv_folds)
+            known = [a for a in aucs.values() if a is not None]
+            extra = {"cv_auc": aucs, "cv_auc_mean": float(np.mean(known)) if known else 0.5}
         out.append({
             "column": name, "pooling": pooling, "layer": int(layer),
             "d_eff": participation_ratio(z, standardised=False),
             "d_eff_raw": participation_ratio(x, standardised=False),
             "fisher_mean": float(np.mean(list(per_target.values()))),
             "fisher": per_target,
+            **extra,
         })
     return out
 
 
 def select_columns(profile: list[dict], strategy: str = "top_k_mean", k: int = 3) -> list[str]:
-    """Columns to keep: ``top_k_mean`` (highest mean J) or ``per_target`` (each target's best)."""
+    """Columns to keep: ``top_k_mean`` (highest mean J), ``per_target`` (each target's best J) or
+    ``cv_auc`` (highest mean cross-validated probe AUC; the profile must hold it)."""
     if strategy == "top_k_mean":
         return [r["column"] for r in sorted(profile, key=lambda r: -r["fisher_mean"])[:k]]
+    if strategy == "cv_auc":
+        if profile and "cv_auc_mean" not in profile[0]:
+            raise ValueError("the cv_auc strategy needs a profile computed with cv_folds > 1")
+        return [r["column"] for r in sorted(profile, key=lambda r: -r["cv_auc_mean"])[:k]]
     if strategy == "per_target":
         targets = list(profile[0]["fisher"]) if profile else []
         best = {max(profile, key=lambda r: r["fisher"][t])["column"] for t in targets}
         return [r["column"] for r in profile if r["column"] in best]
-    raise ValueError(f"unknown layer selection strategy {strategy!r} (top_k_mean, per_target)")
+    raise ValueError(f"unknown layer selection strategy {strategy!r} (top_k_mean, per_target, cv_auc)")

@@ -36,6 +36,7 @@ class RouterInputs:
     semantic: np.ndarray | None = None  # (n, d) sentence embeddings
     tasks: list[str | None] | None = None
     scores: np.ndarray | None = None  # (n, K) observed scores: only the oracle reads them
+    prior: np.ndarray | None = None  # (n, K) the task prior's probabilities, an optional trunk input
 
     def take(self, rows: np.ndarray) -> "RouterInputs":
         return RouterInputs(
@@ -43,7 +44,8 @@ class RouterInputs:
             prefill={c: v[rows] for c, v in self.prefill.items()},
             semantic=None if self.semantic is None else self.semantic[rows],
             tasks=None if self.tasks is None else [t for t, r in zip(self.tasks, _mask(rows, self.n)) if r],
-            scores=None if self.scores is None else self.scores[rows])
+            scores=None if self.scores is None else self.scores[rows],
+            prior=None if self.prior is None else self.prior[rows])
 
 
 def _mask(rows: np.ndarray, n: int) -> np.ndarray:
@@ -194,7 +196,7 @@ class SemanticKNN(Router):
         losses = {}
         for k in ks:
             if k <= len(emb_tr):
-                losses[k] = _bce(cls(emb_tr, s_tr, k).predict_emb(emb_va), s_va)
+                losses[k] = bce(cls(emb_tr, s_tr, k).predict_emb(emb_va), s_va)
         best = min(losses, key=losses.get)
         return cls(emb_tr, s_tr, best), {"val_bce_by_k": {str(k): v for k, v in losses.items()}}
 
@@ -224,21 +226,31 @@ class SemanticKNN(Router):
 
 # -- networks (prefill or semantic inputs) -----------------------------------------------------
 class TrunkRouter(Router):
-    """A SharedTrunkNet ensemble over concatenated feature columns (or the sentence embedding),
-    probabilities averaged over members, each member's logits divided by ``temperature``."""
+    """A SharedTrunkNet ensemble over concatenated inputs, probabilities averaged over members,
+    each member's logits divided by ``temperature``. Inputs (``columns``): prefill feature columns,
+    ``semantic`` (the sentence embedding) and ``task_prior`` (the task prior's probabilities)."""
+
+    EXTRA = ("semantic", "task_prior")
 
     def __init__(self, kind: str, columns: list[str], pre: Preprocessor, nets: list[SharedTrunkNet],
                  temperature: float = 1.0):
         self.kind, self.columns, self.pre, self.nets, self.temperature = kind, list(columns), pre, nets, temperature
-        self.needs = ("semantic",) if kind.startswith("semantic") else ("prefill",)
+        self.needs = tuple(n for n, on in (("prefill", any(c not in self.EXTRA for c in self.columns)),
+                                           ("semantic", "semantic" in self.columns),
+                                           ("tasks", "task_prior" in self.columns)) if on)
 
     def design(self, x: RouterInputs) -> np.ndarray:
-        if self.needs == ("semantic",):
-            return _need(x.semantic, "sentence embeddings", self.kind)
-        missing = [c for c in self.columns if c not in x.prefill]
-        if missing:
-            raise ArtifactError(f"router {self.kind} needs feature column(s) {', '.join(missing)}")
-        return np.concatenate([x.prefill[c] for c in self.columns], axis=1)
+        parts = []
+        for c in self.columns:
+            if c == "semantic":
+                parts.append(_need(x.semantic, "sentence embeddings", self.kind))
+            elif c == "task_prior":
+                parts.append(_need(x.prior, "the task prior's probabilities", self.kind))
+            elif c in x.prefill:
+                parts.append(x.prefill[c])
+            else:
+                raise ArtifactError(f"router {self.kind} needs feature column {c}")
+        return np.concatenate(parts, axis=1)
 
     def logits(self, x: RouterInputs) -> np.ndarray:
         """(members, n, K) untempered logits."""
@@ -270,11 +282,12 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 def fit_temperature(logits: np.ndarray, scores: np.ndarray, grid: np.ndarray | None = None) -> float:
     """The T minimising validation BCE of ``mean_members sigmoid(logits / T)`` (masked), on a log grid."""
     grid = np.exp(np.linspace(np.log(0.25), np.log(4.0), 97)) if grid is None else grid
-    losses = [_bce(_sigmoid(logits / t).mean(axis=0), scores) for t in grid]
+    losses = [bce(_sigmoid(logits / t).mean(axis=0), scores) for t in grid]
     return float(grid[int(np.argmin(losses))])
 
 
-def _bce(proba: np.ndarray, scores: np.ndarray) -> float:
+def bce(proba: np.ndarray, scores: np.ndarray) -> float:
+    """Masked mean binary cross-entropy of probabilities against (graded, NaN = unmeasured) scores."""
     import torch
 
     from .model import split_targets
@@ -322,7 +335,7 @@ class PrefillLogReg(Router):
                 if yy[ww > 0].min() == yy[ww > 0].max():  # one class only: a constant
                     break
                 lr = LogisticRegression(C=c, max_iter=300).fit(zz, yy, sample_weight=ww)
-                loss = _bce(lr.predict_proba(zv)[:, 1:2], s_va[mv, k : k + 1]) if mv.any() else 0.0
+                loss = bce(lr.predict_proba(zv)[:, 1:2], s_va[mv, k : k + 1]) if mv.any() else 0.0
                 if best is None or loss < best[0]:
                     best = (loss, c, lr)
             mean[k], scale[k] = mu, sd

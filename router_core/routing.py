@@ -48,3 +48,51 @@ def budget_routes(proba: np.ndarray, cost: np.ndarray, budget: float, iters: int
         else:
             hi = mid
     return utility_routes(proba, cost, hi), hi
+
+
+def assign(policy: str, proba: np.ndarray, cost: np.ndarray, tau: float = 0.0, lam: float = 0.0,
+           budget: float | None = None) -> tuple[np.ndarray, dict]:
+    """Routes by the named policy and what it decided with (its parameters, and for budget the
+    multiplier found). Raises ValueError on a parameter that cannot work."""
+    if policy == "threshold":
+        if not 0 <= tau <= 1:
+            raise ValueError(f"--tau must be in [0, 1], got {tau}")
+        return threshold_routes(proba, cost, tau), {"tau": tau}
+    if policy == "utility":
+        if lam < 0:
+            raise ValueError(f"--lam must be >= 0, got {lam}")
+        return utility_routes(proba, cost, lam), {"lam": lam}
+    if policy == "budget":
+        if budget is None or not budget > 0:
+            raise ValueError(f"--budget-usd must be a positive number of dollars, got {budget}")
+        routes, lam_found = budget_routes(proba, cost, budget)
+        return routes, {"budget_usd": budget, "lambda": lam_found}
+    raise ValueError(f"unknown policy {policy!r} (threshold, utility, budget)")
+
+
+def tally(routes: np.ndarray, proba: np.ndarray, cost: np.ndarray, targets: list[str], best_single: int) -> dict:
+    """Per target: queries routed, share, estimated dollars; totals against always calling the most
+    expensive target (by mean cost over this batch) and always the best single one; expected accuracy
+    (the mean predicted probability of each chosen call)."""
+    n = len(routes)
+    rows = np.arange(n)
+    chosen_cost = cost[rows, routes]
+    counts = np.bincount(routes, minlength=len(targets))
+    dollars = np.bincount(routes, weights=chosen_cost, minlength=len(targets))
+    dear = int(cost.mean(axis=0).argmax()) if n else 0
+    total = float(chosen_cost.sum())
+
+    def baseline(k: int) -> dict:
+        c = float(cost[:, k].sum())
+        return {"model": targets[k], "cost_usd": c, "expected_accuracy": float(proba[:, k].mean()) if n else 0.0,
+                "saving_pct": 100.0 * (1 - total / c) if c > 0 else 0.0}
+
+    return {
+        "queries": n,
+        "per_model": {t: {"queries": int(counts[k]), "share": float(counts[k] / n) if n else 0.0,
+                          "cost_usd": float(dollars[k])} for k, t in enumerate(targets)},
+        "total_cost_usd": total,
+        "expected_accuracy": float(proba[rows, routes].mean()) if n else 0.0,
+        "always_most_expensive": baseline(dear),
+        "always_best_single": baseline(best_single),
+    }

@@ -1,4 +1,5 @@
-"""Session fixtures: a real S3-compatible server (moto, HTTP on loopback) and one local Ray."""
+"""Session fixtures: a real S3-compatible server (moto, HTTP on loopback), one local Ray, and a small
+real dataset with its features and a model trained on it (shared by the learn and route tests)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import socket
 
 import pytest
+
+from tests.conftest import shared_file
 
 # Keep every Ray socket on loopback; read when ray is imported.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -71,3 +74,54 @@ def ray_local(s3_server):
              configure_logging=False, _node_ip_address="127.0.0.1")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def small_lr(ray_local, encoder_cache, tmp_path_factory):
+    """120 real LLMRouter training queries with their 9 models' outcomes, and their features."""
+    import pyarrow as pa
+
+    from jobs.cli import main
+    from router_core import importers
+    from router_core.dataset import Dataset, save_dataset
+    from router_core.storage import Storage
+
+    scores = shared_file("llmrouter-9/scores_wide.csv").read_text(encoding="utf-8")
+    cands = shared_file("llmrouter-9/llm_candidates.json").read_text()
+    full = importers.import_llmrouter(scores, cands).dataset
+    q = full.queries.filter(pa.array([s == "train" for s in full.queries.column("split").to_pylist()]))
+    q = q.take(list(range(0, q.num_rows, q.num_rows // 120))[:120])
+    keep = set(q.column("query_id").to_pylist())
+    o = full.outcomes.filter(pa.array([x in keep for x in full.outcomes.column("query_id").to_pylist()]))
+    root = tmp_path_factory.mktemp("lr")
+    data, feats = str(root / "data"), str(root / "features")
+    save_dataset(Storage(), data, Dataset(q, o, full.pool))
+    assert main(["extract", "--data", data, "--out", feats, "--set", f"extract.cache_dir={encoder_cache}",
+                 "--set", "extract.layers=[0,8,16,24,30]", "--set", "extract.max_length=256"]) == 0
+    return data, feats
+
+
+TRAIN_SETS = ["train.n_trials=2", "train.seeds=3", "train.keep=2", "train.max_epochs=8", "train.patience=3",
+              "train.batch_size=32", "train.max_layers=2", "baselines.semantic_trials=1", "baselines.knn_k=[3,5]"]
+
+
+@pytest.fixture(scope="session")
+def trained(small_lr, tmp_path_factory):
+    """The same 120 queries with every third one moved to a test split, and a model trained on them."""
+    import pyarrow as pa
+
+    from jobs.cli import main
+    from router_core.dataset import Dataset, load_dataset, save_dataset
+    from router_core.storage import Storage
+
+    data, feats = small_lr
+    ds = load_dataset(Storage(), data)
+    q = ds.queries
+    split = pa.array(["test" if i % 3 == 0 else "train" for i in range(q.num_rows)])
+    q = q.set_column(q.schema.get_field_index("split"), "split", split)
+    root = tmp_path_factory.mktemp("trained")
+    data2, model = str(root / "data"), str(root / "m")
+    save_dataset(Storage(), data2, Dataset(q, ds.outcomes, ds.pool))
+    args = [x for s in TRAIN_SETS for x in ("--set", s)]
+    assert main(["train", "--data", data2, "--features", feats, "--out", model, *args]) == 0
+    return data2, feats, model, args

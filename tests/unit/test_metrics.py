@@ -58,3 +58,25 @@ def test_roc_auc_and_ece():
     p = np.array([[0.9], [0.9], [0.1], [0.1]])
     y = np.array([[1.0], [1.0], [0.0], [0.0]])
     assert M.ece(p, y) == pytest.approx(0.1)
+
+
+def test_pgr_apgr_and_cpt_by_hand():
+    # 4 queries; weak right on q0 only, strong right on q0, q1, q2. Router prefers strong for q1, q2, q0, q3.
+    s_weak = np.array([1.0, 0, 0, 0])
+    s_strong = np.array([1.0, 1, 1, 0])
+    prefer = np.array([0.5, 0.9, 0.8, 0.1])
+    fr, pgr = M.pgr_curve(prefer, s_strong, s_weak, steps=4)
+    # shares 0, 1/4, 2/4, 3/4, 1: accuracy 1/4, 2/4, 3/4, 3/4, 3/4; gap 3/4 - 1/4 = 1/2.
+    assert fr.tolist() == [0, 0.25, 0.5, 0.75, 1.0]
+    assert pgr.tolist() == pytest.approx([0, 0.5, 1, 1, 1])
+    # trapezoids: 0.25 * (0.25 + 0.75 + 1 + 1) = 0.75
+    assert M.apgr(fr, pgr) == pytest.approx(0.75)
+    assert M.cpt(fr, pgr, 0.5) == 25.0 and M.cpt(fr, pgr, 1.0) == 50.0
+    assert M.cpt(fr, np.zeros(5), 0.5) is None
+
+
+def test_ece_skips_unmeasured_pairs():
+    p = np.array([[0.9, 0.2], [0.9, 0.2]])
+    s = np.array([[1.0, np.nan], [0.0, 0.0]])
+    # target 0: one bin, |0.9 - 0.5| = 0.4; target 1: only row 1, |0.2 - 0| = 0.2.
+    assert M.ece(p, s) == pytest.approx(0.3)

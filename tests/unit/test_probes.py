@@ -1,6 +1,8 @@
 import numpy as np
 
-from router_core.probes import fisher_separability, participation_ratio
+import pytest
+
+from router_core.probes import fisher_separability, layer_profile, participation_ratio, select_columns
 
 
 def test_isotropic_gaussian_has_full_effective_dimensionality():
@@ -48,3 +50,16 @@ def test_layer_profile_ranks_the_informative_column_first_and_masks_missing():
     assert prof[1]["fisher"]["a"] > 1.0 > 0.1 > prof[0]["fisher"]["a"]
     assert select_columns(prof, "top_k_mean", 1) == ["last_05"]
     assert select_columns(prof, "per_target") == ["last_05"]
+
+
+def test_cv_auc_ranks_the_informative_column_first():
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, size=(300, 2)).astype(float)
+    cols = {"mean_01": rng.normal(size=(300, 8)), "mean_02": rng.normal(size=(300, 8))}
+    cols["mean_02"][:, 0] += 2.0 * y[:, 0]  # column 2 tells target 0 apart
+    prof = layer_profile(cols, y, ["t0", "t1"], pca_dim=8, cv_folds=3)
+    r1, r2 = prof
+    assert r2["cv_auc"]["t0"] > 0.8 and 0.35 < r1["cv_auc"]["t0"] < 0.65
+    assert select_columns(prof, "cv_auc", 1) == ["mean_02"]
+    with pytest.raises(ValueError, match="cv_folds"):
+        select_columns(layer_profile(cols, y, ["t0", "t1"], pca_dim=8), "cv_auc", 1)

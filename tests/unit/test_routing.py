@@ -28,3 +28,30 @@ def test_budget_policy_fits_and_spends_on_the_best_gain():
         budget_routes(P, C, budget=0.2)
     with pytest.raises(ValueError, match="must be positive"):
         budget_routes(P, C, budget=0)
+
+
+def test_tally_by_hand():
+    from router_core.routing import tally
+
+    proba = np.array([[0.9, 0.5], [0.2, 0.8], [0.6, 0.7]])
+    cost = np.array([[1.0, 4.0], [1.0, 4.0], [2.0, 6.0]])
+    t = tally(np.array([0, 1, 0]), proba, cost, ["cheap", "dear"], best_single=1)
+    assert t["per_model"]["cheap"] == {"queries": 2, "share": 2 / 3, "cost_usd": 3.0}
+    assert t["per_model"]["dear"] == {"queries": 1, "share": 1 / 3, "cost_usd": 4.0}
+    assert t["total_cost_usd"] == 7.0 and t["expected_accuracy"] == pytest.approx((0.9 + 0.8 + 0.6) / 3)
+    dear = t["always_most_expensive"]
+    assert dear["model"] == "dear" and dear["cost_usd"] == 14.0 and dear["saving_pct"] == pytest.approx(50.0)
+    assert t["always_best_single"]["expected_accuracy"] == pytest.approx(2.0 / 3)
+
+
+def test_assign_refuses_bad_parameters():
+    from router_core.routing import assign
+
+    p, c = np.array([[0.5, 0.6]]), np.array([[1.0, 2.0]])
+    for kw in ({"budget": 0.0}, {"budget": -1.0}, {"budget": None}):
+        with pytest.raises(ValueError, match="positive number of dollars"):
+            assign("budget", p, c, **kw)
+    with pytest.raises(ValueError, match="tau"):
+        assign("threshold", p, c, tau=1.5)
+    routes, info = assign("budget", p, c, budget=1.5)
+    assert routes.tolist() == [0] and info["budget_usd"] == 1.5

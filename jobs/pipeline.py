@@ -1,0 +1,67 @@
+"""Stage ``pipeline``: the main job end to end, on one output folder.
+
+import -> validate -> extract -> select-layers -> train -> evaluate -> route the test split.
+Every stage is the one its own subcommand runs, so a rerun reuses what is done (the feature cache
+encodes nothing twice) and the outputs are the same as running the stages one by one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pyarrow as pa
+
+from router_core.config import AppConfig
+from router_core.dataset import load_dataset
+from router_core.errors import DataError
+from router_core.storage import join
+
+from .common import storage_from
+
+log = logging.getLogger(__name__)
+
+
+def run_pipeline(cfg: AppConfig) -> dict:
+    from . import data, evaluate, extract, route, select_layers, train
+
+    pc = cfg.pipeline
+    out = pc.out
+    paths = {k: join(out, k) for k in ("data", "features", "layers", "model", "report", "routes")}
+    seconds: dict[str, float] = {}
+
+    def stage(name: str, fn, *args):
+        print(f"== {name}", flush=True)
+        t = time.perf_counter()
+        run = fn(*args)
+        seconds[name] = time.perf_counter() - t
+        return run
+
+    imp = stage("import", data.run_import, cfg, pc.format, pc.source, paths["data"], pc.pool, pc.candidates)
+    data.print_import(imp)
+    val = stage("validate", data.run_validate, cfg, paths["data"], None)
+    data.print_validate(val, paths["data"])
+    ex = stage("extract", extract.run_extract, cfg, paths["data"], paths["features"])
+    extract.print_extract(ex)
+    sel = stage("select-layers", select_layers.run_select_layers, cfg, paths["data"], paths["features"], paths["layers"])
+    select_layers.print_select(sel)
+    tr = stage("train", train.run_train, cfg, paths["data"], paths["features"], paths["model"])
+    train.print_train(tr)
+    ev = stage("evaluate", evaluate.run_evaluate, cfg, paths["data"], paths["features"], paths["model"], paths["report"])
+    evaluate.print_evaluate(ev)
+
+    storage = storage_from(cfg)
+    q = load_dataset(storage, paths["data"]).queries
+    test = q.filter(pa.array([s == pc.route_split for s in q.column("split").to_pylist()]))
+    if not test.num_rows:
+        raise DataError(f"{paths['data']}: no queries with split {pc.route_split!r} to route")
+    queries_uri = join(out, f"{pc.route_split}_queries.parquet")
+    storage.write_table(test, queries_uri)
+    policy = route.Policy(pc.policy, pc.tau, pc.lam, pc.budget_usd)
+    rt = stage("route", route.run_route, cfg, queries_uri, paths["model"], paths["routes"], policy)
+    route.print_route(rt)
+    total = sum(seconds.values())
+    print("== done in " + f"{total:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + ")")
+    print(f"report: {join(paths['report'], 'report.html')} (and report.json)")
+    print(f"routes: {join(paths['routes'], 'routes')}/ with tally.json")
+    return {"seconds": seconds, "paths": paths}

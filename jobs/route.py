@@ -1,0 +1,289 @@
+"""Stage ``route``: decide which LLM answers each query of a bulk set, and what it will cost.
+
+1. Read the queries (a Parquet file, a folder or prefix of parts, or a dataset folder); rows that
+   cannot be routed (no id, duplicate id, no text) go to the rejects with their reason.
+2. Prefill features through the extraction job's cache (the model's features folder unless
+   ``--features`` names another): only texts it lacks are encoded, with the model's own settings.
+3. Predict P(correct) per target with the trained router, in Ray tasks over groups of feature parts
+   (each task reads only its parts and the model's columns; memory stays bounded).
+4. Assign routes by the policy (threshold, utility, or a batch budget) on estimated call costs
+   (input tokens x price + the target's median training output tokens x price).
+5. Write ``OUT/routes/part-*.parquet``, ``OUT/rejects.parquet``, ``OUT/tally.json`` and last
+   ``OUT/run.json`` (status complete). The run id (given, or a digest of queries, router and policy)
+   owns OUT: a rerun of the same run rewrites the same files with the same routes; another run id is
+   refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from router_core import schemas
+from router_core.artifacts import read_json
+from router_core.config import AppConfig, ExtractConfig
+from router_core.errors import ArtifactError, DataError
+from router_core.evaluation import estimated_costs
+from router_core.extraction import text_hash
+from router_core.features import read_manifest
+from router_core.routers import RouterInputs, TrunkRouter, load_router
+from router_core.routing import assign, tally
+from router_core.schemas import Pool
+from router_core.storage import Storage, join
+from router_core.validation import check_queries
+
+from .common import format_table, storage_from
+from .evaluate import load_model_index
+from .extract import read_queries
+from .runtime import ensure_ray
+
+log = logging.getLogger(__name__)
+
+ROUTES, RUN, TALLY, REJECTS = "routes", "run.json", "tally.json", "rejects.parquet"
+
+
+@dataclass
+class Policy:
+    name: str = "threshold"
+    tau: float = 0.0
+    lam: float = 0.0
+    budget_usd: float | None = None
+
+    def params(self) -> dict:
+        return {"threshold": {"tau": self.tau}, "utility": {"lam": self.lam},
+                "budget": {"budget_usd": self.budget_usd}}[self.name]
+
+
+@dataclass
+class RouteRun:
+    out: str
+    run_id: str
+    input_rows: int
+    routed: int
+    rejected: int
+    tally: dict
+    policy: dict
+    seconds: dict
+
+    def reconciles(self) -> bool:
+        return self.input_rows == self.routed + self.rejected
+
+
+def extract_config_for(fman: dict, base: ExtractConfig) -> ExtractConfig:
+    """The extraction settings that reproduce a features folder (its identity fields), keeping the
+    machine-dependent fields (device, batch sizes, actors) of ``base``."""
+    s = fman["settings"]
+    upd = {"encoder": fman["encoder"]["spec"], "revision": fman["encoder"].get("revision"), "dtype": s["dtype"],
+           "max_length": s["max_length"], "truncation_side": s["truncation_side"],
+           "chat_template": s["chat_template"], "pooling": s["pooling"], "layers": s["layers"]}
+    if "tail_tokens" in s:
+        upd["tail_tokens"] = s["tail_tokens"]
+    return base.model_copy(update=upd)
+
+
+def _predict_parts(parts: list[str], storage_kw: dict, model_folder: str, columns: list[str],
+                   wanted: pa.Table) -> tuple[pa.Array, np.ndarray]:
+    """Runs in a Ray task: (query ids, probabilities) of the wanted rows found in ``parts``."""
+    from router_core.routers import load_router as _load
+
+    storage = Storage(**storage_kw)
+    router, _ = _load(storage, model_folder)
+    ids, probas = [], []
+    for part in parts:
+        t = storage.read_table(part, columns=["query_id", "text_hash", *columns])
+        keys = t.select(["query_id", "text_hash"]).append_column("__row", pa.array(np.arange(t.num_rows)))
+        rows = keys.join(wanted, keys=["query_id", "text_hash"], join_type="inner").column("__row")
+        if not len(rows):
+            continue
+        t = t.take(rows)  # (Arrow joins do not carry fixed-size list columns)
+        d = t.column(columns[0]).type.list_size
+        x = {c: t.column(c).combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(t.num_rows, d)
+             .astype(np.float32) for c in columns}
+        ids.append(t.column("query_id").combine_chunks())
+        probas.append(router.predict_proba(RouterInputs(n=t.num_rows, prefill=x)).astype(np.float32))
+    if not ids:
+        return pa.array([], pa.string()), np.zeros((0, 0), np.float32)
+    return pa.concat_arrays(ids), np.concatenate(probas)
+
+
+def _run_id(given: str | None, keys: pa.Table, router_manifest: dict, policy: Policy) -> str:
+    if given:
+        return given
+    h = hashlib.sha256()
+    for col in ("query_id", "text_hash"):
+        for chunk in keys.column(col).chunks:
+            h.update(pa.array(chunk).to_string().encode())  # order-sensitive digest of the batch
+    h.update(json.dumps([router_manifest.get("weights_sha256"), policy.name, policy.params()]).encode())
+    return h.hexdigest()[:16]
+
+
+def _claim(storage: Storage, out: str, run_id: str) -> None:
+    """OUT belongs to one run id: refuse another's folder; mark ours as running."""
+    uri = join(out, RUN)
+    if storage.exists(uri):
+        old = read_json(storage, uri)
+        if old.get("run_id") != run_id:
+            raise ArtifactError(f"{out}: holds run {old.get('run_id')} ({old.get('status')}); this run is {run_id}: "
+                                "write to another folder, or pass --run-id to rerun that one")
+    storage.write_text(uri, json.dumps({"run_id": run_id, "status": "running", "started_unix": int(time.time())}))
+
+
+def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Policy,
+              features: str | None = None, run_id: str | None = None, router_name: str | None = None) -> RouteRun:
+    import ray
+
+    t0 = time.perf_counter()
+    seconds: dict[str, float] = {}
+    storage = storage_from(cfg)
+    index = load_model_index(storage, model)
+    name = router_name or index["default"]
+    if name not in index["routers"]:
+        raise ArtifactError(f"{model}: no router {name!r} (it has {', '.join(index['routers'])})")
+    folder = join(model, index["routers"][name])
+    router, rman = load_router(storage, folder)
+    if not isinstance(router, TrunkRouter) or router.needs != ("prefill",):
+        raise ArtifactError(f"router {name} reads {', '.join(router.needs) or 'nothing'}; `route` serves routers "
+                            "on prefill features only (prefill_trunk)")
+    targets = index["targets"]
+    pool = Pool.model_validate(index["pool"])
+
+    queries, src = read_queries(storage, queries_uri)
+    n_in = queries.num_rows
+    keep, rejects, _ = check_queries(queries, src, check_split=False)
+    kept = queries.take(pa.array(keep, pa.int64())).select(["query_id", "text"])
+    hashes = pa.array([text_hash(t) for t in kept.column("text").to_pylist()], pa.string())
+    kept = kept.append_column("text_hash", hashes)
+    run_id = _run_id(run_id, kept.select(["query_id", "text_hash"]), rman, policy)
+    _claim(storage, out, run_id)
+    seconds["read"] = time.perf_counter() - t0
+
+    feats = features or index["features"]["prefill"]["uri"]
+    fman = read_manifest(storage, feats) if storage.exists(join(feats, "manifest.json")) else None
+    if fman is not None and fman["settings_key"] != rman["features_settings_key"]:
+        raise ArtifactError(f"{feats}: features of other settings than the model's ({fman['encoder']['identity'][:60]})")
+    t = time.perf_counter()
+    from .extract import run_extract
+
+    if fman is None:  # a new cache folder: the model's settings, from its training features
+        fman = read_manifest(storage, index["features"]["prefill"]["uri"])
+    ecfg = cfg.model_copy(update={"extract": extract_config_for(fman, cfg.extract)})
+    ex = run_extract(ecfg, queries_uri, feats)
+    seconds["extract"] = time.perf_counter() - t
+    failed = {r["query_id"] for r in _extract_rejects(storage, feats)}
+
+    t = time.perf_counter()
+    ensure_ray(cfg)
+    columns = [c for c in router.columns]
+    parts = storage.list_files(join(feats, "parts"), ".parquet")
+    n_tasks = max(1, min(len(parts), 4 * max(1, int(ray.available_resources().get("CPU", 1)))))
+    wanted = ray.put(kept.select(["query_id", "text_hash"]))
+    task = ray.remote(num_cpus=cfg.route.task_cpus)(_predict_parts)
+    skw = {"endpoint_url": storage.endpoint_url, "region": storage.region}
+    refs = [task.remote(parts[i::n_tasks], skw, folder, columns, wanted) for i in range(n_tasks)]
+    got_ids, got_p = [], []
+    for done, ref in enumerate(refs, 1):
+        ids, p = ray.get(ref)
+        if len(ids):
+            got_ids.append(ids)
+            got_p.append(p)
+        log.info("route: predicted %d/%d feature part groups", done, len(refs))
+    seconds["predict"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    found_ids = pa.concat_arrays(got_ids) if got_ids else pa.array([], pa.string())
+    proba_found = np.concatenate(got_p) if got_p else np.zeros((0, len(targets)), np.float32)
+    # Back to the input's order; a query whose features are missing is rejected with the reason.
+    pos_arr = pc.index_in(kept.column("query_id"), value_set=found_ids)
+    have = pos_arr.is_valid().to_numpy(zero_copy_only=False)
+    pos = pos_arr.fill_null(0).to_numpy(zero_copy_only=False)
+    if not have.all():
+        for i, qid, h in zip(keep, kept.column("query_id").to_pylist(), have):
+            if not h:
+                rejects.append(dict(source=src, row=i, query_id=qid, model=None, column="text",
+                                    reason=failed_reason(qid, failed)))
+    routed = kept.filter(pa.array(have))
+    proba = proba_found[pos[have]] if len(proba_found) else np.zeros((0, len(targets)), np.float32)
+    texts = routed.column("text").to_pylist()
+    med = np.array([index["output_tokens_median"].get(tg, 0.0) for tg in targets])
+    costs = estimated_costs(texts, pool, targets, med)
+    try:
+        routes, info = assign(policy.name, proba.astype(np.float64), costs, policy.tau, policy.lam, policy.budget_usd)
+    except ValueError as e:
+        raise DataError(f"route: {e}") from None
+    best = targets.index(index["best_single"]) if index.get("best_single") in targets else 0
+    tal = tally(routes, proba, costs, targets, best)
+    tal["policy"] = {"name": policy.name, **info}
+    if policy.name == "budget":
+        tal["policy"]["used_usd"] = tal["total_cost_usd"]
+    seconds["assign"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    version = f"{name}@{rman['weights_sha256'][:12]}"
+    n = routed.num_rows
+    cols = {
+        "query_id": routed.column("query_id"),
+        "model": pa.array(np.array(targets, dtype=object)[routes] if n else [], pa.string()),
+        "est_cost_usd": pa.array(costs[np.arange(n), routes] if n else [], pa.float64()),
+        "policy": pa.array([policy.name] * n, pa.string()),
+        "policy_params": pa.array([json.dumps(info, sort_keys=True)] * n, pa.string()),
+        "router_version": pa.array([version] * n, pa.string()),
+        "run_id": pa.array([run_id] * n, pa.string()),
+    }
+    for k, tg in enumerate(targets):
+        cols[f"p:{tg}"] = pa.array(proba[:, k] if n else [], pa.float32())
+    table = pa.table(cols)
+    step = cfg.route.rows_per_part
+    n_parts = max(1, -(-n // step))
+    for j in range(n_parts):
+        storage.write_table(table.slice(j * step, step), join(out, ROUTES, f"part-{j:05d}.parquet"))
+    for stale in storage.list_files(join(out, ROUTES), ".parquet"):  # left by an earlier attempt of this run
+        if int(stale.rsplit("part-", 1)[1].split(".")[0]) >= n_parts:
+            storage.delete(stale)
+    rej_uri = join(out, REJECTS)
+    storage.write_table(schemas.rejects_table(rejects), rej_uri)
+    seconds["write"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - t0
+    run = RouteRun(out, run_id, n_in, n, len(rejects), tal, tal["policy"], seconds)
+    if not run.reconciles():
+        raise RuntimeError(f"route counts do not reconcile: {n_in} in, {n} routed, {len(rejects)} rejected")
+    doc = {"run_id": run_id, "status": "complete", "queries": queries_uri, "model": model, "router": version,
+           "features": feats, "input_rows": n_in, "routed": n, "rejected": len(rejects), "policy": tal["policy"],
+           "extract": {"reused": ex.reused, "extracted": ex.extracted, "rejected": ex.rejected},
+           "seconds": seconds, "finished_unix": int(time.time())}
+    storage.write_text(join(out, TALLY), json.dumps(dict(tal, run_id=run_id, router=version), indent=2))
+    storage.write_text(join(out, RUN), json.dumps(doc, indent=2))
+    return run
+
+
+def _extract_rejects(storage: Storage, feats: str) -> list[dict]:
+    uri = join(feats, "rejects.parquet")
+    return storage.read_table(uri).to_pylist() if storage.exists(uri) else []
+
+
+def failed_reason(qid: str, failed: set[str]) -> str:
+    return "the encoder could not read the text (see the features' rejects)" if qid in failed \
+        else "no features were produced for this query"
+
+
+def print_route(run: RouteRun) -> None:
+    t = run.tally
+    print(f"route run {run.run_id}: {run.input_rows} queries in = {run.routed} routed + {run.rejected} rejected "
+          f"({run.seconds['total']:.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in run.seconds.items() if k != "total")
+          + ")")
+    rows = [[m, v["queries"], f"{100 * v['share']:.1f}%", v["cost_usd"]] for m, v in t["per_model"].items() if v["queries"]]
+    print(format_table(["model", "queries", "share", "est. $"], rows))
+    p = run.policy
+    print(f"policy {p['name']} " + ", ".join(f"{k}={v:.6g}" for k, v in p.items() if k != "name"))
+    print(f"total ${t['total_cost_usd']:.4f}, expected accuracy {t['expected_accuracy']:.4f}")
+    for key, label in (("always_most_expensive", "always the most expensive"), ("always_best_single", "always the best single")):
+        b = t[key]
+        print(f"  vs {label} ({b['model']}): ${b['cost_usd']:.4f}, expected accuracy {b['expected_accuracy']:.4f}; "
+              f"saving {b['saving_pct']:.1f}%")
+    print(f"wrote {join(run.out, ROUTES)}/, {TALLY}, {REJECTS}, {RUN}")

@@ -1,0 +1,92 @@
+"""``submit``: run any stage as a Ray Job on a cluster, follow its logs, mirror its exit status.
+
+The entrypoint is ``python -m jobs.cli STAGE ARGS...`` run in a copy of the working directory
+(this repository, or ``--working-dir``) uploaded by Ray; the cluster's image provides the
+dependencies (pyproject.toml). Environment variables named
+by ``--env NAME`` are passed on, except credentials: S3 keys and tokens are refused here (the
+cluster's nodes have their own identity), so they never appear in a job's submission.
+
+Authentication: a cluster started with ``RAY_AUTH_MODE=token`` needs the token on the client; Ray
+reads it from ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` (see README).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from router_core.errors import ConfigError, RouterError
+
+STAGES = ("import", "validate", "extract", "select-layers", "train", "evaluate", "route", "pipeline", "nightly",
+          "retrain")
+SECRET_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "CREDENTIAL", "ACCESS_KEY", "SESSION")
+EXIT = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 130}
+
+
+class JobFailed(RouterError):
+    exit_code = 1
+
+
+@dataclass
+class Submission:
+    job_id: str
+    status: str
+    exit_code: int
+
+
+def _env(names: list[str]) -> dict[str, str]:
+    out = {}
+    for name in names:
+        if any(m in name.upper() for m in SECRET_MARKERS):
+            raise ConfigError(f"--env {name}: looks like a credential; jobs must get credentials from the "
+                              "cluster's identity, never from the submission")
+        if name in os.environ:
+            out[name] = os.environ[name]
+    return out
+
+
+def entrypoint(stage: str, args: list[str], python: str = "python") -> str:
+    if stage not in STAGES:
+        raise ConfigError(f"submit: unknown stage {stage!r} (one of {', '.join(STAGES)})")
+    return shlex.join([python, "-m", "jobs.cli", stage, *args])
+
+
+def submit(address: str, stage: str, args: list[str], working_dir: str | None = None, env: list[str] | None = None,
+           follow: bool = True, timeout_s: float | None = None, python: str = "python", printer=print) -> Submission:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    wd = Path(working_dir or Path(__file__).resolve().parents[1])
+    if not (wd / "pyproject.toml").exists():
+        raise ConfigError(f"--working-dir {wd}: no pyproject.toml (not a prefill-router checkout)")
+    runtime_env = {"working_dir": str(wd), "env_vars": _env(env or []),
+                   "excludes": [".venv", ".cache", "out", ".git", "__pycache__", "*.pyc"]}
+    cmd = entrypoint(stage, args, python)
+    try:
+        client = JobSubmissionClient(address)
+    except Exception as e:  # connection and auth errors come as several types
+        raise ConfigError(f"submit: cannot reach the Ray Jobs API at {address}: {str(e).splitlines()[0][:200]}") from None
+    job_id = client.submit_job(entrypoint=cmd, runtime_env=runtime_env,
+                               metadata={"stage": stage, "submitted_by": "prefill-router"})
+    printer(f"submitted {stage} as Ray job {job_id} to {address}")
+    if not follow:
+        return Submission(job_id, "PENDING", 0)
+    t0, shown = time.monotonic(), 0
+    terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+    while True:
+        status = client.get_job_status(job_id)
+        logs = client.get_job_logs(job_id)
+        if len(logs) > shown:
+            printer(logs[shown:].rstrip("\n"))
+            shown = len(logs)
+        if status in terminal:
+            break
+        if timeout_s is not None and time.monotonic() - t0 > timeout_s:
+            client.stop_job(job_id)
+            raise JobFailed(f"submit: job {job_id} did not finish in {timeout_s:.0f} s; stopped")
+        time.sleep(1.0)
+    code = EXIT.get(str(status.value if hasattr(status, "value") else status), 1)
+    printer(f"Ray job {job_id}: {status.value if hasattr(status, 'value') else status}")
+    return Submission(job_id, str(status.value if hasattr(status, "value") else status), code)

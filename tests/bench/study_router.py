@@ -1,0 +1,107 @@
+"""The router study: train + evaluate over several seeds per dataset; mean and std of every router.
+
+    python -m tests.bench.study_router --dataset routerbench=DATA:FEATURES --dataset llmrouter=DATA:FEATURES \
+        --seeds 5 --out out/study [--set train.n_trials=8 ...]
+
+Each seed changes the Optuna sampler, the validation split (when the dataset has none), the
+ensemble's seeds and the random router. The sentence embeddings are computed once per dataset
+(cached under OUT/<name>/semantic_features). Writes OUT/study.json and OUT/study.md, and prints
+the tables: they are the figures quoted in docs/study.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from jobs.evaluate import ordered, run_evaluate
+from jobs.train import run_train
+from router_core.config import load_config
+
+METRICS = ["p_auccc", "mean_auc", "gap_closed_pct", "cost_reduction_pct", "accuracy", "mean_cost", "ece", "aiq"]
+
+
+def _stats(values: list) -> tuple[float | None, float | None]:
+    v = [x for x in values if x is not None]
+    return (float(np.mean(v)), float(np.std(v))) if v else (None, None)
+
+
+def study(datasets: dict[str, tuple[str, str]], seeds: int, out: str, overrides: list[str], config: str | None):
+    results = {}
+    for name, (data, features) in datasets.items():
+        runs = []
+        for seed in range(seeds):
+            cfg = load_config(config, [*overrides, f"train.seed={seed}", f"baselines.random_seed={seed}",
+                                       f"baselines.semantic_features={out}/{name}/semantic_features"])
+            t0 = time.perf_counter()
+            tr = run_train(cfg, data, features, f"{out}/{name}/seed{seed}/model")
+            t1 = time.perf_counter()
+            ev = run_evaluate(cfg, data, features, f"{out}/{name}/seed{seed}/model", f"{out}/{name}/seed{seed}/report")
+            t2 = time.perf_counter()
+            rep = ev.report
+            runs.append({"seed": seed, "train_s": t1 - t0, "evaluate_s": t2 - t1,
+                         "semantic_embeddings_s": tr.index["seconds"]["semantic_embeddings"],
+                         "prefill_columns": tr.manifest["columns"], "best_params": tr.manifest["best_params"],
+                         "calibration": rep["calibration"], "routers": rep["routers"],
+                         "best_single": rep["best_single"], "oracle": rep["oracle"], "pareto_auccc": rep["pareto_auccc"],
+                         "n_test": rep["n_test"]})
+            print(f"{name} seed {seed}: train {t1 - t0:.0f} s, evaluate {t2 - t1:.0f} s; prefill_trunk P-AUCCC "
+                  f"{rep['routers']['prefill_trunk']['p_auccc']:.4f}, mean AUC {rep['routers']['prefill_trunk']['mean_auc']:.4f}",
+                  flush=True)
+        routers = ordered(runs[0]["routers"])
+        summary = {r: {m: _stats([run["routers"][r].get(m) for run in runs]) for m in METRICS} for r in routers}
+        results[name] = {"data": data, "features": features, "seeds": seeds, "runs": runs, "summary": summary,
+                         "n_test": runs[0]["n_test"], "best_single": runs[0]["best_single"], "oracle": runs[0]["oracle"],
+                         "pareto_auccc": runs[0]["pareto_auccc"],
+                         "train_s_median": float(np.median([r["train_s"] for r in runs])),
+                         "evaluate_s_median": float(np.median([r["evaluate_s"] for r in runs]))}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "study.json").write_text(json.dumps(results, indent=2))
+    md = markdown(results)
+    (Path(out) / "study.md").write_text(md)
+    print(md)
+
+
+def _pm(v: tuple) -> str:
+    return "n/a" if v[0] is None else f"{v[0]:.4f} ± {v[1]:.4f}"
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    for name, r in results.items():
+        b, o = r["best_single"], r["oracle"]
+        lines += [f"### {name}: {r['n_test']} test queries, {r['seeds']} seeds",
+                  f"best single {b['model']} {b['accuracy']:.4f} at ${b['mean_cost']:.6f}; oracle {o['accuracy']:.4f}; "
+                  f"Pareto-AUCCC of the singles {r['pareto_auccc']:.4f}; train median {r['train_s_median']:.0f} s, "
+                  f"evaluate median {r['evaluate_s_median']:.0f} s", "",
+                  "| router | P-AUCCC | mean AUC | gap closed % | cost reduction % | acc @tau0 | ECE |",
+                  "|---|---|---|---|---|---|---|"]
+        for router, s in r["summary"].items():
+            lines.append(f"| {router} | {_pm(s['p_auccc'])} | {_pm(s['mean_auc'])} | {_pm(s['gap_closed_pct'])} | "
+                         f"{_pm(s['cost_reduction_pct'])} | {_pm(s['accuracy'])} | {_pm(s['ece'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", action="append", required=True, help="NAME=DATA:FEATURES")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--config")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    a = ap.parse_args()
+    ds = {}
+    for spec in a.dataset:
+        name, _, rest = spec.partition("=")
+        data, _, feats = rest.partition(":")
+        ds[name] = (data, feats)
+    study(ds, a.seeds, a.out, a.overrides, a.config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""route on local Ray: queries in the moto S3 server, the model trained on real LLMRouter data."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.cli import main
+from router_core.dataset import load_dataset
+from router_core.storage import Storage
+
+
+def _queries_with_bad_rows(data: str) -> pa.Table:
+    q = load_dataset(Storage(), data).queries.select(["query_id", "text", "split", "task"])
+    bad = pa.table({"query_id": ["", q.column("query_id")[0].as_py(), "no-text", "blank"],
+                    "text": ["an id-less query", "a duplicate id", None, "   "],
+                    "split": [None] * 4, "task": [None] * 4}, schema=q.schema)
+    return pa.concat_tables([q, bad])
+
+
+def _put_parts(st: Storage, table: pa.Table, uri: str, n: int = 2) -> None:
+    step = -(-table.num_rows // n)
+    for i in range(n):
+        st.write_table(table.slice(i * step, step), f"{uri}/part-{i}.parquet")
+
+
+def _routes(storage: Storage, out: str) -> pa.Table:
+    return storage.read_table(f"{out}/routes")
+
+
+def test_route_from_s3_reconciles_and_is_idempotent(trained, s3_server, bucket, tmp_path, capsys):
+    data, feats, model, _ = trained
+    st = Storage(endpoint_url=s3_server)
+    q = _queries_with_bad_rows(data)
+    _put_parts(st, q, f"s3://{bucket}/in/batch1")
+    out = f"s3://{bucket}/routes/batch1"
+    capsys.readouterr()
+    assert main(["route", "--queries", f"s3://{bucket}/in/batch1", "--model", model, "--out", out]) == 0
+    text = capsys.readouterr().out
+    run = json.loads(st.read_text(f"{out}/run.json"))
+    tally = json.loads(st.read_text(f"{out}/tally.json"))
+    routes = _routes(st, out)
+    rejects = st.read_table(f"{out}/rejects.parquet")
+    # Every input row is routed or rejected, with its reason; the printout says so.
+    assert run["status"] == "complete" and run["input_rows"] == 124 == run["routed"] + run["rejected"]
+    assert routes.num_rows == 120 and rejects.num_rows == 4 and "124 queries in = 120 routed + 4 rejected" in text
+    assert sorted(rejects.column("reason").to_pylist()) == sorted([
+        "query_id is null or empty", "duplicate query_id (first at row 0)", "text is null",
+        "text is empty or whitespace only"])
+    # The routes: one row per query, a probability per target, the chosen model's estimated cost.
+    targets = json.loads(open(f"{model}/manifest.json").read())["targets"]
+    assert set(routes.column_names) >= {"query_id", "model", "est_cost_usd", "policy", "policy_params",
+                                        "router_version", "run_id", *[f"p:{t}" for t in targets]}
+    assert len(set(routes.column("query_id").to_pylist())) == 120
+    p = np.stack([routes.column(f"p:{t}").to_numpy() for t in targets], axis=1)
+    chosen = [targets.index(m) for m in routes.column("model").to_pylist()]
+    assert (p[np.arange(120), chosen] >= p.max(axis=1) - 1e-6).all()  # tau 0: the most probable target
+    # The tally adds up.
+    per = tally["per_model"]
+    assert sum(v["queries"] for v in per.values()) == 120
+    assert sum(v["cost_usd"] for v in per.values()) == pytest.approx(tally["total_cost_usd"])
+    assert tally["total_cost_usd"] == pytest.approx(sum(routes.column("est_cost_usd").to_pylist()))
+    assert tally["always_most_expensive"]["cost_usd"] >= tally["total_cost_usd"]
+    # Only new texts were encoded: the model's feature cache already held all 120.
+    assert run["extract"]["extracted"] == 0 and run["extract"]["reused"] == 120
+
+    # A rerun of the same run: same run id, same routes.
+    before = routes.sort_by("query_id")
+    assert main(["route", "--queries", f"s3://{bucket}/in/batch1", "--model", model, "--out", out]) == 0
+    assert json.loads(st.read_text(f"{out}/run.json"))["run_id"] == run["run_id"]
+    assert _routes(st, out).sort_by("query_id").equals(before)
+    # Another run (another policy) into the same folder is refused: it would overwrite what it does not own.
+    assert main(["route", "--queries", f"s3://{bucket}/in/batch1", "--model", model, "--out", out,
+                 "--policy", "utility", "--lam", "100"]) == 2
+    assert "holds run " + run["run_id"] in capsys.readouterr().err
+
+
+def test_budget_policy_spends_at_most_the_budget(trained, tmp_path, capsys):
+    data, feats, model, _ = trained
+    q = load_dataset(Storage(), data).queries
+    pq.write_table(q, tmp_path / "q.parquet")
+    free = tmp_path / "free"
+    assert main(["route", "--queries", str(tmp_path / "q.parquet"), "--model", model, "--out", str(free)]) == 0
+    full = json.loads((free / "tally.json").read_text())["total_cost_usd"]
+    cheapest = json.loads((free / "tally.json").read_text())
+    budget = full / 2
+    out = tmp_path / "budget"
+    capsys.readouterr()
+    assert main(["route", "--queries", str(tmp_path / "q.parquet"), "--model", model, "--out", str(out),
+                 "--policy", "budget", "--budget-usd", str(budget)]) == 0
+    t = json.loads((out / "tally.json").read_text())
+    assert t["policy"]["name"] == "budget" and t["policy"]["used_usd"] <= budget + 1e-12
+    assert t["total_cost_usd"] <= budget + 1e-12 and t["expected_accuracy"] <= cheapest["expected_accuracy"] + 1e-9
+    assert "policy budget" in capsys.readouterr().out
+    for bad in ("0", "-1"):
+        assert main(["route", "--queries", str(tmp_path / "q.parquet"), "--model", model, "--out",
+                     str(tmp_path / f"b{bad}"), "--policy", "budget", "--budget-usd", bad]) == 2
+        assert "--budget-usd must be a positive number of dollars" in capsys.readouterr().err
