@@ -152,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", help="the date of the outputs (default: today, UTC), YYYY-MM-DD")
     _common(p)
 
+    p = sub.add_parser("retrain", help="merge new outcomes, retrain, promote the challenger if it is not worse",
+                       description="Merge every batch of new labelled outcomes under retrain.new into the "
+                       "champion's training data (new queries join train; the test split is fixed), extract "
+                       "only new texts into retrain.features, train a challenger with this config's settings "
+                       "into retrain.models/vNNNN/, evaluate challenger and champion on the same test split, "
+                       "and move champion.json to the challenger only if its P-AUCCC is not worse.")
+    _common(p)
+
     p = sub.add_parser("pipeline", help="the main job end to end: import, extract, select, train, evaluate, route",
                        description="Run every stage on one output folder (pipeline.out): import the source "
                        "(pipeline.format, pipeline.source), validate, extract, select-layers, train, "
@@ -232,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
             from . import nightly
 
             nightly.print_nightly(nightly.run_nightly(cfg, args.date))
+            return 0
+        if args.command == "retrain":
+            from . import retrain
+
+            retrain.print_retrain(retrain.run_retrain(cfg))
             return 0
         if args.command == "pipeline":
             from . import pipeline

@@ -78,7 +78,13 @@ def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str)
         if sman["settings_key"] != sem_info["settings_key"]:
             raise ArtifactError(f"{sem_info['uri']}: sentence embeddings of other settings than the model's")
 
-    measured = ~np.isnan(scores).any(axis=1)
+    # A target never measured on the test split cannot be scored there: left out, and said so.
+    on_test = ~np.isnan(scores[test]).all(axis=0)
+    unscored = [t for t, ok in zip(targets, on_test) if not ok]
+    if unscored:
+        log.warning("evaluate: target(s) %s have no test outcome; left out of the metrics", ", ".join(unscored))
+    keep_k = np.flatnonzero(on_test)
+    measured = ~np.isnan(scores[:, keep_k]).any(axis=1)
     rows = test & measured & fs.present & sem_present
     counts = {"test": int(test.sum()), "evaluated": int(rows.sum()),
               "not_measured_on_every_target": int((test & ~measured).sum()),
@@ -88,9 +94,10 @@ def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str)
                         "and has features")
     tasks = q.column("task").to_pylist()
     train = splits == "train"
+    scored = [targets[k] for k in keep_k]
     costs, cost_source = call_costs(
-        outcome_matrix(ds.outcomes, qids, targets, "cost_usd")[rows], [t for t, r in zip(q.column("text").to_pylist(), rows) if r],
-        ds.pool, targets, outcome_matrix(ds.outcomes, qids, targets, "output_tokens")[train])
+        outcome_matrix(ds.outcomes, qids, scored, "cost_usd")[rows], [t for t, r in zip(q.column("text").to_pylist(), rows) if r],
+        ds.pool, scored, outcome_matrix(ds.outcomes, qids, scored, "output_tokens")[train])
     x = RouterInputs(n=int(rows.sum()), prefill={c: v[rows] for c, v in fs.columns.items()},
                      semantic=sem_x[rows], tasks=[t for t, r in zip(tasks, rows) if r], scores=scores[rows])
     if "task_prior" in routers and any(t is not None for t in x.tasks):
@@ -100,18 +107,17 @@ def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str)
         if "tasks" in r.needs and all(t is None for t in x.tasks):
             log.warning("evaluate: %s skipped, the dataset has no task column", name)
             continue
-        probas[name] = r.predict_proba(x)
+        probas[name] = r.predict_proba(x)[:, keep_k]
         if isinstance(r, TrunkRouter):
             from router_core import metrics as M
 
-            raw = r.logits(x)
-            untempered = (1 / (1 + np.exp(-raw))).mean(axis=0)
-            calibration[name] = {"temperature": r.temperature, "ece_before": M.ece(untempered, x.scores),
-                                 "ece_after": M.ece(probas[name], x.scores),
-                                 "reliability": reliability(probas[name], x.scores),
-                                 "reliability_before": reliability(untempered, x.scores)}
-    report, curves = build_report(data, targets, x.scores, costs, probas)
-    report.update(counts=counts, cost_source=cost_source, model=model, features=features,
+            untempered = (1 / (1 + np.exp(-r.logits(x)))).mean(axis=0)[:, keep_k]
+            s = x.scores[:, keep_k]
+            calibration[name] = {"temperature": r.temperature, "ece_before": M.ece(untempered, s),
+                                 "ece_after": M.ece(probas[name], s), "reliability": reliability(probas[name], s),
+                                 "reliability_before": reliability(untempered, s)}
+    report, curves = build_report(data, scored, x.scores[:, keep_k], costs, probas)
+    report.update(counts=counts, cost_source=cost_source, model=model, features=features, unscored_targets=unscored,
                   calibration=calibration, seconds=time.perf_counter() - t0)
     report["seconds"] = time.perf_counter() - t0
     storage.write_text(join(out, "report.json"), json.dumps(report, indent=2, default=_json_default))

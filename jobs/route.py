@@ -142,6 +142,8 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     storage = storage_from(cfg)
+    if storage.exists(join(model, "champion.json")):  # a retrain folder: serve its champion
+        model = read_json(storage, join(model, "champion.json"))["model"]
     index = load_model_index(storage, model)
     name = router_name or index["default"]
     if name not in index["routers"]:

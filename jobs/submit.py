@@ -68,8 +68,15 @@ def submit(address: str, stage: str, args: list[str], working_dir: str | None = 
         client = JobSubmissionClient(address)
     except Exception as e:  # connection and auth errors come as several types
         raise ConfigError(f"submit: cannot reach the Ray Jobs API at {address}: {str(e).splitlines()[0][:200]}") from None
-    job_id = client.submit_job(entrypoint=cmd, runtime_env=runtime_env,
-                               metadata={"stage": stage, "submitted_by": "prefill-router"})
+    for attempt in range(30):  # a freshly started head answers "no available agent" for a few seconds
+        try:
+            job_id = client.submit_job(entrypoint=cmd, runtime_env=runtime_env,
+                                       metadata={"stage": stage, "submitted_by": "prefill-router"})
+            break
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or attempt == 29:
+                raise JobFailed(f"submit: the cluster refused the job: {str(e).splitlines()[0][:200]}") from None
+            time.sleep(2.0)
     printer(f"submitted {stage} as Ray job {job_id} to {address}")
     if not follow:
         return Submission(job_id, "PENDING", 0)

@@ -144,6 +144,15 @@ class NightlyConfig(Strict):
     budget_usd: float | None = Field(None, gt=0, description="budget policy: dollars per query set")
 
 
+class RetrainConfig(Strict):
+    """``retrain``: merge new labelled outcomes, retrain, promote the challenger only if not worse."""
+
+    data: str | None = Field(None, description="the first training dataset (later: the champion's)")
+    new: str | None = Field(None, description="prefix of batch folders with outcomes.parquet [queries.parquet, pool.yaml]")
+    features: str | None = Field(None, description="the feature cache folder (only new texts are encoded)")
+    models: str | None = Field(None, description="versioned model folders and champion.json")
+
+
 class AppConfig(Strict):
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
@@ -155,6 +164,7 @@ class AppConfig(Strict):
     route: RouteConfig = RouteConfig()
     pipeline: PipelineConfig = PipelineConfig()
     nightly: NightlyConfig = NightlyConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:

@@ -38,24 +38,6 @@ class RouterInputs:
     scores: np.ndarray | None = None  # (n, K) observed scores: only the oracle reads them
     prior: np.ndarray | None = None  # (n, K) the task prior's probabilities, an optional trunk input
 
-    def take(self, rows: np.ndarray) -> "RouterInputs":
-        return RouterInputs(
-            n=int(np.asarray(rows).sum()) if np.asarray(rows).dtype == bool else len(rows),
-            prefill={c: v[rows] for c, v in self.prefill.items()},
-            semantic=None if self.semantic is None else self.semantic[rows],
-            tasks=None if self.tasks is None else [t for t, r in zip(self.tasks, _mask(rows, self.n)) if r],
-            scores=None if self.scores is None else self.scores[rows],
-            prior=None if self.prior is None else self.prior[rows])
-
-
-def _mask(rows: np.ndarray, n: int) -> np.ndarray:
-    rows = np.asarray(rows)
-    if rows.dtype == bool:
-        return rows
-    m = np.zeros(n, bool)
-    m[rows] = True
-    return m
-
 
 def _need(value, what: str, router: str):
     if value is None:

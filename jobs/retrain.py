@@ -1,0 +1,176 @@
+"""``retrain``: fold new labelled outcomes into the training data, retrain, promote only if not worse.
+
+Layout under ``retrain.models`` (local or s3://)::
+
+    champion.json            {"version": "v0002", "model": ".../v0002/model", ...}: what serves
+    v0001/ v0002/ ...        one folder per retraining: dataset/, model/, report/, decision.json
+
+1. New data: every batch folder under ``retrain.new`` holding ``outcomes.parquet`` (canonical
+   schema), with ``queries.parquet`` for queries the training data lacks and, for a target model
+   not in the pool, its prices in ``pool.yaml``. New queries join the ``train`` split, so the test
+   split stays the one both models are judged on. Outcomes of a model with no price are rejected
+   with that reason (``vNNNN/rejects.parquet``); the rest is checked by ``validate``'s rules.
+2. Features: the extraction job's cache (``retrain.features``): only new texts are encoded.
+3. The challenger is trained with the same settings (this config) into ``vNNNN/model``.
+4. Challenger and champion are evaluated on the same fixed test split; the challenger is promoted
+   (``champion.json`` rewritten last) only if its prefill_trunk P-AUCCC is not worse. The decision
+   and both reports are written to ``vNNNN/decision.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from router_core import schemas
+from router_core.artifacts import read_json
+from router_core.config import AppConfig
+from router_core.dataset import Dataset, conform, load_dataset, parse_pool, save_dataset
+from router_core.errors import ConfigError, DataError
+from router_core.storage import Storage, join
+from router_core.validation import validate
+
+from .common import storage_from
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion.json"
+
+
+@dataclass
+class RetrainRun:
+    version: str
+    promoted: bool
+    decision: dict
+
+
+def _versions(storage: Storage, models: str) -> list[str]:
+    names = {f[len(models.rstrip("/")) + 1:].split("/", 1)[0] for f in storage.list_files(models)}
+    return sorted(n for n in names if n.startswith("v") and n[1:].isdigit())
+
+
+def read_champion(storage: Storage, models: str) -> dict | None:
+    uri = join(models, CHAMPION)
+    return read_json(storage, uri) if storage.exists(uri) else None
+
+
+def merge_new(storage: Storage, base: Dataset, new_prefix: str) -> tuple[Dataset, list[dict], dict]:
+    """The base dataset plus every batch under ``new_prefix``; rejects of rows that cannot join."""
+    batches = sorted({f.rsplit("/", 1)[0] for f in storage.list_files(new_prefix, "outcomes.parquet")})
+    if not batches:
+        raise DataError(f"{new_prefix}: no batch folder with outcomes.parquet")
+    pool = base.pool.model_copy(deep=True)
+    known = set(pool.names)
+    queries, outcomes, rejects = [base.queries], [], []
+    have_q = set(base.queries.column("query_id").to_pylist())
+    counts = {"batches": len(batches), "new_queries": 0, "new_outcomes": 0, "new_models": []}
+    for b in batches:
+        src = join(b, "outcomes.parquet")
+        o, _ = conform(storage.read_table(src), schemas.OUTCOMES, src)
+        if storage.exists(join(b, "pool.yaml")):
+            extra = parse_pool(storage.read_text(join(b, "pool.yaml")), join(b, "pool.yaml"))
+            for m in extra.models:
+                if m.name not in known:
+                    pool.models.append(m)
+                    known.add(m.name)
+                    counts["new_models"].append(m.name)
+        models = o.column("model").to_pylist()
+        ok = [m in known for m in models]
+        for i, (m, good) in enumerate(zip(models, ok)):
+            if not good:
+                rejects.append(dict(source=src, row=i, query_id=o.column("query_id")[i].as_py(), model=m,
+                                    column="model", reason=f"model {m} is not in the pool and {join(b, 'pool.yaml')} "
+                                    "gives no price for it"))
+        outcomes.append(o.filter(pa.array(ok)))
+        if storage.exists(join(b, "queries.parquet")):
+            qsrc = join(b, "queries.parquet")
+            q, _ = conform(storage.read_table(qsrc), schemas.QUERIES, qsrc)
+            fresh = pa.array([x not in have_q for x in q.column("query_id").to_pylist()])
+            q = q.filter(fresh)
+            q = q.set_column(q.schema.get_field_index("split"), "split", pa.array(["train"] * q.num_rows, pa.string()))
+            have_q |= set(q.column("query_id").to_pylist())
+            queries.append(q)
+            counts["new_queries"] += q.num_rows
+    new_o = pa.concat_tables(outcomes)
+    counts["new_outcomes"] = new_o.num_rows
+    # A new outcome replaces the base's for the same (query, model): the latest measurement wins.
+    key = pc.binary_join_element_wise(new_o.column("query_id"), new_o.column("model"), "\x1f")
+    old = base.outcomes
+    old_key = pc.binary_join_element_wise(old.column("query_id"), old.column("model"), "\x1f")
+    old = old.filter(pc.invert(pc.is_in(old_key, value_set=key)))
+    merged = Dataset(pa.concat_tables(queries), pa.concat_tables([old, new_o]), pool)
+    return merged, rejects, counts
+
+
+def run_retrain(cfg: AppConfig) -> RetrainRun:
+    from .evaluate import run_evaluate
+    from .extract import run_extract
+    from .train import run_train
+
+    rc = cfg.retrain
+    if not (rc.data and rc.new and rc.features and rc.models):
+        raise ConfigError("retrain: set retrain.data, retrain.new, retrain.features and retrain.models")
+    t0 = time.perf_counter()
+    storage = storage_from(cfg)
+    versions = _versions(storage, rc.models)
+    version = f"v{(int(versions[-1][1:]) + 1) if versions else 1:04d}"
+    root = join(rc.models, version)
+    champion = read_champion(storage, rc.models)
+    base = load_dataset(storage, champion["dataset"] if champion else rc.data)
+    merged, rejects, counts = merge_new(storage, base, rc.new)
+    res = validate(merged, join(root, "dataset", "queries.parquet"), join(root, "dataset", "outcomes.parquet"))
+    rejects += res.rejects.to_pylist()
+    data_uri = join(root, "dataset")
+    save_dataset(storage, data_uri, res.dataset)
+    if rejects:
+        storage.write_table(schemas.rejects_table(rejects), join(root, "rejects.parquet"))
+        for r in rejects[:5]:
+            log.warning("retrain: rejected %s row %s: %s", r["source"], r["row"], r["reason"])
+    ex = run_extract(cfg, data_uri, rc.features)
+    log.info("retrain: features: %d reused, %d extracted", ex.reused, ex.extracted)
+    challenger = join(root, "model")
+    run_train(cfg, data_uri, rc.features, challenger)
+    rep_c = run_evaluate(cfg, data_uri, rc.features, challenger, join(root, "report")).report
+    decision = {"version": version, "dataset": data_uri, "model": challenger, "merge": counts,
+                "rejected": len(rejects), "challenger": {"report": join(root, "report", "report.json"),
+                                                          "p_auccc": rep_c["routers"]["prefill_trunk"]["p_auccc"],
+                                                          "mean_auc": rep_c["routers"]["prefill_trunk"]["mean_auc"]}}
+    promoted = True
+    if champion:
+        rep_old = run_evaluate(cfg, data_uri, champion["features"], champion["model"],
+                               join(root, "champion_report")).report
+        decision["champion"] = {"version": champion["version"], "report": join(root, "champion_report", "report.json"),
+                                "p_auccc": rep_old["routers"]["prefill_trunk"]["p_auccc"],
+                                "mean_auc": rep_old["routers"]["prefill_trunk"]["mean_auc"]}
+        promoted = decision["challenger"]["p_auccc"] >= decision["champion"]["p_auccc"]
+        if rep_old["targets"] != rep_c["targets"]:
+            decision["note"] = (f"targets differ (champion {len(rep_old['targets'])}, challenger "
+                                f"{len(rep_c['targets'])}): each is scored on its own targets over the same queries")
+    decision.update(promoted=promoted, seconds=time.perf_counter() - t0, decided_unix=int(time.time()),
+                    rule="promote when the challenger's prefill_trunk P-AUCCC >= the champion's on the same test split")
+    storage.write_text(join(root, "decision.json"), json.dumps(decision, indent=2))
+    if promoted:  # the pointer moves last: a crash before this leaves the old champion serving
+        storage.write_text(join(rc.models, CHAMPION), json.dumps(
+            {"version": version, "model": challenger, "dataset": data_uri, "features": rc.features,
+             "p_auccc": decision["challenger"]["p_auccc"], "promoted_unix": int(time.time())}, indent=2))
+    return RetrainRun(version, promoted, decision)
+
+
+def print_retrain(run: RetrainRun) -> None:
+    d = run.decision
+    m = d["merge"]
+    print(f"retrain {run.version}: {m['batches']} batch(es), {m['new_queries']} new queries, {m['new_outcomes']} new "
+          f"outcomes, new models: {', '.join(m['new_models']) or 'none'}; {d['rejected']} rows rejected")
+    c = d["challenger"]
+    line = f"challenger P-AUCCC {c['p_auccc']:.4f} (mean AUC {c['mean_auc']:.4f})"
+    if "champion" in d:
+        o = d["champion"]
+        line += f" vs champion {o['version']} {o['p_auccc']:.4f} (mean AUC {o['mean_auc']:.4f})"
+    print(line)
+    print(("promoted: champion.json now points at " + d["model"]) if run.promoted else
+          "not promoted: the champion stays")
