@@ -162,12 +162,32 @@ class ExtractRun:
         return self.input_rows == self.reused + self.extracted + self.rejected
 
 
-def run_extract(cfg: AppConfig, data_uri: str, out: str) -> ExtractRun:
+@dataclass
+class PreparedQueries:
+    """A queries table read and checked once: accepted rows keyed by (query_id, text_hash)."""
+
+    queries: pa.Table  # conformed, every input row
+    src: str
+    keep: list[int]  # accepted row indices
+    rejects: list[dict]
+    kept: pa.Table  # query_id, text, text_hash of the accepted rows, in input order
+
+
+def prepare_queries(storage: Storage, uri: str) -> PreparedQueries:
+    queries, src = read_queries(storage, uri)
+    keep, rejects, _ = check_queries(queries, src, check_split=False)  # only id and text matter here
+    kept = queries.take(pa.array(keep, pa.int64())).select(["query_id", "text"])
+    hashes = pa.array([text_hash(t) for t in kept.column("text").to_pylist()], pa.string())
+    return PreparedQueries(queries, src, keep, rejects, kept.append_column("text_hash", hashes))
+
+
+def run_extract(cfg: AppConfig, data_uri: str, out: str, prepared: PreparedQueries | None = None) -> ExtractRun:
     t0 = time.perf_counter()
     ecfg = cfg.extract
     storage = storage_from(cfg)
-    queries, src = read_queries(storage, data_uri)
-    keep, rejects, _ = check_queries(queries, src, check_split=False)  # only id and text matter here
+    p = prepared or prepare_queries(storage, data_uri)
+    queries, src, kept = p.queries, p.src, p.kept
+    rejects = list(p.rejects)
     cache_dir = ecfg.cache_dir or default_cache_dir()
     resolved = resolve_encoder(ecfg.encoder, cache_dir, ecfg.revision)
     layers, dim = _encoder_shape(resolved.path, ecfg)
@@ -181,13 +201,8 @@ def run_extract(cfg: AppConfig, data_uri: str, out: str) -> ExtractRun:
                 f"{out}: holds features of other settings ({_diff(old.get('settings', {}), identity)}); "
                 "write to a new folder")
 
-    kept = queries.take(pa.array(keep, pa.int64()))
-    hashes = [text_hash(t) for t in kept.column("text").to_pylist()]
-    kept = kept.append_column("text_hash", pa.array(hashes, pa.string()))
     have = read_feature_keys(storage, out)
-    have_pairs = set(zip(have.column("query_id").to_pylist(), have.column("text_hash").to_pylist()))
-    todo_mask = [(q, h) not in have_pairs for q, h in zip(kept.column("query_id").to_pylist(), hashes)]
-    todo = kept.filter(pa.array(todo_mask))
+    todo = kept.join(have, keys=["query_id", "text_hash"], join_type="left anti") if have.num_rows else kept
     reused = kept.num_rows - todo.num_rows
     log.info("extract: %d input rows: %d already extracted, %d to extract, %d rejected before encoding",
              queries.num_rows, reused, todo.num_rows, len(rejects))

@@ -31,17 +31,15 @@ from router_core.artifacts import read_json
 from router_core.config import AppConfig, ExtractConfig
 from router_core.errors import ArtifactError, DataError
 from router_core.evaluation import estimated_costs
-from router_core.extraction import text_hash
 from router_core.features import read_manifest
 from router_core.routers import RouterInputs, TrunkRouter, load_router
 from router_core.routing import assign, tally
 from router_core.schemas import Pool
 from router_core.storage import Storage, join
-from router_core.validation import check_queries
 
 from .common import format_table, storage_from
 from .evaluate import load_model_index
-from .extract import read_queries
+from .extract import prepare_queries
 from .runtime import ensure_ray
 
 log = logging.getLogger(__name__)
@@ -156,12 +154,9 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
     targets = index["targets"]
     pool = Pool.model_validate(index["pool"])
 
-    queries, src = read_queries(storage, queries_uri)
-    n_in = queries.num_rows
-    keep, rejects, _ = check_queries(queries, src, check_split=False)
-    kept = queries.take(pa.array(keep, pa.int64())).select(["query_id", "text"])
-    hashes = pa.array([text_hash(t) for t in kept.column("text").to_pylist()], pa.string())
-    kept = kept.append_column("text_hash", hashes)
+    prep = prepare_queries(storage, queries_uri)
+    n_in, src, keep, kept = prep.queries.num_rows, prep.src, prep.keep, prep.kept
+    rejects = list(prep.rejects)
     run_id = _run_id(run_id, kept.select(["query_id", "text_hash"]), rman, policy)
     _claim(storage, out, run_id)
     seconds["read"] = time.perf_counter() - t0
@@ -176,7 +171,7 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
     if fman is None:  # a new cache folder: the model's settings, from its training features
         fman = read_manifest(storage, index["features"]["prefill"]["uri"])
     ecfg = cfg.model_copy(update={"extract": extract_config_for(fman, cfg.extract)})
-    ex = run_extract(ecfg, queries_uri, feats)
+    ex = run_extract(ecfg, queries_uri, feats, prep)
     seconds["extract"] = time.perf_counter() - t
     failed = {r["query_id"] for r in _extract_rejects(storage, feats)}
 
@@ -212,9 +207,9 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
                                     reason=failed_reason(qid, failed)))
     routed = kept.filter(pa.array(have))
     proba = proba_found[pos[have]] if len(proba_found) else np.zeros((0, len(targets)), np.float32)
-    texts = routed.column("text").to_pylist()
+    chars = pc.utf8_length(routed.column("text")).to_numpy(zero_copy_only=False)
     med = np.array([index["output_tokens_median"].get(tg, 0.0) for tg in targets])
-    costs = estimated_costs(texts, pool, targets, med)
+    costs = estimated_costs(chars, pool, targets, med)
     try:
         routes, info = assign(policy.name, proba.astype(np.float64), costs, policy.tau, policy.lam, policy.budget_usd)
     except ValueError as e:
@@ -231,12 +226,12 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
     n = routed.num_rows
     cols = {
         "query_id": routed.column("query_id"),
-        "model": pa.array(np.array(targets, dtype=object)[routes] if n else [], pa.string()),
+        "model": pa.array(targets, pa.string()).take(pa.array(routes, pa.int64())),
         "est_cost_usd": pa.array(costs[np.arange(n), routes] if n else [], pa.float64()),
-        "policy": pa.array([policy.name] * n, pa.string()),
-        "policy_params": pa.array([json.dumps(info, sort_keys=True)] * n, pa.string()),
-        "router_version": pa.array([version] * n, pa.string()),
-        "run_id": pa.array([run_id] * n, pa.string()),
+        "policy": pa.repeat(pa.scalar(policy.name), n),
+        "policy_params": pa.repeat(pa.scalar(json.dumps(info, sort_keys=True)), n),
+        "router_version": pa.repeat(pa.scalar(version), n),
+        "run_id": pa.repeat(pa.scalar(run_id), n),
     }
     for k, tg in enumerate(targets):
         cols[f"p:{tg}"] = pa.array(proba[:, k] if n else [], pa.float32())

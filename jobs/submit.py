@@ -24,6 +24,7 @@ STAGES = ("import", "validate", "extract", "select-layers", "train", "evaluate",
           "retrain")
 SECRET_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "CREDENTIAL", "ACCESS_KEY", "SESSION")
 EXIT = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 130}
+AGENT_WAIT_S = 300.0
 
 
 class JobFailed(RouterError):
@@ -62,19 +63,20 @@ def submit(address: str, stage: str, args: list[str], working_dir: str | None = 
     if not (wd / "pyproject.toml").exists():
         raise ConfigError(f"--working-dir {wd}: no pyproject.toml (not a prefill-router checkout)")
     runtime_env = {"working_dir": str(wd), "env_vars": _env(env or []),
-                   "excludes": [".venv", ".cache", "out", ".git", "__pycache__", "*.pyc"]}
+                   "excludes": [".cache", "out", ".pytest_cache", "__pycache__", "*.pyc"]}
     cmd = entrypoint(stage, args, python)
     try:
         client = JobSubmissionClient(address)
     except Exception as e:  # connection and auth errors come as several types
         raise ConfigError(f"submit: cannot reach the Ray Jobs API at {address}: {str(e).splitlines()[0][:200]}") from None
-    for attempt in range(30):  # a freshly started head answers "no available agent" for a few seconds
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:  # a freshly started head answers "no available agent" until its job agent is up
         try:
             job_id = client.submit_job(entrypoint=cmd, runtime_env=runtime_env,
                                        metadata={"stage": stage, "submitted_by": "prefill-router"})
             break
         except RuntimeError as e:
-            if "No available agent" not in str(e) or attempt == 29:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
                 raise JobFailed(f"submit: the cluster refused the job: {str(e).splitlines()[0][:200]}") from None
             time.sleep(2.0)
     printer(f"submitted {stage} as Ray job {job_id} to {address}")

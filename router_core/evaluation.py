@@ -30,17 +30,18 @@ def call_costs(costs_observed: np.ndarray, texts: list[str], pool: Pool, targets
     ``train_output_tokens`` (n_train, K) may hold NaN (unknown): a target without any uses 0.
     """
     med = np.array([np.nanmedian(c) if np.isfinite(c).any() else 0.0 for c in np.asarray(train_output_tokens).T])
-    estimate = estimated_costs(texts, pool, targets, med)
+    estimate = estimated_costs(np.array([len(t) for t in texts]), pool, targets, med)
     observed = ~np.isnan(costs_observed)
     how = "observed cost_usd" if observed.all() else \
         "estimated: tokens x prices" if not observed.any() else "observed cost_usd, else tokens x prices"
     return np.where(observed, costs_observed, estimate), how
 
 
-def estimated_costs(texts: list[str], pool: Pool, targets: list[str], output_tokens: np.ndarray) -> np.ndarray:
-    """(n, K) dollars: input tokens (about 4 characters each) x input price + ``output_tokens[k]`` x output price."""
+def estimated_costs(chars: np.ndarray, pool: Pool, targets: list[str], output_tokens: np.ndarray) -> np.ndarray:
+    """(n, K) dollars: input tokens (``chars`` / about 4 characters each) x input price +
+    ``output_tokens[k]`` x output price."""
     prices = {m.name: m for m in pool.models}
-    in_tok = np.array([len(t) / CHARS_PER_TOKEN for t in texts], dtype=np.float64)[:, None]
+    in_tok = (np.asarray(chars, np.float64) / CHARS_PER_TOKEN)[:, None]
     p_in = np.array([prices[t].price_in_per_mtok for t in targets]) / 1e6
     p_out = np.array([prices[t].price_out_per_mtok for t in targets]) / 1e6
     return in_tok * p_in[None, :] + np.asarray(output_tokens, np.float64)[None, :] * p_out[None, :]

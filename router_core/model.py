@@ -35,10 +35,11 @@ class Preprocessor:
         return self
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        z = (np.asarray(x, np.float64) - self.mean_) / self.scale_
+        """Standardise (and project) in float32: the fitted statistics stay float64 on disk."""
+        z = (np.asarray(x, np.float32) - self.mean_.astype(np.float32)) / self.scale_.astype(np.float32)
         if self.components_ is not None:
-            z = z @ self.components_
-        return z.astype(np.float32)
+            z = z @ self.components_.astype(np.float32)
+        return z.astype(np.float32, copy=False)
 
     @property
     def out_dim(self) -> int:

@@ -24,9 +24,12 @@ def is_s3(uri: str) -> bool:
 
 
 def join(uri: str, *parts: str) -> str:
-    """Join path parts onto a local path or URI with '/'."""
+    """Join path parts onto a local path or URI with '/'. A part cannot climb out of ``uri``:
+    '..' components (e.g. in a query-set name or a run id) are refused."""
     out = uri.rstrip("/")
     for p in parts:
+        if ".." in p.split("/"):
+            raise DataError(f"path part {p!r} would leave {uri}: '..' is not allowed")
         out = posixpath.join(out, p.strip("/"))
     return out
 

@@ -6,7 +6,9 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import schemas
 from .dataset import OUTCOMES_FILE, QUERIES_FILE, Dataset
@@ -37,6 +39,14 @@ def _is_blank(s: str | None) -> bool:
     return s is None or not s.strip()
 
 
+def _blank(col: pa.ChunkedArray) -> np.ndarray:
+    """(n,) bool: null, empty, or only (Unicode) whitespace."""
+    if col.num_chunks == 0 or len(col) == 0:
+        return np.zeros(len(col), bool)
+    b = pc.or_(pc.equal(pc.utf8_length(col), 0), pc.utf8_is_space(col))
+    return b.fill_null(True).to_numpy(zero_copy_only=False)
+
+
 def check_queries(q: pa.Table, source: str = QUERIES_FILE,
                   check_split: bool = True) -> tuple[list[int], list[dict], dict[str, str]]:
     """Row checks of a conformed queries table (the split too, unless ``check_split`` is off).
@@ -45,6 +55,16 @@ def check_queries(q: pa.Table, source: str = QUERIES_FILE,
     something other than the id itself (their outcomes are refused as "its query was rejected").
     """
     rejects: list[dict] = []
+    id_blank, text_blank = _blank(q.column("query_id")), _blank(q.column("text"))
+    split_bad = np.zeros(q.num_rows, bool)
+    if check_split:
+        sp = q.column("split")
+        split_bad = pc.invert(pc.is_in(sp, value_set=pa.array(schemas.SPLITS))).fill_null(False).to_numpy(
+            zero_copy_only=False)
+    # Fast path, vectorised: nothing blank, no duplicate id, no bad split (the usual bulk batch).
+    if not (id_blank.any() or text_blank.any() or split_bad.any()) and \
+            pc.count_distinct(q.column("query_id")).as_py() == q.num_rows:
+        return list(range(q.num_rows)), [], {}
     qids = q.column("query_id").to_pylist()
     texts = q.column("text").to_pylist()
     splits = q.column("split").to_pylist()
@@ -53,17 +73,17 @@ def check_queries(q: pa.Table, source: str = QUERIES_FILE,
     rejected_qids: dict[str, str] = {}
     for i, (qid, text, split) in enumerate(zip(qids, texts, splits)):
         reason = column = None
-        if _is_blank(qid):
+        if id_blank[i]:
             reason, column = "query_id is null or empty", "query_id"
         elif qid in first_row:
             reason, column = f"duplicate query_id (first at row {first_row[qid]})", "query_id"
         elif text is None:
             reason, column = "text is null", "text"
-        elif not text.strip():
+        elif text_blank[i]:
             reason, column = "text is empty or whitespace only", "text"
         elif check_split and split is not None and split not in schemas.SPLITS:
             reason, column = f"split {split!r} is not one of {', '.join(schemas.SPLITS)}", "split"
-        if not _is_blank(qid) and qid not in first_row:
+        if not id_blank[i] and qid not in first_row:
             first_row[qid] = i
         if reason is None:
             keep_q.append(i)

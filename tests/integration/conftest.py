@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +126,24 @@ def trained(small_lr, tmp_path_factory):
     args = [x for s in TRAIN_SETS for x in ("--set", s)]
     assert main(["train", "--data", data2, "--features", feats, "--out", model, *args]) == 0
     return data2, feats, model, args
+
+
+def assert_no_secret(s3_endpoint: str, bucket: str, *local_dirs: str) -> int:
+    """No object in ``bucket`` and no file under ``local_dirs`` holds the planted S3 credentials.
+    Returns how many files were searched (so a test can check it searched something)."""
+    import boto3
+
+    secrets = [S3_ENV["AWS_SECRET_ACCESS_KEY"].encode(), S3_ENV["AWS_ACCESS_KEY_ID"].encode()]
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    n = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            body = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+            assert not any(s in body for s in secrets), f"s3://{bucket}/{obj['Key']} holds a credential"
+            n += 1
+    for d in local_dirs:
+        for p in Path(d).rglob("*"):
+            if p.is_file():
+                assert not any(s in p.read_bytes() for s in secrets), f"{p} holds a credential"
+                n += 1
+    return n

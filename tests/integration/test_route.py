@@ -10,6 +10,7 @@ import pytest
 from jobs.cli import main
 from router_core.dataset import load_dataset
 from router_core.storage import Storage
+from tests.integration.conftest import assert_no_secret
 
 
 def _queries_with_bad_rows(data: str) -> pa.Table:
@@ -75,6 +76,8 @@ def test_route_from_s3_reconciles_and_is_idempotent(trained, s3_server, bucket, 
     assert main(["route", "--queries", f"s3://{bucket}/in/batch1", "--model", model, "--out", out,
                  "--policy", "utility", "--lam", "100"]) == 2
     assert "holds run " + run["run_id"] in capsys.readouterr().err
+    # The S3 credentials the job ran with appear in no output: routes, tally, run.json, the model.
+    assert assert_no_secret(s3_server, bucket, model) > 10
 
 
 def test_budget_policy_spends_at_most_the_budget(trained, tmp_path, capsys):

@@ -68,8 +68,9 @@ def test_submitted_route_writes_its_routes_to_s3(ray_head, trained, s3_server, b
     code = main(["submit", "--address", address, "--python", sys.executable, "--timeout", "600", "route", "--",
                  "--queries", f"s3://{bucket}/in/q.parquet", "--model", model, "--out", out,
                  "--set", "ray.num_cpus=null"])
-    printed = capsys.readouterr().out
-    assert code == 0, printed[-3000:]
+    cap = capsys.readouterr()
+    printed = cap.out
+    assert code == 0, (printed[-3000:], cap.err[-2000:])
     assert "submitted route as Ray job" in printed and "SUCCEEDED" in printed
     assert "120 queries in = 120 routed + 0 rejected" in printed  # the job's own log, followed
     run = json.loads(st.read_text(f"{out}/run.json"))

@@ -39,3 +39,13 @@ def test_unreadable_and_missing_files_name_the_file(tmp_path):
 def test_s3_uri_resolution_uses_config_endpoint():
     fs, path = Storage(endpoint_url="http://127.0.0.1:1").resolve("s3://bucket/a/b/")
     assert path == "bucket/a/b" and fs.type_name == "s3"
+
+
+def test_join_refuses_to_climb_out_of_its_prefix():
+    from router_core.errors import DataError
+    from router_core.storage import join
+
+    assert join("s3://b/out", "2026-11-28", "set-a") == "s3://b/out/2026-11-28/set-a"
+    for bad in ("..", "../x", "a/../../etc", "x/.."):
+        with pytest.raises(DataError, match="not allowed"):
+            join("s3://b/out", bad)
