@@ -53,7 +53,8 @@ def read_queries(storage: Storage, uri: str) -> tuple[pa.Table, str]:
         src = table_uri(storage, uri, "queries")
     except DataError:
         src = uri
-    table, warnings = conform(storage.read_table(src), schemas.QUERIES, src)
+    # A bulk query set needs only query_id and text; split and task are the dataset's business.
+    table, warnings = conform(storage.read_table(src), schemas.QUERIES, src, optional=("split", "task"))
     for w in warnings:
         log.warning(w)
     if table.num_rows == 0:

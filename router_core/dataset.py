@@ -43,13 +43,18 @@ def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
     return False
 
 
-def conform(table: pa.Table, schema: pa.Schema, source: str) -> tuple[pa.Table, list[str]]:
+def conform(table: pa.Table, schema: pa.Schema, source: str,
+            optional: tuple[str, ...] = ()) -> tuple[pa.Table, list[str]]:
     """Check columns and types of ``table`` against ``schema`` and cast to it.
 
-    Missing columns or incompatible types raise DataError naming ``source`` and the column.
-    Extra columns are dropped and reported in the returned warnings. Nullability is not enforced
-    here: null values are row-level problems for validation, not structural ones.
+    Missing columns or incompatible types raise DataError naming ``source`` and the column; a
+    missing column named in ``optional`` is filled with nulls instead. Extra columns are dropped and
+    reported in the returned warnings. Nullability is not enforced here: null values are row-level
+    problems for validation, not structural ones.
     """
+    for name in optional:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
     missing = [f.name for f in schema if f.name not in table.column_names]
     if missing:
         raise DataError(

@@ -37,3 +37,34 @@ def test_import_validate_extract_on_real_routerbench(tmp_path, encoder_cache):
     r = _run("extract", "--data", str(tmp_path / "slice.parquet"), "--out", str(tmp_path / "f"),
              "--set", "ray.num_cpus=2", env=env)
     assert "300 input = 300 reused + 0 extracted + 0 rejected" in r.stdout
+
+
+def test_pipeline_end_to_end_on_a_real_llmrouter_slice(tmp_path, encoder_cache):
+    """`pipeline` as a user runs it: import, validate, extract, select-layers, train, evaluate, route."""
+    import csv
+
+    csv.field_size_limit(2**31 - 1)
+    src = shared_file("llmrouter-9/scores_wide.csv")
+    with open(src, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    train = [r for r in rows if r["split"] == "train"][::40]
+    test = [r for r in rows if r["split"] == "test"][::8]
+    with open(tmp_path / "slice.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(train + test)
+    cfg = tmp_path / "pipeline.yaml"
+    cfg.write_text(json.dumps({  # JSON is YAML
+        "pipeline": {"out": str(tmp_path / "out"), "format": "llmrouter", "source": str(tmp_path / "slice.csv"),
+                     "candidates": str(shared_file("llmrouter-9/llm_candidates.json"))},
+        "extract": {"layers": [8, 16, 24], "pooling": ["mean", "tail"], "max_length": 256, "cache_dir": encoder_cache},
+        "train": {"n_trials": 2, "seeds": 2, "keep": 1, "max_epochs": 20},
+        "baselines": {"semantic_trials": 1}, "ray": {"num_cpus": 2}}))
+    r = _run("pipeline", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "out"
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["n_test"] == len(test) and "prefill_trunk" in report["routers"]
+    run = json.loads((out / "routes" / "run.json").read_text())
+    assert run["status"] == "complete" and run["routed"] + run["rejected"] == run["input_rows"] == len(test)
+    assert f"report: {out}/report/report.html" in r.stdout and "== done in" in r.stdout

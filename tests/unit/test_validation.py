@@ -105,3 +105,17 @@ def test_outcome_matrix_marks_unmeasured_as_nan(small_dataset):
     m = outcome_matrix(small_dataset.outcomes, ["q3", "q2", "zz"], ["a", "b"])
     assert m[0, 0] == 1.0 and np.isnan(m[0, 1])  # q3 never measured on b
     assert m[1].tolist() == [0.0, 1.0] and np.isnan(m[2]).all()
+
+
+def test_a_bulk_query_set_needs_only_id_and_text():
+    import pyarrow as pa
+
+    from router_core.dataset import conform
+    from router_core.errors import DataError
+    from router_core.schemas import QUERIES
+
+    t = pa.table({"query_id": ["a", "b"], "text": ["x", "y"]})
+    out, _ = conform(t, QUERIES, "set.parquet", optional=("split", "task"))
+    assert out.column_names == QUERIES.names and out.column("split").null_count == 2
+    with pytest.raises(DataError, match="set.parquet: missing column\\(s\\) split, task"):
+        conform(t, QUERIES, "set.parquet")
