@@ -182,6 +182,18 @@ def prepare_queries(storage: Storage, uri: str) -> PreparedQueries:
     return PreparedQueries(queries, src, keep, rejects, kept.append_column("text_hash", hashes))
 
 
+def extract_config_for(fman: dict, base: ExtractConfig) -> ExtractConfig:
+    """The extraction settings that reproduce a features folder (its identity fields), keeping the
+    machine-dependent fields (device, batch sizes, actors) of ``base``."""
+    s = fman["settings"]
+    upd = {"encoder": fman["encoder"]["spec"], "revision": fman["encoder"].get("revision"), "dtype": s["dtype"],
+           "max_length": s["max_length"], "truncation_side": s["truncation_side"],
+           "chat_template": s["chat_template"], "pooling": s["pooling"], "layers": s["layers"]}
+    if "tail_tokens" in s:
+        upd["tail_tokens"] = s["tail_tokens"]
+    return base.model_copy(update=upd)
+
+
 def run_extract(cfg: AppConfig, data_uri: str, out: str, prepared: PreparedQueries | None = None) -> ExtractRun:
     t0 = time.perf_counter()
     ecfg = cfg.extract

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from router_core import schemas
 from router_core.artifacts import read_json
-from router_core.config import AppConfig, ExtractConfig
+from router_core.config import AppConfig
 from router_core.errors import ArtifactError, DataError
 from router_core.evaluation import estimated_costs
 from router_core.features import read_manifest
@@ -39,7 +39,7 @@ from router_core.storage import Storage, join
 
 from .common import format_table, storage_from
 from .evaluate import load_model_index
-from .extract import prepare_queries
+from .extract import extract_config_for, prepare_queries
 from .runtime import ensure_ray
 
 log = logging.getLogger(__name__)
@@ -72,18 +72,6 @@ class RouteRun:
 
     def reconciles(self) -> bool:
         return self.input_rows == self.routed + self.rejected
-
-
-def extract_config_for(fman: dict, base: ExtractConfig) -> ExtractConfig:
-    """The extraction settings that reproduce a features folder (its identity fields), keeping the
-    machine-dependent fields (device, batch sizes, actors) of ``base``."""
-    s = fman["settings"]
-    upd = {"encoder": fman["encoder"]["spec"], "revision": fman["encoder"].get("revision"), "dtype": s["dtype"],
-           "max_length": s["max_length"], "truncation_side": s["truncation_side"],
-           "chat_template": s["chat_template"], "pooling": s["pooling"], "layers": s["layers"]}
-    if "tail_tokens" in s:
-        upd["tail_tokens"] = s["tail_tokens"]
-    return base.model_copy(update=upd)
 
 
 def _predict_parts(parts: list[str], storage_kw: dict, model_folder: str, columns: list[str],

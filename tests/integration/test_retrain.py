@@ -47,7 +47,7 @@ def test_retrain_merges_trains_and_promotes_only_if_not_worse(trained, tmp_path,
     # The first retraining has no champion: it becomes the champion.
     assert main(args) == 0
     d1 = json.loads((tmp_path / "models" / "v0001" / "decision.json").read_text())
-    assert d1["promoted"] and d1["merge"]["new_queries"] == n_q and d1["merge"]["new_outcomes"] == n_o + 1
+    assert d1["promoted"] and d1["merge"]["new_queries"] == n_q and d1["merge"]["new_outcomes"] == n_o
     assert d1["rejected"] == 1  # the unpriced model's outcome, with its reason
     rej = Storage().read_table(str(tmp_path / "models" / "v0001" / "rejects.parquet")).to_pylist()
     assert "unpriced-model-x is not in the pool" in rej[0]["reason"]
