@@ -14,12 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from router_core import metrics as M
 from router_core.artifacts import check_features_match, read_json
 from router_core.config import AppConfig
 from router_core.dataset import load_dataset, outcome_matrix
 from router_core.errors import ArtifactError, DataError
 from router_core.evaluation import build_report, call_costs, reliability
 from router_core.features import load_features, read_manifest
+from router_core.model import ensemble_proba
 from router_core.routers import RouterInputs, TrunkRouter, load_router
 from router_core.storage import join
 
@@ -107,11 +109,12 @@ def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str)
         if "tasks" in r.needs and all(t is None for t in x.tasks):
             log.warning("evaluate: %s skipped, the dataset has no task column", name)
             continue
-        probas[name] = r.predict_proba(x)[:, keep_k]
-        if isinstance(r, TrunkRouter):
-            from router_core import metrics as M
-
-            untempered = (1 / (1 + np.exp(-r.logits(x)))).mean(axis=0)[:, keep_k]
+        if not isinstance(r, TrunkRouter):
+            probas[name] = r.predict_proba(x)[:, keep_k]
+        else:  # one forward for both the tempered and the raw probabilities
+            logits = r.logits(x)
+            probas[name] = ensemble_proba(logits, r.temperature)[:, keep_k]
+            untempered = ensemble_proba(logits)[:, keep_k]
             s = x.scores[:, keep_k]
             calibration[name] = {"temperature": r.temperature, "ece_before": M.ece(untempered, s),
                                  "ece_after": M.ece(probas[name], s), "reliability": reliability(probas[name], s),
@@ -119,7 +122,6 @@ def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str)
     report, curves = build_report(data, scored, x.scores[:, keep_k], costs, probas)
     report.update(counts=counts, cost_source=cost_source, model=model, features=features, unscored_targets=unscored,
                   calibration=calibration, seconds=time.perf_counter() - t0)
-    report["seconds"] = time.perf_counter() - t0
     storage.write_text(join(out, "report.json"), json.dumps(report, indent=2, default=_json_default))
     profile = None
     if index.get("layer_profile") and storage.exists(join(model, index["layer_profile"])):

@@ -34,7 +34,7 @@ from router_core.errors import DataError
 from router_core.evaluation import call_costs
 from router_core.features import load_features, read_manifest
 from router_core.importers import hash_split
-from router_core.model import Preprocessor, SharedTrunkNet, TrainParams, predict_logits
+from router_core.model import Preprocessor, SharedTrunkNet, TrainParams, ensemble_proba, predict_logits
 from router_core.probes import layer_profile, select_columns
 from router_core.routers import (ConstantRouter, OracleRouter, PrefillLogReg, RandomRouter, Router, RouterInputs,
                                  SemanticKNN, TaskPrior, TrunkRouter, bce, fit_temperature, save_router)
@@ -202,19 +202,15 @@ def _tune_trunk(cfg: AppConfig, name: str, space, design, reference: dict, n_tri
         nets.append(net.eval())
     router = TrunkRouter(name, cols, pre, nets)
     logits_va = predict_logits(nets, data[2])
-    calibration = {"temperature": 1.0, "val_ece_before": M.ece(router_proba(logits_va, 1.0), data[3]),
-                   "val_bce_before": bce(router_proba(logits_va, 1.0), data[3])}
+    calibration = {"temperature": 1.0, "val_ece_before": M.ece(ensemble_proba(logits_va, 1.0), data[3]),
+                   "val_bce_before": bce(ensemble_proba(logits_va, 1.0), data[3])}
     if tc.temperature:
         router.temperature = fit_temperature(logits_va, data[3])
     calibration.update(temperature=router.temperature,
-                       val_ece_after=M.ece(router_proba(logits_va, router.temperature), data[3]),
-                       val_bce_after=bce(router_proba(logits_va, router.temperature), data[3]))
+                       val_ece_after=M.ece(ensemble_proba(logits_va, router.temperature), data[3]),
+                       val_bce_after=bce(ensemble_proba(logits_va, router.temperature), data[3]))
     trials = [{"number": t.number, "params": t.params, "val_loss": t.value} for t in study.trials]
     return Tuned(router, best, trials, {"seeds": seeds, "val_losses": losses, "kept": kept}, calibration)
-
-
-def router_proba(logits: np.ndarray, temperature: float) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-logits / temperature))).mean(axis=0)
 
 
 def semantic_extract_config(cfg: AppConfig) -> AppConfig:

@@ -147,6 +147,11 @@ def predict_logits(nets: list[SharedTrunkNet], x: np.ndarray) -> np.ndarray:
         return np.stack([n.eval()(xt).numpy() for n in nets])  # eval: no dropout
 
 
+def ensemble_proba(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Mean over members of sigmoid(logits / temperature).  (members, n, K) -> (n, K)."""
+    return (1.0 / (1.0 + np.exp(-logits / temperature))).mean(axis=0)
+
+
 def predict_proba(nets: list[SharedTrunkNet], x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Mean of the ensemble's sigmoid(logits / temperature).  (n, d) -> (n, K)."""
-    return (1.0 / (1.0 + np.exp(-predict_logits(nets, x) / temperature))).mean(axis=0)
+    """The ensemble's probabilities.  (n, d) -> (n, K)."""
+    return ensemble_proba(predict_logits(nets, x), temperature)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import ArtifactError
-from .model import Preprocessor, SharedTrunkNet, masked_bce, predict_logits
+from .model import Preprocessor, SharedTrunkNet, ensemble_proba, masked_bce, predict_logits
 
 
 @dataclass
@@ -239,7 +239,7 @@ class TrunkRouter(Router):
         return predict_logits(self.nets, self.pre.transform(self.design(x)))
 
     def predict_proba(self, x: RouterInputs) -> np.ndarray:
-        return _sigmoid(self.logits(x) / self.temperature).mean(axis=0)
+        return ensemble_proba(self.logits(x), self.temperature)
 
     def state(self):
         from .artifacts import trunk_tensors
@@ -264,7 +264,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 def fit_temperature(logits: np.ndarray, scores: np.ndarray, grid: np.ndarray | None = None) -> float:
     """The T minimising validation BCE of ``mean_members sigmoid(logits / T)`` (masked), on a log grid."""
     grid = np.exp(np.linspace(np.log(0.25), np.log(4.0), 97)) if grid is None else grid
-    losses = [bce(_sigmoid(logits / t).mean(axis=0), scores) for t in grid]
+    losses = [bce(ensemble_proba(logits, t), scores) for t in grid]
     return float(grid[int(np.argmin(losses))])
 
 
