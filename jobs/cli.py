@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-usd", type=float, help="budget policy: total dollars for the batch (> 0)")
     p.add_argument("--features", help="feature cache folder (default: the model's training features)")
     p.add_argument("--run-id", help="name this run (default: a digest of queries, router and policy)")
-    p.add_argument("--router", help="which router under MODEL (default: the model's default, prefill_trunk)")
+    p.add_argument("--router", help="which router under MODEL (default: the model's serving router, prefill_trunk_distilled "
+                   "when train distilled one, else prefill_trunk)")
     _common(p)
 
     p = sub.add_parser("submit", help="run a stage as a Ray Job on a cluster; follow its logs; exit as it did",

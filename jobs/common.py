@@ -16,7 +16,7 @@ def storage_from(cfg: AppConfig) -> Storage:
     region = cfg.storage.region
     if "region" not in cfg.storage.model_fields_set:
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or region
-    return Storage(endpoint_url=endpoint, region=region)
+    return Storage(endpoint_url=endpoint, region=region, attempts=cfg.storage.attempts, backoff_s=cfg.storage.backoff_s)
 
 
 def format_table(header: list[str], rows: list[list[object]]) -> str:

@@ -138,7 +138,7 @@ def _json_default(v):
     raise TypeError(f"not JSON serialisable: {type(v)}")
 
 
-ORDER = ["prefill_trunk", "prefill_logreg", "semantic_mlp", "semantic_knn", "task_prior", "best_single",
+ORDER = ["prefill_trunk", "prefill_trunk_distilled", "prefill_logreg", "semantic_mlp", "semantic_knn", "task_prior", "best_single",
          "cheapest", "most_expensive", "random", "oracle"]
 
 

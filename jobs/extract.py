@@ -34,11 +34,12 @@ from router_core.extraction import (
     settings_key,
     text_hash,
 )
+from router_core.features import listed_parts, part_digests, read_manifest, verify_part
 from router_core.storage import Storage, join
 from router_core.validation import check_queries
 
 from .common import storage_from
-from .runtime import code_version, default_cache_dir, ensure_ray
+from .runtime import code_version, default_cache_dir, ensure_ray, user_error
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,40 @@ def read_queries(storage: Storage, uri: str) -> tuple[pa.Table, str]:
     return table, src
 
 
-def read_feature_keys(storage: Storage, out: str) -> pa.Table:
-    """(query_id, text_hash) of every row already in the features folder."""
-    parts = storage.list_files(join(out, PARTS), ".parquet")
-    if not parts:
+def read_feature_keys(storage: Storage, out: str, parts: dict[str, dict] | None = None) -> pa.Table:
+    """(query_id, text_hash) of every row in the parts the folder's manifest lists (or ``parts``)."""
+    if parts is None:
+        parts = listed_parts(read_manifest(storage, out), out)
+    tables = []
+    for uri, entry in parts.items():
+        t = storage.read_table(uri, columns=["query_id", "text_hash"])
+        verify_part(t, entry["sha256"], uri)
+        tables.append(t)
+    if not tables:
         return pa.table({"query_id": pa.array([], pa.string()), "text_hash": pa.array([], pa.string())})
-    return pa.concat_tables([storage.read_table(p, columns=["query_id", "text_hash"]) for p in parts])
+    return pa.concat_tables(tables)
+
+
+def _surviving_parts(storage: Storage, out: str, old: dict | None) -> dict[str, dict]:
+    """The parts of an earlier run that still count: listed in its manifest and present. Part files
+    the manifest does not list (written by a run killed before it recorded them) are deleted: their
+    rows are extracted again."""
+    listed = {name: e for name, e in (old or {}).get("parts", {}).items()}
+    on_disk = {uri.rsplit("/", 1)[1]: uri for uri in storage.list_files(join(out, PARTS), ".parquet")}
+    for name in sorted(set(listed) - set(on_disk)):
+        log.warning("extract: %s is listed in the manifest but missing; its rows will be extracted again", name)
+        del listed[name]
+    for name in sorted(set(on_disk) - set(listed)):
+        log.warning("extract: %s is not in the manifest (left by an interrupted run); deleted", name)
+        storage.delete(on_disk[name])
+    return listed
+
+
+def write_features(table: pa.Table, where) -> None:
+    """A features part: keys compressed; vectors stored plain (float16 states barely compress, and
+    decompressing them costs more than reading them)."""
+    codec = {f.name: "none" if pa.types.is_fixed_size_binary(f.type) else "zstd" for f in table.schema}
+    pq.write_table(table, where, compression=codec, use_dictionary=False)
 
 
 def part_name(qids: list[str], hashes: list[str]) -> str:
@@ -116,13 +145,15 @@ class ExtractActor:
                 "truncated": pa.array(res.truncated[idx], pa.bool_()),
             }
             for c in self.encoder.columns:
-                flat = pa.array(np.ascontiguousarray(res.features[c][idx]).reshape(-1), pa.float16())
-                cols[c] = pa.FixedSizeListArray.from_arrays(flat, d)
+                cols[c] = schemas.encode_vectors(res.features[c][idx])
             table = pa.table(cols, schema=schemas.features_schema(self.encoder.columns, d))
             buf = io.BytesIO()
-            pq.write_table(table, buf, compression="zstd")  # float16 does not compress; keys do
+            write_features(table, buf)
             name = part_name([qids[i] for i in idx], [hashes[i] for i in idx])
             self.storage.write_bytes(join(self.parts_uri, name), buf.getvalue())
+            part = json.dumps({"name": name, "rows": int(ok.sum()), "sha256": part_digests(table)})
+        else:
+            part = None
         s = res.stats
         n = len(qids)
         return pa.table({
@@ -132,6 +163,7 @@ class ExtractActor:
             "truncated": res.truncated,
             # Per-call figures, repeated on each row; the driver reads them once per call.
             "call_id": [part_name(qids, hashes)] * n,
+            "call_part": pa.array([part] * n, pa.string()),  # the part written (JSON: name, rows, digests)
             "call_seconds": [s.seconds] * n,
             "call_computed_tokens": [s.computed_tokens] * n,
             "call_padded_slots": [s.padded_slots] * n,
@@ -194,6 +226,15 @@ def extract_config_for(fman: dict, base: ExtractConfig) -> ExtractConfig:
     return base.model_copy(update=upd)
 
 
+def config_for_cache(cfg: AppConfig, storage: Storage, uri: str, fallback: str | None = None) -> AppConfig:
+    """``cfg`` with the extraction settings the features folder ``uri`` was written with, else those
+    of the folder ``fallback`` (e.g. a model's training features), else ``cfg`` unchanged."""
+    for u in (uri, fallback):
+        if u and storage.exists(join(u, MANIFEST)):
+            return cfg.model_copy(update={"extract": extract_config_for(read_manifest(storage, u), cfg.extract)})
+    return cfg
+
+
 def run_extract(cfg: AppConfig, data_uri: str, out: str, prepared: PreparedQueries | None = None) -> ExtractRun:
     t0 = time.perf_counter()
     ecfg = cfg.extract
@@ -207,14 +248,15 @@ def run_extract(cfg: AppConfig, data_uri: str, out: str, prepared: PreparedQueri
     identity = settings_identity(ecfg, resolved.identity, layers)
     key = settings_key(identity)
     manifest_uri = join(out, MANIFEST)
+    old = None
     if storage.exists(manifest_uri):
-        old = json.loads(storage.read_text(manifest_uri))
+        old = read_manifest(storage, out)
         if old.get("settings_key") != key:
             raise ArtifactError(
                 f"{out}: holds features of other settings ({_diff(old.get('settings', {}), identity)}); "
                 "write to a new folder")
-
-    have = read_feature_keys(storage, out)
+    parts = _surviving_parts(storage, out, old)
+    have = read_feature_keys(storage, out, {join(out, PARTS, name): e for name, e in parts.items()})
     todo = kept.join(have, keys=["query_id", "text_hash"], join_type="left anti") if have.num_rows else kept
     reused = kept.num_rows - todo.num_rows
     log.info("extract: %d input rows: %d already extracted, %d to extract, %d rejected before encoding",
@@ -231,8 +273,15 @@ def run_extract(cfg: AppConfig, data_uri: str, out: str, prepared: PreparedQueri
         "key_columns": ["query_id", "text_hash"],
         "code_version": code_version(),
         "complete": False,
+        "parts": parts,  # name -> rows and SHA-256 per column; only listed parts count
     }
     storage.write_text(manifest_uri, json.dumps(manifest, indent=2))
+
+    def record(batch: pa.Table) -> None:  # each finished actor call: its part counts from now on
+        new = {json.loads(p)["name"]: json.loads(p) for p in set(batch.column("call_part").to_pylist()) if p}
+        if new:
+            parts.update({name: {"rows": e["rows"], "sha256": e["sha256"]} for name, e in new.items()})
+            storage.write_text(manifest_uri, json.dumps(manifest, indent=2))
 
     stats = ExtractStats()
     extracted = 0
@@ -240,7 +289,7 @@ def run_extract(cfg: AppConfig, data_uri: str, out: str, prepared: PreparedQueri
     if todo.num_rows:
         # Sorting by text puts queries that share a prefix into the same actor call.
         todo = todo.take(pa.compute.sort_indices(todo, [("text", "ascending")]))
-        results = _run_actor_pool(cfg, todo, cache_dir, resolved.identity, join(out, PARTS), storage)
+        results = _run_actor_pool(cfg, todo, cache_dir, resolved.identity, join(out, PARTS), storage, record)
         errs = results.column("error").to_pylist()
         for qid, err in zip(results.column("query_id").to_pylist(), errs):
             if err is not None:
@@ -274,7 +323,7 @@ def run_extract(cfg: AppConfig, data_uri: str, out: str, prepared: PreparedQueri
 
 
 def _run_actor_pool(cfg: AppConfig, todo: pa.Table, cache_dir: str, identity: str, parts_uri: str,
-                    storage: Storage) -> pa.Table:
+                    storage: Storage, on_result=None) -> pa.Table:
     ray = ensure_ray(cfg)
     ecfg = cfg.extract
     k = ecfg.rows_per_task
@@ -285,7 +334,7 @@ def _run_actor_pool(cfg: AppConfig, todo: pa.Table, cache_dir: str, identity: st
         ExtractActor,
         fn_constructor_kwargs=dict(ecfg=ecfg.model_dump(), cache_dir=cache_dir, identity=identity,
                                    parts_uri=parts_uri,
-                                   storage={"endpoint_url": storage.endpoint_url, "region": storage.region},
+                                   storage=storage.settings(),
                                    threads=threads, actors=ecfg.actors),
         batch_size=k,
         batch_format="pyarrow",
@@ -293,7 +342,18 @@ def _run_actor_pool(cfg: AppConfig, todo: pa.Table, cache_dir: str, identity: st
         num_cpus=ecfg.actor_num_cpus,
         num_gpus=ecfg.actor_num_gpus or None,
     )
-    return pa.concat_tables(list(out.iter_batches(batch_format="pyarrow", batch_size=None)))
+    results = []
+    try:
+        for batch in out.iter_batches(batch_format="pyarrow", batch_size=None):
+            if on_result is not None:
+                on_result(batch)
+            results.append(batch)
+    except Exception as e:  # noqa: BLE001 - an actor's user-facing error, as one line
+        err = user_error(e)
+        if err is None or err is e:
+            raise
+        raise err from None
+    return pa.concat_tables(results)
 
 
 def _encoder_shape(path: str, ecfg: ExtractConfig) -> tuple[list[int], int]:

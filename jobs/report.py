@@ -10,8 +10,8 @@ import numpy as np
 from router_core.metrics import pareto_front
 from router_core.storage import Storage, join
 
-HIGHLIGHT = {"prefill_trunk": "tab:red", "prefill_logreg": "tab:orange", "semantic_mlp": "tab:blue",
-             "semantic_knn": "tab:cyan", "task_prior": "tab:green", "random": "tab:gray"}
+HIGHLIGHT = {"prefill_trunk": "tab:red", "prefill_trunk_distilled": "tab:pink", "prefill_logreg": "tab:orange",
+             "semantic_mlp": "tab:blue", "semantic_knn": "tab:cyan", "task_prior": "tab:green", "random": "tab:gray"}
 
 
 def _png(fig) -> bytes:

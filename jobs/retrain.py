@@ -109,7 +109,7 @@ def merge_new(storage: Storage, base: Dataset, new_prefix: str) -> tuple[Dataset
 
 def run_retrain(cfg: AppConfig) -> RetrainRun:
     from .evaluate import run_evaluate
-    from .extract import extract_config_for, run_extract
+    from .extract import config_for_cache, run_extract
     from .train import run_train
 
     rc = cfg.retrain
@@ -131,11 +131,7 @@ def run_retrain(cfg: AppConfig) -> RetrainRun:
         storage.write_table(schemas.rejects_table(rejects), join(root, "rejects.parquet"))
         for r in rejects[:5]:
             log.warning("retrain: rejected %s row %s: %s", r["source"], r["row"], r["reason"])
-    ecfg = cfg
-    if storage.exists(join(rc.features, "manifest.json")):  # the cache's own settings, whatever this config says
-        fman = read_json(storage, join(rc.features, "manifest.json"))
-        ecfg = cfg.model_copy(update={"extract": extract_config_for(fman, cfg.extract)})
-    ex = run_extract(ecfg, data_uri, rc.features)
+    ex = run_extract(config_for_cache(cfg, storage, rc.features), data_uri, rc.features)  # the cache's own settings
     log.info("retrain: features: %d reused, %d extracted", ex.reused, ex.extracted)
     challenger = join(root, "model")
     run_train(cfg, data_uri, rc.features, challenger)

@@ -31,16 +31,16 @@ from router_core.artifacts import read_json
 from router_core.config import AppConfig
 from router_core.errors import ArtifactError, DataError
 from router_core.evaluation import estimated_costs
-from router_core.features import read_manifest
+from router_core.features import listed_parts, read_manifest, verify_part
 from router_core.routers import RouterInputs, TrunkRouter, load_router
 from router_core.routing import assign, tally
-from router_core.schemas import Pool
+from router_core.schemas import Pool, decode_vectors
 from router_core.storage import Storage, join
 
 from .common import format_table, storage_from
 from .evaluate import load_model_index
-from .extract import extract_config_for, prepare_queries
-from .runtime import ensure_ray
+from .extract import config_for_cache, prepare_queries
+from .runtime import ensure_ray, ray_get
 
 log = logging.getLogger(__name__)
 
@@ -74,24 +74,24 @@ class RouteRun:
         return self.input_rows == self.routed + self.rejected
 
 
-def _predict_parts(parts: list[str], storage_kw: dict, model_folder: str, columns: list[str],
+def _predict_parts(parts: list[tuple[str, dict]], storage_kw: dict, model_folder: str, columns: list[str], dim: int,
                    wanted: pa.Table) -> tuple[pa.Array, np.ndarray]:
-    """Runs in a Ray task: (query ids, probabilities) of the wanted rows found in ``parts``."""
+    """Runs in a Ray task: (query ids, probabilities) of the wanted rows found in ``parts``
+    ((URI, manifest entry) pairs; each column read is checked against its digest)."""
     from router_core.routers import load_router as _load
 
     storage = Storage(**storage_kw)
     router, _ = _load(storage, model_folder)
     ids, probas = [], []
-    for part in parts:
+    for part, entry in parts:
         t = storage.read_table(part, columns=["query_id", "text_hash", *columns])
+        verify_part(t, entry["sha256"], part)
         keys = t.select(["query_id", "text_hash"]).append_column("__row", pa.array(np.arange(t.num_rows)))
         rows = keys.join(wanted, keys=["query_id", "text_hash"], join_type="inner").column("__row")
         if not len(rows):
             continue
-        t = t.take(rows)  # (Arrow joins do not carry fixed-size list columns)
-        d = t.column(columns[0]).type.list_size
-        x = {c: t.column(c).combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(t.num_rows, d)
-             .astype(np.float32) for c in columns}
+        t = t.take(rows)  # (Arrow joins do not carry vector columns)
+        x = {c: decode_vectors(t.column(c), dim) for c in columns}
         ids.append(t.column("query_id").combine_chunks())
         probas.append(router.predict_proba(RouterInputs(n=t.num_rows, prefill=x)).astype(np.float32))
     if not ids:
@@ -131,7 +131,7 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
     if storage.exists(join(model, "champion.json")):  # a retrain folder: serve its champion
         model = read_json(storage, join(model, "champion.json"))["model"]
     index = load_model_index(storage, model)
-    name = router_name or index["default"]
+    name = router_name or index.get("serve") or index["default"]
     if name not in index["routers"]:
         raise ArtifactError(f"{model}: no router {name!r} (it has {', '.join(index['routers'])})")
     folder = join(model, index["routers"][name])
@@ -156,25 +156,26 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
     t = time.perf_counter()
     from .extract import run_extract
 
-    if fman is None:  # a new cache folder: the model's settings, from its training features
-        fman = read_manifest(storage, index["features"]["prefill"]["uri"])
-    ecfg = cfg.model_copy(update={"extract": extract_config_for(fman, cfg.extract)})
+    # A new cache folder gets the model's settings, from its training features.
+    ecfg = config_for_cache(cfg, storage, feats, index["features"]["prefill"]["uri"])
     ex = run_extract(ecfg, queries_uri, feats, prep)
+    fman = read_manifest(storage, feats)
     seconds["extract"] = time.perf_counter() - t
     failed = {r["query_id"] for r in _extract_rejects(storage, feats)}
 
     t = time.perf_counter()
     ensure_ray(cfg)
-    columns = [c for c in router.columns]
-    parts = storage.list_files(join(feats, "parts"), ".parquet")
+    columns = list(router.columns)
+    parts = list(listed_parts(fman, feats).items())
     n_tasks = max(1, min(len(parts), 4 * max(1, int(ray.available_resources().get("CPU", 1)))))
     wanted = ray.put(kept.select(["query_id", "text_hash"]))
     task = ray.remote(num_cpus=cfg.route.task_cpus)(_predict_parts)
-    skw = {"endpoint_url": storage.endpoint_url, "region": storage.region}
-    refs = [task.remote(parts[i::n_tasks], skw, folder, columns, wanted) for i in range(n_tasks)]
+    skw = storage.settings()
+    dim = int(fman["feature_dim"])
+    refs = [task.remote(parts[i::n_tasks], skw, folder, columns, dim, wanted) for i in range(n_tasks)]
     got_ids, got_p = [], []
     for done, ref in enumerate(refs, 1):
-        ids, p = ray.get(ref)
+        ids, p = ray_get(ref)
         if len(ids):
             got_ids.append(ids)
             got_p.append(p)

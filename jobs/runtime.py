@@ -9,6 +9,7 @@ from pathlib import Path
 
 import router_core
 from router_core.config import AppConfig
+from router_core.errors import RouterError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,29 @@ def ensure_ray(cfg: AppConfig):
                  configure_logging=False)
     log.info("ray: %s", ray.cluster_resources())
     return ray
+
+
+def user_error(e: BaseException) -> RouterError | None:
+    """The user-facing error (bad input, unreachable storage) behind an exception that crossed a Ray
+    task or actor boundary, so the CLI can print it as one line instead of a remote traceback."""
+    chain = []
+    while e is not None and len(chain) < 10:  # Ray wraps a task's exception (.cause); Ray Data wraps again
+        chain.append(e)
+        e = getattr(e, "cause", None) or e.__cause__
+    return next((x for x in reversed(chain) if isinstance(x, RouterError)), None)  # the innermost: the original
+
+
+def ray_get(ref):
+    """``ray.get`` that re-raises a task's user-facing error as itself."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except Exception as e:  # noqa: BLE001 - re-raised unchanged unless it carries a RouterError
+        err = user_error(e)
+        if err is None or err is e:
+            raise
+        raise err from None
 
 
 def default_cache_dir() -> str:

@@ -30,7 +30,7 @@ from router_core import metrics as M
 from router_core.artifacts import member_state
 from router_core.config import AppConfig
 from router_core.dataset import load_dataset, outcome_matrix
-from router_core.errors import DataError
+from router_core.errors import DataError, RouterError
 from router_core.evaluation import call_costs
 from router_core.features import load_features, read_manifest
 from router_core.importers import hash_split
@@ -67,24 +67,33 @@ def _worker_loop(config: dict) -> None:
 
     from router_core.model import TrainParams, fit_trunk
 
+    from safetensors.numpy import load_file
+
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     x_tr, s_tr, x_va, s_va = ray.get(config["data"])
     params = TrainParams(**config["params"])
     wrap = (lambda net: ray.train.torch.prepare_model(net)) if world > 1 else None
     losses, states = [], {}
-    for seed in config["seeds"]:
+    # A restarted worker group (a worker was lost) resumes after the last member checkpointed.
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            states = dict(load_file(str(Path(d) / "members.safetensors")))
+            losses = json.loads((Path(d) / "losses.json").read_text())
+    for seed in config["seeds"][len(losses):]:
         net, val, epochs = fit_trunk(x_tr, s_tr, x_va, s_va, params, seed, rank, world, wrap)
         losses.append(val)
         for k, v in net.state_dict().items():
             states[f"seed{seed}.{k}"] = v.detach().cpu().numpy()
-    metrics = {"val_loss": float(np.min(losses)), "val_losses": json.dumps(losses)}
-    if rank == 0:
-        with tempfile.TemporaryDirectory() as d:
-            save_file(states, str(Path(d) / "members.safetensors"))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-    else:
-        ray.train.report(metrics)
+        metrics = {"val_loss": float(np.min(losses)), "val_losses": json.dumps(losses), "members": len(losses)}
+        if rank == 0:  # one checkpoint per finished member: the members so far and their losses
+            with tempfile.TemporaryDirectory() as d:
+                save_file(states, str(Path(d) / "members.safetensors"))
+                (Path(d) / "losses.json").write_text(json.dumps(losses))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
 
 
 @dataclass
@@ -117,22 +126,42 @@ def _fit(cfg: AppConfig, data_ref, params: TrainParams, seeds: list[int], run_na
     from ray.train.torch import TorchTrainer
 
     tc = cfg.train
-    with tempfile.TemporaryDirectory() as store:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = tc.storage_path or tmp
         trainer = TorchTrainer(
             _worker_loop,
             train_loop_config={"data": data_ref, "params": params.__dict__, "seeds": seeds},
             scaling_config=ray.train.ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                                                    resources_per_worker={"CPU": tc.cpus_per_worker}),
-            run_config=ray.train.RunConfig(storage_path=store, name=f"trunk-{run_name}"),
+            run_config=ray.train.RunConfig(storage_path=store, name=f"trunk-{run_name}",
+                                           failure_config=ray.train.FailureConfig(max_failures=tc.max_failures)),
         )
-        result = trainer.fit()
-        if result.error:
-            raise result.error
+        try:
+            result = trainer.fit()
+            error = result.error
+        except Exception as e:  # noqa: BLE001 - Ray Train raises its TrainingFailedError here
+            error = e
+        if error is not None:
+            raise TrainingFailed(f"training {run_name} failed after {tc.max_failures} restart(s) of its workers "
+                                 f"({_first_line(error)}); no model was written") from None
         from safetensors.numpy import load_file
 
         with result.checkpoint.as_directory() as d:
             states = load_file(str(Path(d) / "members.safetensors"))
-        return result.metrics, states
+            losses = json.loads((Path(d) / "losses.json").read_text())
+        if len(losses) != len(seeds):
+            raise TrainingFailed(f"training {run_name} ended with {len(losses)} of {len(seeds)} members; "
+                                 "no model was written")
+        return dict(result.metrics, val_losses=json.dumps(losses)), states
+
+
+class TrainingFailed(RouterError):
+    """Ray Train could not finish (workers lost more often than train.max_failures allows)."""
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [x for x in str(e).strip().splitlines() if x.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:300]
 
 
 def _params_of(p: dict, tc) -> TrainParams:
@@ -298,6 +327,19 @@ def run_train(cfg: AppConfig, data: str, features: str, out: str) -> TrainRun:
     trunk = _tune_trunk(cfg, "prefill_trunk", prefill_space, prefill_design, reference, tc.n_trials,
                         tr_mask, va_mask, scores, targets)
     seconds["prefill_trunk"] = time.perf_counter() - t
+    distilled = None
+    if tc.distil_width:
+        t = time.perf_counter()
+        _, x = prefill_design(trunk.best_params)
+        distilled = trunk.router.distil(x[tr_mask], x[va_mask], tc.distil_width, tc.seed, tc.distil_mix,
+                                        tc.max_epochs, tc.patience)
+        inputs_va = RouterInputs(n=int(va_mask.sum()), prefill={c: fs.columns[c][va_mask] for c in fs.columns},
+                                 prior=extra["task_prior"][va_mask] if "task_prior" in extra else None,
+                                 semantic=sem[va_mask])
+        distilled[1].update(val_bce_labels=bce(distilled[0].predict_proba(inputs_va), scores[va_mask]),
+                            val_bce_labels_teacher=bce(trunk.router.predict_proba(inputs_va), scores[va_mask]))
+        seconds["prefill_trunk_distilled"] = time.perf_counter() - t
+        log.info("train: prefill_trunk_distilled %s", distilled[1])
     t = time.perf_counter()
     sem_mlp = _tune_trunk(cfg, "semantic_mlp", _common_space, lambda p: (["semantic"], sem), REFERENCE,
                           bc.semantic_trials or tc.n_trials, tr_mask, va_mask, scores, targets)
@@ -339,6 +381,11 @@ def run_train(cfg: AppConfig, data: str, features: str, out: str) -> TrainRun:
         preprocess={"standardise": True, "pca_dim": trunk.best_params["pca_dim"] or None},
         best_params=trunk.best_params, trials=trunk.trials, ensemble=trunk.ensemble, calibration=trunk.calibration))
     folders["prefill_trunk"] = "prefill_trunk"
+    if distilled is not None:
+        save_router(storage, join(out, "prefill_trunk_distilled"), distilled[0], dict(
+            common, kind="prefill-router-model", encoder=fman["encoder"], features_settings_key=fman["settings_key"],
+            extra_inputs=list(tc.extra_inputs), distillation=distilled[1]))
+        folders["prefill_trunk_distilled"] = "prefill_trunk_distilled"
     save_router(storage, join(out, "semantic_mlp"), sem_mlp.router, dict(
         common, kind="prefill-router-model", encoder=sem_manifest["encoder"],
         features_settings_key=sem_manifest["settings_key"], best_params=sem_mlp.best_params, trials=sem_mlp.trials,
@@ -352,7 +399,9 @@ def run_train(cfg: AppConfig, data: str, features: str, out: str) -> TrainRun:
          "pca_dim": cfg.select.pca_dim, "profile": profile}, indent=2))
     seconds["total"] = time.perf_counter() - t0
     out_tok = outcome_matrix(ds.outcomes, qids, targets, "output_tokens")[tr_mask]
+    # `default` is what evaluate and retrain compare; `serve` is what route uses unless told.
     index = dict(common, kind="prefill-router-models", default="prefill_trunk", routers=folders,
+                 serve="prefill_trunk_distilled" if distilled is not None else "prefill_trunk",
                  best_single=targets[int(np.nanmean(scores[tr_mask], axis=0).argmax())],
                  output_tokens_median={t: float(np.nanmedian(c)) if np.isfinite(c).any() else 0.0
                                        for t, c in zip(targets, out_tok.T)},

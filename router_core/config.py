@@ -23,6 +23,8 @@ class Strict(BaseModel):
 class StorageConfig(Strict):
     endpoint_url: str | None = Field(None, description="S3 endpoint, e.g. http://127.0.0.1:5000")
     region: str = "us-east-1"
+    attempts: int = Field(6, ge=1, description="tries of an S3 call that fails for a transient reason")
+    backoff_s: float = Field(0.5, ge=0, description="first wait between tries; doubles each time (0.5: ~15 s in all)")
 
 
 class RayConfig(Strict):
@@ -90,11 +92,18 @@ class TrainConfig(Strict):
     batch_size: int = Field(512, ge=8)
     num_workers: int = Field(2, ge=1, description="Ray Train data-parallel workers")
     cpus_per_worker: float = Field(0.5, gt=0)
+    storage_path: str | None = Field(None, description="where Ray Train keeps checkpoints: shared storage "
+                                     "(s3:// or NFS) on a multi-node cluster; None = a local temporary folder")
+    max_failures: int = Field(2, ge=0, description="Ray Train restarts of a lost worker group (resumes "
+                              "from the last finished member)")
     use_gpu: bool = False
     max_layers: int = Field(4, ge=1, description="most feature columns a trial may concatenate")
     temperature: bool = Field(True, description="fit a temperature on the validation split (ECE before/after)")
     extra_inputs: list[Literal["semantic", "task_prior"]] = Field(
         [], description="appended to prefill_trunk's prefill columns: sentence embedding, task prior probabilities")
+    distil_width: int = Field(128, ge=0, description="width of prefill_trunk_distilled, one net trained on the "
+                              "ensemble's probabilities for serving (route's default); 0 = none")
+    distil_mix: int = Field(4, ge=0, description="distillation: random mixtures of train pairs per train row")
 
 
 class BaselinesConfig(Strict):

@@ -17,3 +17,7 @@ class DataError(RouterError):
 
 class ArtifactError(RouterError):
     """A stored artifact (features, model) does not match what it claims or what is asked of it."""
+
+
+class StorageError(RouterError):
+    """Object storage stayed unreachable through every retry."""

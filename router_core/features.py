@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ import pyarrow as pa
 
 from .errors import ArtifactError
 from .extraction import text_hash
+from .schemas import decode_vectors
 from .storage import Storage, join
 
 
@@ -22,6 +24,42 @@ class FeatureSet:
     truncated: np.ndarray  # (n,) bool
 
 
+def column_digest(col: pa.Array | pa.ChunkedArray) -> str:
+    """SHA-256 of a column's values, independent of how Arrow or Parquet laid them out."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    h = hashlib.sha256(str(col.type).encode())
+    if pa.types.is_fixed_size_binary(col.type):
+        w = col.type.byte_width
+        h.update(memoryview(col.buffers()[1])[col.offset * w : (col.offset + len(col)) * w])
+    elif pa.types.is_string(col.type):
+        off = np.frombuffer(col.buffers()[1], np.int32)[col.offset : col.offset + len(col) + 1]
+        h.update((off - off[0]).tobytes())
+        h.update(memoryview(col.buffers()[2])[off[0] : off[-1]] if len(col) else b"")
+    else:
+        h.update(np.ascontiguousarray(col.to_numpy(zero_copy_only=False)).tobytes())
+    return h.hexdigest()
+
+
+def part_digests(table: pa.Table) -> dict[str, str]:
+    return {name: column_digest(table.column(name)) for name in table.column_names}
+
+
+def verify_part(table: pa.Table, expected: dict[str, str], uri: str) -> None:
+    """Every column read must have the digest the manifest recorded when the part was written."""
+    for name in table.column_names:
+        if name not in expected:
+            raise ArtifactError(f"{uri}: column {name} has no digest in the features manifest")
+        if column_digest(table.column(name)) != expected[name]:
+            raise ArtifactError(f"{uri}: column {name} does not match its SHA-256 in the features manifest "
+                                "(changed after it was written); re-extract into a new folder")
+
+
+def listed_parts(manifest: dict, uri: str) -> dict[str, dict]:
+    """part file URI -> its manifest entry (rows, sha256 per column): the parts that count."""
+    return {join(uri, "parts", name): entry for name, entry in sorted(manifest["parts"].items())}
+
+
 def read_manifest(storage: Storage, uri: str) -> dict:
     m_uri = join(uri, "manifest.json")
     if not storage.exists(m_uri):
@@ -32,6 +70,9 @@ def read_manifest(storage: Storage, uri: str) -> dict:
         raise ArtifactError(f"{m_uri}: not valid JSON ({e})") from None
     if manifest.get("kind") != "prefill-features":
         raise ArtifactError(f"{m_uri}: kind is {manifest.get('kind')!r}, expected 'prefill-features'")
+    if not isinstance(manifest.get("parts"), dict):
+        raise ArtifactError(f"{m_uri}: lists no parts with their digests (written by an older version); "
+                            "re-extract into a new folder")
     return manifest
 
 
@@ -51,8 +92,12 @@ def load_features(storage: Storage, uri: str, queries: pa.Table, columns: list[s
     present = np.zeros(n, bool)
     n_tok = np.zeros(n, np.int32)
     trunc = np.zeros(n, bool)
-    for part in storage.list_files(join(uri, "parts"), ".parquet"):
+    for part, entry in listed_parts(manifest, uri).items():
+        if not storage.exists(part):
+            raise ArtifactError(f"{part}: listed in the features manifest but missing; run extract on these "
+                                "queries again to restore its rows")
         t = storage.read_table(part, columns=["query_id", "text_hash", "n_tokens", "truncated", *cols])
+        verify_part(t, entry["sha256"], part)
         keys = zip(t.column("query_id").to_pylist(), t.column("text_hash").to_pylist())
         src, dst = [], []
         for j, k in enumerate(keys):
@@ -68,6 +113,8 @@ def load_features(storage: Storage, uri: str, queries: pa.Table, columns: list[s
         n_tok[dst_a] = t.column("n_tokens").take(sel).to_numpy()
         trunc[dst_a] = t.column("truncated").take(sel).to_numpy(zero_copy_only=False)
         for c in cols:
-            flat = t.column(c).take(sel).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            out[c][dst_a] = flat.reshape(len(src), d).astype(np.float32)
+            try:
+                out[c][dst_a] = decode_vectors(t.column(c).take(sel), d)
+            except ValueError as e:
+                raise ArtifactError(f"{part}: column {c}: {e}") from None
     return FeatureSet(manifest, out, present, n_tok, trunc)

@@ -147,6 +147,45 @@ def predict_logits(nets: list[SharedTrunkNet], x: np.ndarray) -> np.ndarray:
         return np.stack([n.eval()(xt).numpy() for n in nets])  # eval: no dropout
 
 
+class FusedTrunk:
+    """The serving form of a Preprocessor and its member nets, for large batches.
+
+    Standardisation and PCA are one affine map; when it is cheaper, that map is folded into the
+    members' first layers, and the members' first layers always run as one stacked matmul. Inputs
+    may be float16 (as stored); the arithmetic is float32. Same logits as ``pre.transform`` +
+    ``predict_logits`` up to float32 rounding (tests/unit/test_model.py).
+    """
+
+    def __init__(self, pre: Preprocessor, nets: list[SharedTrunkNet]):
+        mean, scale = np.asarray(pre.mean_, np.float64), np.asarray(pre.scale_, np.float64)
+        comp = pre.components_ if pre.components_ is not None else np.eye(len(mean))
+        proj = comp / scale[:, None]  # (D, k): x @ proj - offset == transform(x)
+        offset = (mean / scale) @ comp
+        firsts = [n.net[0] for n in nets]
+        self.width = firsts[0].out_features
+        if any(f.out_features != self.width for f in firsts):
+            raise ValueError("ensemble members of different widths")
+        w = np.concatenate([f.weight.detach().double().numpy().T for f in firsts], axis=1)  # (k, M*w)
+        b = np.concatenate([f.bias.detach().double().numpy() for f in firsts])
+        d_in, k, mw = proj.shape[0], proj.shape[1], w.shape[1]
+        self.folded = d_in * mw <= d_in * k + k * mw
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32))  # noqa: E731
+        if self.folded:
+            self.maps = [(t(proj @ w), t(b - offset @ w))]
+        else:
+            self.maps = [(t(proj), t(-offset)), (t(w), t(b))]
+        self.rests = [n.eval().net[1:] for n in nets]  # from the first activation on
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """(n, D) -> (members, n, K)."""
+        with torch.no_grad():
+            h = torch.from_numpy(np.ascontiguousarray(x)).float()
+            for a, c in self.maps:
+                h = torch.addmm(c, h, a)
+            w = self.width
+            return torch.stack([r(h[:, m * w : (m + 1) * w]) for m, r in enumerate(self.rests)]).numpy()
+
+
 def ensemble_proba(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Mean over members of sigmoid(logits / temperature).  (members, n, K) -> (n, K)."""
     return (1.0 / (1.0 + np.exp(-logits / temperature))).mean(axis=0)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import ArtifactError
-from .model import Preprocessor, SharedTrunkNet, ensemble_proba, masked_bce, predict_logits
+from .model import FusedTrunk, Preprocessor, SharedTrunkNet, ensemble_proba, masked_bce, predict_logits
 
 
 @dataclass
@@ -217,6 +217,7 @@ class TrunkRouter(Router):
     def __init__(self, kind: str, columns: list[str], pre: Preprocessor, nets: list[SharedTrunkNet],
                  temperature: float = 1.0):
         self.kind, self.columns, self.pre, self.nets, self.temperature = kind, list(columns), pre, nets, temperature
+        self._fused: FusedTrunk | None = None  # built on first use
         self.needs = tuple(n for n, on in (("prefill", any(c not in self.EXTRA for c in self.columns)),
                                            ("semantic", "semantic" in self.columns),
                                            ("tasks", "task_prior" in self.columns)) if on)
@@ -236,10 +237,39 @@ class TrunkRouter(Router):
 
     def logits(self, x: RouterInputs) -> np.ndarray:
         """(members, n, K) untempered logits."""
-        return predict_logits(self.nets, self.pre.transform(self.design(x)))
+        if self._fused is None:
+            self._fused = FusedTrunk(self.pre, self.nets)
+        return self._fused.logits(self.design(x))
 
     def predict_proba(self, x: RouterInputs) -> np.ndarray:
         return ensemble_proba(self.logits(x), self.temperature)
+
+    def distil(self, x_tr: np.ndarray, x_va: np.ndarray, width: int, seed: int = 0, mix: int = 4,
+               max_epochs: int = 300, patience: int = 20) -> tuple["TrunkRouter", dict]:
+        """One narrow net trained to reproduce this ensemble's tempered probabilities (soft targets),
+        on its preprocessor's space: the serving form, ~members x fewer operations per query.
+
+        ``x_tr``/``x_va``: design rows (``design``) of the train and val splits; the train rows are
+        augmented with ``mix`` x as many random convex mixtures of pairs (the teacher labels them too).
+        Early stopping on the val rows' BCE against the teacher."""
+        from .model import TrainParams, fit_trunk
+
+        rng = np.random.default_rng(seed)
+        z_tr, z_va = self.pre.transform(x_tr), self.pre.transform(x_va)
+        if mix and len(z_tr) > 1:
+            i, j = rng.integers(0, len(z_tr), (2, mix * len(z_tr)))
+            lam = rng.uniform(0, 1, (len(i), 1)).astype(np.float32)
+            z_tr = np.concatenate([z_tr, lam * z_tr[i] + (1 - lam) * z_tr[j]])
+        p_tr, p_va = (ensemble_proba(predict_logits(self.nets, z), self.temperature) for z in (z_tr, z_va))
+        params = TrainParams(lr=3e-3, weight_decay=0.0, widths=(width,), dropouts=(0.0,), max_epochs=max_epochs,
+                             patience=patience)
+        net, val_bce, epochs = fit_trunk(z_tr, p_tr, z_va, p_va, params, seed)
+        student = TrunkRouter(self.kind + "_distilled", self.columns, self.pre, [net])
+        p_st = ensemble_proba(predict_logits([net], z_va))
+        return student, {"teacher": self.kind, "width": width, "train_rows": len(z_tr), "mix": mix,
+                         "epochs": epochs, "val_bce_vs_teacher": val_bce,
+                         "val_max_abs_diff": float(np.abs(p_st - p_va).max()),
+                         "val_top1_agreement": float((p_st.argmax(1) == p_va.argmax(1)).mean())}
 
     def state(self):
         from .artifacts import trunk_tensors
@@ -348,7 +378,8 @@ class PrefillLogReg(Router):
 
 
 ROUTERS: dict[str, type[Router]] = {
-    "prefill_trunk": TrunkRouter, "semantic_mlp": TrunkRouter, "prefill_logreg": PrefillLogReg,
+    "prefill_trunk": TrunkRouter, "prefill_trunk_distilled": TrunkRouter, "semantic_mlp": TrunkRouter,
+    "prefill_logreg": PrefillLogReg,
     "semantic_knn": SemanticKNN, "task_prior": TaskPrior, "best_single": ConstantRouter,
     "cheapest": ConstantRouter, "most_expensive": ConstantRouter, "random": RandomRouter, "oracle": OracleRouter,
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -107,8 +108,10 @@ def rejects_table(rows: list[dict]) -> pa.Table:
 
 
 # -- features -----------------------------------------------------------------------------------
-# One row per (query, text): identity columns, then one fixed-size float16 vector per
-# (pooling, layer), named like ``mean_12`` or ``last_30``.
+# One row per (query, text): identity columns, then one float16 vector per (pooling, layer), named
+# like ``mean_12`` or ``last_30``, stored as fixed-size binary (the vector's little-endian float16
+# bytes). Parquet decodes a fixed_size_list<float16> value by value with its nesting levels, about
+# 30x slower than the plain bytes (docs/extraction.md); readers take both layouts.
 FEATURE_KEYS = pa.schema(
     [
         pa.field("query_id", pa.string(), nullable=False),
@@ -120,5 +123,28 @@ FEATURE_KEYS = pa.schema(
 
 
 def features_schema(columns: list[str], dim: int) -> pa.Schema:
-    vec = pa.list_(pa.float16(), dim)
+    vec = pa.binary(2 * dim)
     return pa.schema(list(FEATURE_KEYS) + [pa.field(c, vec, nullable=False) for c in columns])
+
+
+def encode_vectors(x: np.ndarray) -> pa.FixedSizeBinaryArray:
+    """(n, d) array -> n fixed-size binary values of d little-endian float16."""
+    x = np.ascontiguousarray(x, dtype="<f2")
+    n, d = x.shape
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(2 * d), n, [None, pa.py_buffer(x.tobytes())])
+
+
+def decode_vectors(col: pa.Array | pa.ChunkedArray, dim: int) -> np.ndarray:
+    """A vector column (fixed-size binary, or the older fixed_size_list<float16>) -> (n, dim) float16."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if col.null_count:
+        raise ValueError(f"vector column holds {col.null_count} null value(s)")
+    if pa.types.is_fixed_size_binary(col.type):
+        if col.type.byte_width != 2 * dim:
+            raise ValueError(f"vectors of {col.type.byte_width} bytes, expected {2 * dim} ({dim} float16)")
+        buf = np.frombuffer(col.buffers()[1], dtype="<f2")
+        return buf[col.offset * dim : (col.offset + len(col)) * dim].reshape(len(col), dim)
+    if pa.types.is_fixed_size_list(col.type) and col.type.list_size == dim:
+        return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), dim).astype(np.float16, copy=False)
+    raise ValueError(f"vector column of type {col.type}, expected {dim} float16 values per row")

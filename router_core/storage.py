@@ -7,8 +7,11 @@ identity), so they never enter configs, manifests or logs.
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import logging
 import posixpath
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -16,7 +19,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .errors import DataError
+from .errors import DataError, StorageError
+
+log = logging.getLogger(__name__)
 
 
 def is_s3(uri: str) -> bool:
@@ -34,12 +39,52 @@ def join(uri: str, *parts: str) -> str:
     return out
 
 
+# Failures worth another try: the network, throttling, a server restarting. Others (not found,
+# access denied, a bad request) fail at once.
+TRANSIENT = ("NETWORK_CONNECTION", "curlCode", "Couldn't connect", "Connection refused", "Connection reset",
+             "SERVICE_UNAVAILABLE", "SLOW_DOWN", "INTERNAL_FAILURE", "REQUEST_TIMEOUT", "Timeout", "timed out",
+             "Broken pipe", "HTTP response code 500", "HTTP response code 502", "HTTP response code 503",
+             "HTTP response code 504")
+
+
+def is_transient(e: BaseException) -> bool:
+    return isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and any(m in str(e) for m in TRANSIENT)
+
+
 @dataclass(frozen=True)
 class Storage:
-    """Resolves URIs to pyarrow filesystems. ``endpoint_url`` like ``http://127.0.0.1:5000``."""
+    """Resolves URIs to pyarrow filesystems. ``endpoint_url`` like ``http://127.0.0.1:5000``.
+
+    Every S3 call that fails for a transient reason is tried up to ``attempts`` times, waiting
+    ``backoff_s``, then twice that, and so on; then it fails with a one-line ``StorageError``."""
 
     endpoint_url: str | None = None
     region: str = "us-east-1"
+    attempts: int = 6
+    backoff_s: float = 0.5
+
+    def settings(self) -> dict:
+        """What rebuilds this Storage in another process (a Ray task or actor)."""
+        return dataclasses.asdict(self)
+
+    def _retry(self, uri: str, what: str, fn):
+        if not is_s3(uri):
+            return fn()
+        delay, waited = self.backoff_s, 0.0
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn()
+            except OSError as e:
+                if not is_transient(e):
+                    raise
+                if attempt == self.attempts:
+                    raise StorageError(f"{uri}: {what} failed {attempt} times over {waited:.0f} s, storage unreachable "
+                                       f"({_short(e)})") from None
+                log.warning("%s: %s failed (%s); try %d of %d in %.1f s", uri, what, _short(e), attempt + 1,
+                            self.attempts, delay)
+                time.sleep(delay)
+                waited += delay
+                delay *= 2
 
     # -- resolution -----------------------------------------------------------------------
     def resolve(self, uri: str) -> tuple[pafs.FileSystem, str]:
@@ -65,7 +110,7 @@ class Storage:
     # -- queries about paths ---------------------------------------------------------------
     def info(self, uri: str) -> pafs.FileInfo:
         fs, path = self.resolve(uri)
-        return fs.get_file_info(path)
+        return self._retry(uri, "stat", lambda: fs.get_file_info(path))
 
     def exists(self, uri: str) -> bool:
         return self.info(uri).type != pafs.FileType.NotFound
@@ -76,9 +121,9 @@ class Storage:
     def list_files(self, uri: str, suffix: str = "") -> list[str]:
         """Files directly or recursively under ``uri`` ending in ``suffix``, sorted, as URIs."""
         fs, path = self.resolve(uri)
-        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        if self.info(uri).type == pafs.FileType.NotFound:
             return []
-        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        infos = self._retry(uri, "list", lambda: fs.get_file_info(pafs.FileSelector(path, recursive=True)))
         rel = sorted(
             i.path[len(path) :].lstrip("/")
             for i in infos
@@ -89,9 +134,13 @@ class Storage:
     # -- bytes -----------------------------------------------------------------------------
     def read_bytes(self, uri: str) -> bytes:
         fs, path = self.resolve(uri)
-        try:
+
+        def read() -> bytes:
             with fs.open_input_stream(path) as f:
                 return f.read()
+
+        try:
+            return self._retry(uri, "read", read)
         except FileNotFoundError:
             raise DataError(f"{uri}: file not found") from None
         except OSError as e:
@@ -109,9 +158,13 @@ class Storage:
         fs, path = self.resolve(uri)
         parent = posixpath.dirname(path)
         if is_s3(uri):
-            # An S3 PUT (or multipart completion) is atomic: no partial object is ever visible.
-            with fs.open_output_stream(path) as f:
-                f.write(data)
+            # An S3 PUT (or multipart completion) is atomic: no partial object is ever visible,
+            # so a write that fails leaves the old object or none, and is simply tried again.
+            def put() -> None:
+                with fs.open_output_stream(path) as f:
+                    f.write(data)
+
+            self._retry(uri, "write", put)
             return
         fs.create_dir(parent, recursive=True)
         tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
@@ -128,17 +181,16 @@ class Storage:
 
     def delete(self, uri: str) -> None:
         fs, path = self.resolve(uri)
-        info = fs.get_file_info(path)
+        info = self.info(uri)
         if info.type == pafs.FileType.Directory:
-            fs.delete_dir(path)
+            self._retry(uri, "delete", lambda: fs.delete_dir(path))
         elif info.type == pafs.FileType.File:
-            fs.delete_file(path)
+            self._retry(uri, "delete", lambda: fs.delete_file(path))
 
     # -- tables ----------------------------------------------------------------------------
     def read_table(self, uri: str, columns: list[str] | None = None) -> pa.Table:
         """Read one Parquet file, or every ``*.parquet`` part under a folder, as one table."""
-        fs, path = self.resolve(uri)
-        info = fs.get_file_info(path)
+        info = self.info(uri)
         if info.type == pafs.FileType.NotFound:
             raise DataError(f"{uri}: not found")
         files = [uri] if info.type == pafs.FileType.File else self.list_files(uri, ".parquet")
@@ -148,7 +200,7 @@ class Storage:
         for f in files:
             ffs, fpath = self.resolve(f)
             try:
-                tables.append(pq.read_table(fpath, filesystem=ffs, columns=columns))
+                tables.append(self._retry(f, "read", lambda: pq.read_table(fpath, filesystem=ffs, columns=columns)))
             except (pa.ArrowInvalid, OSError) as e:
                 raise DataError(f"{f}: not a readable Parquet file ({_short(e)})") from None
         if len(tables) == 1:

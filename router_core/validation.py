@@ -47,6 +47,31 @@ def _blank(col: pa.ChunkedArray) -> np.ndarray:
     return b.fill_null(True).to_numpy(zero_copy_only=False)
 
 
+def _bad_utf8(col: pa.ChunkedArray) -> np.ndarray:
+    """(n,) bool: string values whose bytes are not valid UTF-8 (Parquet does not check on read)."""
+    bad = np.zeros(len(col), bool)
+    at = 0
+    for chunk in col.chunks:
+        try:
+            chunk.validate(full=True)
+        except pa.ArrowInvalid:
+            for j, v in enumerate(chunk.view(pa.binary()).to_pylist()):
+                if v is not None:
+                    try:
+                        v.decode("utf-8")
+                    except UnicodeDecodeError:
+                        bad[at + j] = True
+        at += len(chunk)
+    return bad
+
+
+def safe_pylist(col: pa.ChunkedArray) -> list:
+    """A string column as Python strings, invalid UTF-8 decoded with U+FFFD (for messages)."""
+    if not _bad_utf8(col).any():
+        return col.to_pylist()
+    return [None if v is None else v.decode("utf-8", "replace") for v in col.cast(pa.binary()).to_pylist()]
+
+
 def check_queries(q: pa.Table, source: str = QUERIES_FILE,
                   check_split: bool = True) -> tuple[list[int], list[dict], dict[str, str]]:
     """Row checks of a conformed queries table (the split too, unless ``check_split`` is off).
@@ -61,29 +86,42 @@ def check_queries(q: pa.Table, source: str = QUERIES_FILE,
         sp = q.column("split")
         split_bad = pc.invert(pc.is_in(sp, value_set=pa.array(schemas.SPLITS))).fill_null(False).to_numpy(
             zero_copy_only=False)
+    utf8_bad = {c: _bad_utf8(q.column(c)) for c in ("query_id", "text", "split", "task") if c in q.column_names}
+    any_utf8_bad = np.logical_or.reduce(list(utf8_bad.values()))
+    nul = pc.match_substring(q.column("text"), "\x00").fill_null(False).to_numpy(zero_copy_only=False) \
+        if q.num_rows else np.zeros(0, bool)
     # Fast path, vectorised: nothing blank, no duplicate id, no bad split (the usual bulk batch).
-    if not (id_blank.any() or text_blank.any() or split_bad.any()) and \
+    if not (id_blank.any() or text_blank.any() or split_bad.any() or any_utf8_bad.any() or nul.any()) and \
             pc.count_distinct(q.column("query_id")).as_py() == q.num_rows:
         return list(range(q.num_rows)), [], {}
-    qids = q.column("query_id").to_pylist()
-    texts = q.column("text").to_pylist()
-    splits = q.column("split").to_pylist()
+    qids = safe_pylist(q.column("query_id"))
+    texts = safe_pylist(q.column("text"))
+    splits = safe_pylist(q.column("split"))
     first_row: dict[str, int] = {}
     keep_q = []
     rejected_qids: dict[str, str] = {}
     for i, (qid, text, split) in enumerate(zip(qids, texts, splits)):
         reason = column = None
-        if id_blank[i]:
+        if utf8_bad["query_id"][i]:
+            reason, column = "query_id is not valid UTF-8", "query_id"
+        elif id_blank[i]:
             reason, column = "query_id is null or empty", "query_id"
         elif qid in first_row:
             reason, column = f"duplicate query_id (first at row {first_row[qid]})", "query_id"
         elif text is None:
             reason, column = "text is null", "text"
+        elif utf8_bad["text"][i]:
+            reason, column = "text is not valid UTF-8", "text"
         elif text_blank[i]:
             reason, column = "text is empty or whitespace only", "text"
+        elif nul[i]:
+            reason, column = "text contains U+0000 (NUL)", "text"
+        elif any_utf8_bad[i]:
+            column = next(c for c, b in utf8_bad.items() if b[i])
+            reason = f"{column} is not valid UTF-8"
         elif check_split and split is not None and split not in schemas.SPLITS:
             reason, column = f"split {split!r} is not one of {', '.join(schemas.SPLITS)}", "split"
-        if not id_blank[i] and qid not in first_row:
+        if not id_blank[i] and not utf8_bad["query_id"][i] and qid not in first_row:
             first_row[qid] = i
         if reason is None:
             keep_q.append(i)
@@ -100,7 +138,7 @@ def validate(
     """Split ``ds`` into accepted rows and rejects. Tables must already be conformed."""
     q = ds.queries
     keep_q, rejects, rejected_qids = check_queries(q, queries_source)
-    qids = q.column("query_id").to_pylist()
+    qids = safe_pylist(q.column("query_id"))
     accepted_qids = {qids[i] for i in keep_q}
 
     # -- outcomes ---------------------------------------------------------------------------
@@ -108,7 +146,8 @@ def validate(
     pool_names = set(ds.pool.names)
     seen_pair: dict[tuple[str, str], int] = {}
     keep_o = []
-    cols = [o.column(c).to_pylist() for c in ("query_id", "model", "score", "cost_usd", "output_tokens")]
+    cols = [safe_pylist(o.column(c)) if pa.types.is_string(o.column(c).type) else o.column(c).to_pylist()
+            for c in ("query_id", "model", "score", "cost_usd", "output_tokens")]
     for i, (qid, model, score, cost, otok) in enumerate(zip(*cols)):
         reason = column = None
         if _is_blank(qid):

@@ -61,7 +61,7 @@ def test_job_output_equals_core_and_counts_reconcile(ray_local, encoder_cache, r
     assert table.column("text_hash").take(order).to_pylist() == [text_hash(q["text"]) for q in real_queries]
     assert np.array_equal(table.column("n_tokens").take(order).to_numpy(), core.n_tokens)
     for c in manifest["columns"]:
-        got = np.stack(table.column(c).take(order).to_numpy(zero_copy_only=False)).astype(np.float32)
+        got = schemas.decode_vectors(table.column(c).take(order), 576).astype(np.float32)
         want = core.features[c].astype(np.float32)
         rel = np.abs(got - want).max(axis=1) / (np.abs(want).max(axis=1) + 1e-3)
         assert rel.max() < 2e-3, (c, rel.max())
@@ -127,3 +127,21 @@ def test_extract_to_s3(ray_local, s3_server, bucket, encoder_cache, real_queries
     assert json.loads(st.read_text(join(out, "manifest.json")))["rows"] == 12
     again = run_extract(_cfg(encoder_cache), f"s3://{bucket}/data", out)
     assert (again.reused, again.extracted) == (12, 0)
+
+
+def test_a_batch_of_one_megabyte_queries_is_truncated_not_fatal(ray_local, encoder_cache, tmp_path):
+    """Very long queries: the token cap truncates each (flagged), batches stay within the token
+    budget, and the actor survives; the short queries of the same call are unaffected."""
+    huge = [{"query_id": f"huge{i}", "text": f"{i}: " + "why is the sky blue? " * 50_000} for i in range(6)]
+    short = [{"query_id": f"short{i}", "text": t} for i, t in enumerate(
+        ["What is 2 + 2?", "Name a prime number.", "Translate 'cat' to French.", "Is water wet?"])]
+    rows = huge + short
+    run = run_extract(_cfg(encoder_cache, max_length=128), _write_queries(tmp_path / "q.parquet", rows),
+                      str(tmp_path / "f"))
+    assert (run.extracted, run.rejected) == (10, 0) and run.reconciles()
+    t = _read_all(Storage(), str(tmp_path / "f"))
+    by_id = dict(zip(t.column("query_id").to_pylist(), zip(t.column("n_tokens").to_pylist(),
+                                                         t.column("truncated").to_pylist())))
+    assert all(by_id[f"huge{i}"] == (128, True) for i in range(6))
+    assert all(not by_id[q["query_id"]][1] and by_id[q["query_id"]][0] < 64 for q in short)
+    assert run.actor_peak_rss_mb < 4096  # one actor, bounded by the token budget, not by the texts

@@ -55,8 +55,13 @@ def test_train_tunes_saves_and_reloads_an_ensemble(trained, tmp_path):
 
     # The baselines sit beside it, each loadable, indexed by MODEL/manifest.json.
     index = json.loads(open(f"{model}/manifest.json").read())
-    assert set(index["routers"]) == {"prefill_trunk", "semantic_mlp", "semantic_knn", "prefill_logreg", "task_prior",
-                                     "best_single", "cheapest", "most_expensive", "random", "oracle"}
+    assert set(index["routers"]) == {"prefill_trunk", "prefill_trunk_distilled", "semantic_mlp", "semantic_knn",
+                                     "prefill_logreg", "task_prior", "best_single", "cheapest", "most_expensive",
+                                     "random", "oracle"}
+    assert index["serve"] == "prefill_trunk_distilled"  # route's default: one net in the ensemble's place
+    student = json.loads(open(f"{model}/prefill_trunk_distilled/manifest.json").read())
+    assert student["members"] == 1 and student["columns"] == m["columns"]
+    assert 0 <= student["distillation"]["val_top1_agreement"] <= 1
     cal = m["calibration"]
     # The temperature minimises validation BCE over a grid holding T = 1: it can only lower it.
     assert cal["val_bce_after"] <= cal["val_bce_before"] and cal["val_ece_before"] >= 0

@@ -51,3 +51,47 @@ def test_preprocessor_round_trips_its_state():
     pre = Preprocessor(pca_dim=3).fit(x)
     again = Preprocessor.from_state(pre.state())
     assert np.array_equal(pre.transform(x), again.transform(x)) and again.out_dim == 3
+
+
+def _trained_like(d_in: int, pca: int | None, members: int, widths: tuple[int, ...], seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(loc=3.0, scale=rng.uniform(0.5, 4.0, d_in), size=(400, d_in))
+    pre = Preprocessor(pca_dim=pca).fit(x)
+    torch.manual_seed(seed)
+    nets = [SharedTrunkNet(pre.out_dim, 5, widths, (0.2,) * len(widths)).eval() for _ in range(members)]
+    return x, pre, nets
+
+
+def test_fused_trunk_equals_preprocess_then_members():
+    from router_core.model import FusedTrunk, predict_logits
+
+    # folded (narrow member, PCA), stacked unfolded (wide ensemble on PCA), and no PCA at all
+    for d_in, pca, members, widths, folded in [(96, 32, 1, (16,), True), (96, 32, 5, (64, 32), False),
+                                               (40, None, 3, (16, 8), True)]:
+        x, pre, nets = _trained_like(d_in, pca, members, widths)
+        fused = FusedTrunk(pre, nets)
+        assert fused.folded is folded
+        want = predict_logits(nets, pre.transform(x))
+        got = fused.logits(x.astype(np.float16))  # stored features are float16
+        ref16 = predict_logits(nets, pre.transform(x.astype(np.float16)))
+        assert got.shape == want.shape == (members, 400, 5)
+        np.testing.assert_allclose(got, ref16, atol=2e-4, rtol=1e-4)
+        assert np.abs(got - want).max() < 0.05  # float16 inputs vs float64 ones: rounding only
+
+
+def test_vectors_round_trip_both_layouts():
+    import pyarrow as pa
+
+    from router_core.schemas import decode_vectors, encode_vectors
+
+    x = np.random.default_rng(1).normal(size=(7, 5)).astype(np.float16)
+    enc = encode_vectors(x)
+    assert enc.type == pa.binary(10) and np.array_equal(decode_vectors(enc, 5), x)
+    assert np.array_equal(decode_vectors(pa.chunked_array([enc.slice(0, 3), enc.slice(3)]), 5), x)
+    assert np.array_equal(decode_vectors(enc.slice(2, 3), 5), x[2:5])  # an offset into the buffer
+    older = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float16()), 5)
+    assert np.array_equal(decode_vectors(older, 5), x)
+    import pytest
+
+    with pytest.raises(ValueError, match="expected 12 "):
+        decode_vectors(enc, 6)

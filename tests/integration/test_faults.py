@@ -1,0 +1,237 @@
+"""Faults injected into real parts: the S3 server stopped mid-job, an extraction actor killed, the
+whole job killed and rerun. Each test checks that nothing is lost or duplicated and that a failure
+is one clear line that leaves nothing a rerun would take for complete."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.cli import main
+from router_core.dataset import load_dataset
+from router_core.errors import StorageError
+from router_core.storage import Storage
+from tests.integration.conftest import _free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Moto:
+    """A moto S3 server of this test's own, on a fixed port, that can be stopped and started again
+    (moto keeps its buckets in the process, so a restart loses nothing, as a real server would not)."""
+
+    def __init__(self):
+        self.port = _free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.server = None
+
+    def start(self):
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def bucket(self, name: str) -> None:
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.endpoint).create_bucket(Bucket=name)
+
+    def stop(self):
+        self.server.stop()
+
+
+@pytest.fixture
+def moto(s3_server):  # s3_server: the session's credentials in the environment
+    m = Moto()
+    m.start()
+    yield m
+    try:
+        m.stop()
+    except Exception:  # noqa: BLE001 - already stopped by the test
+        pass
+
+
+class RetryWatch(logging.Handler):
+    """Sets an event when the storage layer logs that it will try a call again."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.retried = threading.Event()
+
+    def emit(self, record):
+        if record.name == "router_core.storage" and " failed (" in record.getMessage():
+            self.retried.set()
+
+
+def test_a_write_survives_a_server_restart_and_an_outage_fails_in_one_line(moto):
+    moto.bucket("faults")
+    st = Storage(endpoint_url=moto.endpoint, attempts=8, backoff_s=0.2)
+    st.write_text("s3://faults/a.txt", "before")
+    watch = RetryWatch()
+    logging.getLogger("router_core.storage").addHandler(watch)
+    try:
+        moto.stop()
+
+        def restart():  # back only once the writer has really failed and is waiting to try again
+            assert watch.retried.wait(30)
+            moto.start()
+
+        t = threading.Thread(target=restart)
+        t.start()
+        st.write_text("s3://faults/b.txt", "during the outage")
+        t.join()
+    finally:
+        logging.getLogger("router_core.storage").removeHandler(watch)
+    assert watch.retried.is_set()
+    assert st.read_text("s3://faults/a.txt") == "before"
+    assert st.read_text("s3://faults/b.txt") == "during the outage"
+
+    moto.stop()  # for good this time
+    quick = Storage(endpoint_url=moto.endpoint, attempts=3, backoff_s=0.1)
+    with pytest.raises(StorageError) as e:
+        quick.write_text("s3://faults/c.txt", "never")
+    assert len(str(e.value).splitlines()) == 1
+    assert str(e.value).startswith("s3://faults/c.txt: write failed 3 times") and "unreachable" in str(e.value)
+    moto.start()
+    assert not st.exists("s3://faults/c.txt")  # no partial object either
+
+
+def _route_args(moto, bucket, model, out, *extra):
+    return ["route", "--queries", f"s3://{bucket}/in", "--model", model, "--out", out,
+            "--set", f"storage.endpoint_url={moto.endpoint}", *extra]
+
+
+def _put_queries(st: Storage, data: str, uri: str) -> pa.Table:
+    q = load_dataset(Storage(), data).queries.select(["query_id", "text"])
+    st.write_table(q.slice(0, 60), f"{uri}/part-0.parquet")
+    st.write_table(q.slice(60), f"{uri}/part-1.parquet")
+    return q
+
+
+def test_route_survives_an_s3_restart_mid_job_and_a_failed_run_reruns(trained, moto, capsys):
+    data, _, model, _ = trained
+    moto.bucket("faults-route")
+    st = Storage(endpoint_url=moto.endpoint, attempts=8, backoff_s=0.2)
+    _put_queries(st, data, "s3://faults-route/in")
+    ref_out = "s3://faults-route/reference"
+    assert main(_route_args(moto, "faults-route", model, ref_out)) == 0
+    reference = st.read_table(f"{ref_out}/routes").sort_by("query_id")
+
+    # 1. The server goes down once the job has claimed its output, and comes back only after the
+    #    job has failed a call and is waiting to try it again: the job completes, same routes.
+    out = "s3://faults-route/restarted"
+    watch = RetryWatch()
+    logging.getLogger("router_core.storage").addHandler(watch)
+
+    def outage():
+        while not st.exists(f"{out}/run.json"):
+            time.sleep(0.05)
+        moto.stop()
+        watch.retried.wait(120)
+        moto.start()
+
+    t = threading.Thread(target=outage)
+    t.start()
+    try:
+        code = main(_route_args(moto, "faults-route", model, out, "--set", "storage.backoff_s=0.3"))
+    finally:
+        t.join()
+        logging.getLogger("router_core.storage").removeHandler(watch)
+    assert code == 0 and watch.retried.is_set()
+    got = st.read_table(f"{out}/routes").sort_by("query_id")
+    assert got.drop_columns(["run_id"]).equals(reference.drop_columns(["run_id"]))
+    assert json.loads(st.read_text(f"{out}/run.json"))["status"] == "complete"
+
+    # 2. The server stays down: one line, exit 2, and run.json still says running, so nothing
+    #    (nightly's watermark, a reader) takes the folder for complete. Back up, the rerun completes.
+    out = "s3://faults-route/failed"
+
+    def down_for_good():
+        while not st.exists(f"{out}/run.json"):
+            time.sleep(0.05)
+        moto.stop()
+
+    t = threading.Thread(target=down_for_good)
+    t.start()
+    capsys.readouterr()
+    code = main(_route_args(moto, "faults-route", model, out, "--set", "storage.attempts=3",
+                            "--set", "storage.backoff_s=0.1"))
+    t.join()
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after the job's log lines (and the retry warnings), one error line
+    assert code == 2 and "Traceback" not in err
+    assert last.startswith("prefill-router route: error: s3://faults-route/failed/") and "storage unreachable" in last
+    moto.start()
+    assert json.loads(st.read_text(f"{out}/run.json"))["status"] == "running"
+    assert main(_route_args(moto, "faults-route", model, out)) == 0
+    assert st.read_table(f"{out}/routes").sort_by("query_id").drop_columns(["run_id"]).equals(
+        reference.drop_columns(["run_id"]))
+
+
+def _extract_cmd(data: str, out: str, cache: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "jobs.cli", "extract", "--data", data, "--out", out,
+            "--set", f"extract.cache_dir={cache}", "--set", "extract.layers=[0,8,16,24,30]",
+            "--set", "extract.max_length=256", "--set", "extract.rows_per_task=8", "--set", "ray.num_cpus=2", *extra]
+
+
+def _feature_rows(out: str) -> list[tuple[str, str]]:
+    m = json.loads(Path(out, "manifest.json").read_text())
+    rows = []
+    for name in m["parts"]:
+        t = pq.read_table(Path(out, "parts", name), columns=["query_id", "text_hash"])
+        rows += list(zip(t.column("query_id").to_pylist(), t.column("text_hash").to_pylist()))
+    return rows
+
+
+def test_extraction_killed_and_rerun_ends_with_every_row_once(small_lr, encoder_cache, tmp_path):
+    """The whole extract job (its own Ray) killed once some parts are written: the rerun extracts
+    only what is missing, and the folder ends with every row exactly once, equal to an
+    uninterrupted run's."""
+    data, feats = small_lr  # feats: the uninterrupted run of the same settings
+    out = str(tmp_path / "feats")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    job = subprocess.Popen(_extract_cmd(data, out, encoder_cache), cwd=REPO, env=env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and job.poll() is None:
+            parts = Path(out, "parts")
+            if parts.exists() and len([p for p in parts.iterdir() if p.suffix == ".parquet"]) >= 3:
+                break
+            time.sleep(0.2)
+        assert job.poll() is None, "the job ended before it could be killed"
+        os.killpg(job.pid, signal.SIGKILL)  # the driver, its Ray, its actors: everything
+        job.wait(30)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    written = len(list(Path(out, "parts").glob("*.parquet")))
+    done = subprocess.run(_extract_cmd(data, out, encoder_cache), cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = next(x for x in done.stdout.splitlines() if "input =" in x)
+    reused = int(line.split("=")[1].split("reused")[0])
+    assert 0 < reused < 120 and written >= 3  # it resumed: neither from scratch nor with nothing to do
+    rows = _feature_rows(out)
+    assert len(rows) == len(set(rows)) == 120  # every row once
+    assert sorted(rows) == sorted(_feature_rows(feats))
+    from router_core.features import load_features
+
+    q = load_dataset(Storage(), data).queries
+    a = load_features(Storage(), out, q)
+    b = load_features(Storage(), feats, q)
+    assert a.present.all() and b.present.all()
+    for c in b.columns:
+        assert abs(a.columns[c] - b.columns[c]).max() <= 2e-3 * (abs(b.columns[c]).max() + 1)
+
