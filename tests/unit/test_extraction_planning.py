@@ -50,3 +50,31 @@ def test_identity_keys():
     assert text_hash("é") == text_hash("é") != text_hash("e")
     k1 = settings_key({"encoder": "x", "max_length": 512})
     assert k1 == settings_key({"max_length": 512, "encoder": "x"}) != settings_key({"encoder": "x", "max_length": 1024})
+
+
+def test_text_hashes_from_the_buffer_equal_text_hash():
+    import pyarrow as pa
+
+    from router_core.extraction import text_hash, text_hashes
+
+    texts = ["plain", "", "naïve café ☕", "日本語のテキスト", "x" * 5000, "tab\tand\nnewline"]
+    col = pa.chunked_array([pa.array(texts[:2]), pa.array(texts[2:])])
+    assert text_hashes(col).to_pylist() == [text_hash(t) for t in texts]
+    sliced = pa.array(texts).slice(2, 3)  # an offset into the buffers
+    assert text_hashes(sliced).to_pylist() == [text_hash(t) for t in texts[2:5]]
+    assert text_hashes(pa.array(texts, pa.large_string())).to_pylist() == [text_hash(t) for t in texts]
+    assert text_hashes(pa.chunked_array([], pa.string())).to_pylist() == []
+
+
+def test_locate_finds_each_query_by_id_and_text():
+    import pyarrow as pa
+
+    from jobs.extract import locate
+
+    # The cache: part 0 holds a, b (old text of b), c; part 1 holds b's edited text and d.
+    keys = pa.table({"query_id": ["a", "b", "c", "b", "d"], "text_hash": ["ha", "hb-old", "hc", "hb-new", "hd"],
+                     "part": pa.array([0, 0, 0, 1, 1], pa.int32()), "row": pa.array([0, 1, 2, 0, 1], pa.int32())})
+    kept = pa.table({"query_id": ["d", "b", "x", "c", "a2"], "text_hash": ["hd", "hb-new", "hx", "hc-edited", "ha"]})
+    got = locate(kept, keys).sort_by("dst").to_pydict()
+    assert got == {"dst": [0, 1], "part": [1, 1], "row": [1, 0]}  # x unknown, c edited since, a2 another id
+    assert locate(kept, keys.slice(0, 0)).num_rows == 0

@@ -77,6 +77,7 @@ def test_fused_trunk_equals_preprocess_then_members():
         assert got.shape == want.shape == (members, 400, 5)
         np.testing.assert_allclose(got, ref16, atol=2e-4, rtol=1e-4)
         assert np.abs(got - want).max() < 0.05  # float16 inputs vs float64 ones: rounding only
+        np.testing.assert_allclose(fused.logits(x.astype(np.float16), chunk=33), got, atol=1e-6)  # 400 = 12 x 33 + 4
 
 
 def test_vectors_round_trip_both_layouts():

@@ -1,5 +1,8 @@
 import numpy as np
+import pyarrow as pa
 import pytest
+
+from jobs.route import Policy, _run_id
 
 from router_core.routing import budget_routes, threshold_routes, utility_routes
 
@@ -55,3 +58,14 @@ def test_assign_refuses_bad_parameters():
         assign("threshold", p, c, tau=1.5)
     routes, info = assign("budget", p, c, budget=1.5)
     assert routes.tolist() == [0] and info["budget_usd"] == 1.5
+
+
+def test_run_id_covers_every_row_of_the_batch():
+    ids = [f"q{i}" for i in range(100)]
+    keys = pa.table({"query_id": ids, "text_hash": [f"h{i}" for i in range(100)]})
+    edited = keys.set_column(1, "text_hash", pa.array([f"h{i}" if i != 50 else "other" for i in range(100)]))
+    run = _run_id(None, keys, {"weights_sha256": "w"}, Policy())
+    assert run == _run_id(None, keys, {"weights_sha256": "w"}, Policy())
+    assert run != _run_id(None, edited, {"weights_sha256": "w"}, Policy())  # a row in the middle changed
+    assert run != _run_id(None, keys, {"weights_sha256": "w"}, Policy("utility", lam=1.0))
+    assert _run_id("given", keys, {}, Policy()) == "given"
