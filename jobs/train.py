@@ -123,7 +123,7 @@ def _split_masks(queries, cfg: AppConfig) -> tuple[np.ndarray, np.ndarray]:
 
 def _fit(cfg: AppConfig, data_ref, params: TrainParams, seeds: list[int], run_name: str):
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     tc = cfg.train
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,6 +131,7 @@ def _fit(cfg: AppConfig, data_ref, params: TrainParams, seeds: list[int], run_na
         trainer = TorchTrainer(
             _worker_loop,
             train_loop_config={"data": data_ref, "params": params.__dict__, "seeds": seeds},
+            torch_config=TorchConfig(timeout_s=tc.collective_timeout_s),  # a lost peer fails the step, not hangs it
             scaling_config=ray.train.ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                                                    resources_per_worker={"CPU": tc.cpus_per_worker}),
             run_config=ray.train.RunConfig(storage_path=store, name=f"trunk-{run_name}",

@@ -96,6 +96,8 @@ class TrainConfig(Strict):
                                      "(s3:// or NFS) on a multi-node cluster; None = a local temporary folder")
     max_failures: int = Field(2, ge=0, description="Ray Train restarts of a lost worker group (resumes "
                               "from the last finished member)")
+    collective_timeout_s: int = Field(120, ge=5, description="how long a worker waits in a gradient all-reduce "
+                                      "for a peer that may be lost (Ray's default, 1800 s, stalls a restart)")
     use_gpu: bool = False
     max_layers: int = Field(4, ge=1, description="most feature columns a trial may concatenate")
     temperature: bool = Field(True, description="fit a temperature on the validation split (ECE before/after)")

@@ -235,3 +235,146 @@ def test_extraction_killed_and_rerun_ends_with_every_row_once(small_lr, encoder_
     for c in b.columns:
         assert abs(a.columns[c] - b.columns[c]).max() <= 2e-3 * (abs(b.columns[c]).max() + 1)
 
+
+
+def _descendants(root: int, title: str) -> list[int]:
+    """Live descendants of process ``root`` whose command line (a Ray worker's shows its actor's
+    class) contains ``title``."""
+    parent, cmds = {}, {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+            cmds[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parent[int(d.name)] = int(fields[1])
+    below, todo = set(), [root]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p and c not in below]
+        below.update(kids)
+        todo += kids
+    return sorted(p for p in below if title in cmds.get(p, ""))
+
+
+def test_an_actor_killed_inside_a_running_extraction_is_replaced(small_lr, encoder_cache, tmp_path):
+    """SIGKILL the encoder actor once two parts are written: Ray restarts it and retries its block;
+    the same run completes with every row exactly once."""
+    data, feats = small_lr
+    out = str(tmp_path / "feats")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    job = subprocess.Popen(_extract_cmd(data, out, encoder_cache), cwd=REPO, env=env, start_new_session=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = []
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and job.poll() is None and not killed:
+            parts = Path(out, "parts")
+            if parts.exists() and len([p for p in parts.iterdir() if p.suffix == ".parquet"]) >= 2:
+                for pid in _descendants(job.pid, "ExtractActor"):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.2)
+        assert killed, "no encoder actor was found to kill before the job ended"
+        log, _ = job.communicate(timeout=900)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 0, log[-3000:]
+    line = next(x for x in log.splitlines() if "input =" in x)
+    assert "0 reused + 120 extracted" in line  # one run, nothing left for a rerun
+    rows = _feature_rows(out)
+    assert len(rows) == len(set(rows)) == 120
+    assert sorted(rows) == sorted(_feature_rows(feats))
+
+
+def test_a_lost_train_worker_is_replaced_and_training_resumes(trained, tmp_path):
+    """SIGKILL a Ray Train worker once the ensemble's first member is checkpointed: the worker group
+    restarts (train.max_failures), resumes after that member, and the model is written."""
+    data, feats, _, _ = trained
+    ckpt, out = tmp_path / "ckpt", tmp_path / "model"
+    sets = ["train.n_trials=1", "train.seeds=3", "train.keep=2", "train.max_epochs=150", "train.patience=150",
+            "train.batch_size=16", "train.max_layers=1", "baselines.semantic_trials=1", "baselines.knn_k=[3]",
+            f"train.storage_path={ckpt}", "train.collective_timeout_s=20", "ray.num_cpus=2"]
+    cmd = [sys.executable, "-m", "jobs.cli", "train", "--data", data, "--features", feats, "--out", str(out),
+           *[x for s in sets for x in ("--set", s)]]
+    job = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), start_new_session=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = []
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and job.poll() is None and not killed:
+            if _registered(ckpt / "trunk-prefill_trunk-ensemble"):  # member 1 of 3 is checkpointed
+                killed = _descendants(job.pid, "TrainWorker")[-1:]
+                for pid in killed:
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+        assert killed, "no train worker was found to kill before the job ended"
+        log, _ = job.communicate(timeout=600)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 0, log[-3000:]
+    index = json.loads((out / "manifest.json").read_text())
+    assert "prefill_trunk" in index["routers"]
+    # Resumed, not restarted: one checkpoint per member (a fresh start would have saved member 1 again).
+    members = [len(json.loads((d / "losses.json").read_text()))
+               for d in sorted((ckpt / "trunk-prefill_trunk-ensemble").glob("checkpoint_2*"))]
+    assert members == [1, 2, 3], log[-3000:]
+
+
+def _registered(run_dir: Path) -> bool:
+    """Ray Train has committed at least one checkpoint of this run (its folder alone is not enough:
+    a worker lost between writing it and reporting it leaves it out, and the member is trained again)."""
+    snap = run_dir / "checkpoint_manager_snapshot.json"
+    try:
+        return bool(json.loads(snap.read_text()).get("checkpoint_results"))
+    except (OSError, ValueError):
+        return False
+
+
+def test_a_prediction_task_killed_inside_a_running_route_is_retried(encoder_cache, tmp_path):
+    """SIGKILL a route prediction task's worker mid-job: Ray retries the task; the run completes with
+    every query routed once and the same routes as an uninterrupted run."""
+    sys.path.insert(0, str(REPO / "tests" / "bench"))
+    from bench_route import build  # synthetic queries, features and a model (speed-sized, not quality)
+
+    from jobs.route import Policy, run_route
+    from jobs.runtime import ensure_ray
+    from router_core.config import load_config
+
+    rows = 400_000
+    build(tmp_path, rows, members=5, pca=128, student=128, cache_dir=encoder_cache)
+    cfg = load_config(None, ["ray.num_cpus=2", f"extract.cache_dir={encoder_cache}"])
+    ensure_ray(cfg)
+    clean = run_route(cfg, str(tmp_path / "queries"), str(tmp_path / "model"), str(tmp_path / "clean"), Policy(),
+                      router_name="prefill_trunk")
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def killer() -> None:
+        while not stop.is_set() and not killed:
+            pids = _descendants(os.getpid(), "_predict_parts")
+            if pids:
+                time.sleep(0.5)  # well inside the task's work
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.05)
+
+    th = threading.Thread(target=killer, daemon=True)
+    th.start()
+    try:
+        run = run_route(cfg, str(tmp_path / "queries"), str(tmp_path / "model"), str(tmp_path / "killed"),
+                        Policy(), router_name="prefill_trunk")
+    finally:
+        stop.set()
+        th.join(5)
+    assert killed, "no prediction task was seen to kill"
+    assert run.routed == rows and run.rejected == 0 and run.reconciles()
+    a = pq.read_table(tmp_path / "clean" / "routes")
+    b = pq.read_table(tmp_path / "killed" / "routes")
+    assert b.column("query_id").to_pylist() == a.column("query_id").to_pylist()  # each once, in input order
+    assert b.column("model").equals(a.column("model")) and clean.run_id == run.run_id
