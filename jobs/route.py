@@ -182,7 +182,7 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
 
     t = time.perf_counter()
     columns = list(router.columns)
-    cpus = max(1, int(ray.available_resources().get("CPU", 1)))
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))  # tasks wait for a CPU; none idle meanwhile
     tcpu = cfg.route.task_cpus
     groups = _plan(ex.located, max(1, int(cpus / tcpu)))  # one wave, balanced by rows
     task = ray.remote(num_cpus=tcpu)(_predict_parts)

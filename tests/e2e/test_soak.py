@@ -65,7 +65,9 @@ def test_extraction_soak_large_corpus_with_a_token_cap(tmp_path, encoder_cache):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "jobs.cli", "extract", "--data", str(tmp_path / "q.parquet"),
            "--out", str(tmp_path / "f"), "--set", f"extract.cache_dir={encoder_cache}", "--set", "ray.num_cpus=2",
-           "--set", "extract.max_length=16", "--set", "extract.layers=[8,16]", "--set", "extract.pooling=[mean]",
+           # the smaller setting: 8 tokens, bfloat16, layers 8 and 16 (the encoder runs 17 of its 30)
+           "--set", "extract.max_length=8", "--set", "extract.dtype=bfloat16",
+           "--set", "extract.layers=[8,16]", "--set", "extract.pooling=[mean]",
            "--set", "extract.rows_per_task=4096", "--set", "extract.chat_template=false"]
     t = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=7200)

@@ -120,3 +120,23 @@ def test_semantic_encoder_is_bidirectional_and_keeps_its_special_tokens(encoder_
     toks = enc.tokenizer.convert_ids_to_tokens(ids[0])
     assert trunc == [True] and len(ids[0]) == 64 and res.n_tokens[3] == 64
     assert toks[0] == "[CLS]" and toks[-3:] == ["end", "?", "[SEP]"]
+
+
+def test_layers_past_the_deepest_read_are_not_run_and_change_nothing(encoder_cache):
+    import csv
+
+    csv.field_size_limit(2**31 - 1)
+    with open(shared_file("routerbench-subset/routerbench_wide.csv"), newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["eval_name"] == "winogrande"][:5]
+    texts = [r["prompt"] for r in rows] + ["What is the capital of France?", "Write a haiku about rain."]
+    cfg = ExtractConfig(layers=[0, 8, 16], pooling=["mean", "last"], cache_dir=encoder_cache)
+    path = resolve_encoder(cfg.encoder, encoder_cache).path
+    trimmed, full = Encoder(cfg, path), Encoder(cfg, path, trim=False)
+    assert (trimmed.run_layers, full.run_layers) == (17, 30) and len(trimmed.model.layers) == 17
+    a, b = trimmed.extract(texts), full.extract(texts)
+    assert a.stats.prefix_groups >= 1  # the shared-prefix (KV cache) path ran too
+    for c in trimmed.columns:
+        np.testing.assert_array_equal(a.features[c], b.features[c], err_msg=c)
+    # The deepest layer kept as the last one would come out after the final norm: not trimmed then.
+    last = Encoder(cfg.model_copy(update={"layers": [30]}), path)
+    assert last.run_layers == 30
