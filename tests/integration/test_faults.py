@@ -260,30 +260,45 @@ def _descendants(root: int, title: str) -> list[int]:
     return sorted(p for p in below if title in cmds.get(p, ""))
 
 
+def _run_killing(cmd: list[str], log_path: Path, title: str, ready, how_many: int = 0
+                 ) -> tuple[int, str, list[int]]:
+    """Run the job ``cmd`` in a session of its own; once ``ready()`` holds, SIGKILL its descendant
+    processes whose command line shows ``title`` (the last ``how_many``, or all); let it finish.
+    Returns its exit code, its output (kept in a file: a pipe left unread would stall it) and the
+    pids killed."""
+    with open(log_path, "w") as out:
+        job = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), start_new_session=True,
+                               stdout=out, stderr=subprocess.STDOUT)
+        killed: list[int] = []
+        try:
+            deadline = time.time() + 600
+            while time.time() < deadline and job.poll() is None and not killed:
+                if ready():
+                    killed = _descendants(job.pid, title)[-how_many:]
+                    for pid in killed:
+                        os.kill(pid, signal.SIGKILL)
+                time.sleep(0.1)
+            assert killed, f"no {title} process was found to kill before the job ended"
+            job.wait(900)
+        finally:
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)
+    return job.returncode, log_path.read_text(), killed
+
+
 def test_an_actor_killed_inside_a_running_extraction_is_replaced(small_lr, encoder_cache, tmp_path):
     """SIGKILL the encoder actor once two parts are written: Ray restarts it and retries its block;
     the same run completes with every row exactly once."""
     data, feats = small_lr
     out = str(tmp_path / "feats")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    job = subprocess.Popen(_extract_cmd(data, out, encoder_cache), cwd=REPO, env=env, start_new_session=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    killed = []
-    try:
-        deadline = time.time() + 600
-        while time.time() < deadline and job.poll() is None and not killed:
-            parts = Path(out, "parts")
-            if parts.exists() and len([p for p in parts.iterdir() if p.suffix == ".parquet"]) >= 2:
-                for pid in _descendants(job.pid, "ExtractActor"):
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-            time.sleep(0.2)
-        assert killed, "no encoder actor was found to kill before the job ended"
-        log, _ = job.communicate(timeout=900)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-    assert job.returncode == 0, log[-3000:]
+    parts = Path(out, "parts")
+
+    def two_parts_written() -> bool:
+        return parts.exists() and len([p for p in parts.iterdir() if p.suffix == ".parquet"]) >= 2
+
+    rc, log, _ = _run_killing(_extract_cmd(data, out, encoder_cache), tmp_path / "job.log", "ExtractActor",
+                              two_parts_written)
+    assert rc == 0, log[-3000:]
     line = next(x for x in log.splitlines() if "input =" in x)
     assert "0 reused + 120 extracted" in line  # one run, nothing left for a rerun
     rows = _feature_rows(out)
@@ -301,23 +316,10 @@ def test_a_lost_train_worker_is_replaced_and_training_resumes(trained, tmp_path)
             f"train.storage_path={ckpt}", "train.collective_timeout_s=20", "ray.num_cpus=2"]
     cmd = [sys.executable, "-m", "jobs.cli", "train", "--data", data, "--features", feats, "--out", str(out),
            *[x for s in sets for x in ("--set", s)]]
-    job = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), start_new_session=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    killed = []
-    try:
-        deadline = time.time() + 600
-        while time.time() < deadline and job.poll() is None and not killed:
-            if _registered(ckpt / "trunk-prefill_trunk-ensemble"):  # member 1 of 3 is checkpointed
-                killed = _descendants(job.pid, "TrainWorker")[-1:]
-                for pid in killed:
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.1)
-        assert killed, "no train worker was found to kill before the job ended"
-        log, _ = job.communicate(timeout=600)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-    assert job.returncode == 0, log[-3000:]
+    # One worker, once member 1 of 3 is committed.
+    rc, log, _ = _run_killing(cmd, tmp_path / "job.log", "TrainWorker",
+                              lambda: _registered(ckpt / "trunk-prefill_trunk-ensemble"), how_many=1)
+    assert rc == 0, log[-3000:]
     index = json.loads((out / "manifest.json").read_text())
     assert "prefill_trunk" in index["routers"]
     # Resumed, not restarted: one checkpoint per member (a fresh start would have saved member 1 again).
