@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import ArtifactError
-from .extraction import text_hash
+from .extraction import text_hashes
 from .schemas import decode_vectors
 from .storage import Storage, join
 
@@ -76,6 +77,31 @@ def read_manifest(storage: Storage, uri: str) -> dict:
     return manifest
 
 
+def locate(kept: pa.Table, keys: pa.Table) -> pa.Table:
+    """(dst, part, row) of the ``kept`` rows found in ``keys``: ``kept`` row ``dst`` has the same
+    (query_id, text_hash) as ``keys`` row (part, row)."""
+    empty = pa.table({"dst": pa.array([], pa.int64()), "part": pa.array([], pa.int32()),
+                      "row": pa.array([], pa.int32())})
+    if not keys.num_rows or not kept.num_rows:
+        return empty
+    # By id first (one hash table, 3x cheaper than a two-key join); an id whose first row in the
+    # cache holds another text (an edited query) is looked up again by both keys.
+    at = pc.index_in(kept.column("query_id"), value_set=keys.column("query_id"))
+    found = at.is_valid().to_numpy(zero_copy_only=False)
+    pos = at.fill_null(0).to_numpy(zero_copy_only=False)
+    same = found & pc.equal(kept.column("text_hash"), keys.column("text_hash").take(pos)).to_numpy(
+        zero_copy_only=False)
+    dst = np.flatnonzero(same)
+    out = pa.table({"dst": pa.array(dst), "part": keys.column("part").take(pos[dst]),
+                    "row": keys.column("row").take(pos[dst])})
+    other = np.flatnonzero(found & ~same)
+    if len(other):
+        idx = kept.select(["query_id", "text_hash"]).take(other).append_column("dst", pa.array(other))
+        again = keys.join(idx, keys=["query_id", "text_hash"], join_type="inner")
+        out = pa.concat_tables([out, again.select(["dst", "part", "row"]).cast(empty.schema)])
+    return out
+
+
 def load_features(storage: Storage, uri: str, queries: pa.Table, columns: list[str] | None = None) -> FeatureSet:
     """Features of each query (by id and text hash) for ``columns`` (default: all in the manifest)."""
     manifest = read_manifest(storage, uri)
@@ -85,9 +111,8 @@ def load_features(storage: Storage, uri: str, queries: pa.Table, columns: list[s
         raise ArtifactError(f"{uri}: no feature column(s) {', '.join(unknown)} "
                             f"(it has {manifest['columns'][0]} .. {manifest['columns'][-1]})")
     d = int(manifest["feature_dim"])
-    qids = queries.column("query_id").to_pylist()
-    want = {(q, text_hash(t)): i for i, (q, t) in enumerate(zip(qids, queries.column("text").to_pylist()))}
-    n = len(qids)
+    n = queries.num_rows
+    want = pa.table({"query_id": queries.column("query_id"), "text_hash": text_hashes(queries.column("text"))})
     out = {c: np.zeros((n, d), np.float32) for c in cols}
     present = np.zeros(n, bool)
     n_tok = np.zeros(n, np.int32)
@@ -98,17 +123,12 @@ def load_features(storage: Storage, uri: str, queries: pa.Table, columns: list[s
                                 "queries again to restore its rows")
         t = storage.read_table(part, columns=["query_id", "text_hash", "n_tokens", "truncated", *cols])
         verify_part(t, entry["sha256"], part)
-        keys = zip(t.column("query_id").to_pylist(), t.column("text_hash").to_pylist())
-        src, dst = [], []
-        for j, k in enumerate(keys):
-            i = want.get(k)
-            if i is not None:
-                src.append(j)
-                dst.append(i)
-        if not src:
+        keys = t.select(["query_id", "text_hash"]).append_column("part", pa.array(np.zeros(t.num_rows, np.int32)))
+        found = locate(want, keys.append_column("row", pa.array(np.arange(t.num_rows, dtype=np.int32))))
+        if not found.num_rows:
             continue
-        sel = pa.array(src, pa.int64())
-        dst_a = np.array(dst)
+        sel = found.column("row")
+        dst_a = found.column("dst").to_numpy()
         present[dst_a] = True
         n_tok[dst_a] = t.column("n_tokens").take(sel).to_numpy()
         trunc[dst_a] = t.column("truncated").take(sel).to_numpy(zero_copy_only=False)

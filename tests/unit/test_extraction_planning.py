@@ -69,7 +69,7 @@ def test_text_hashes_from_the_buffer_equal_text_hash():
 def test_locate_finds_each_query_by_id_and_text():
     import pyarrow as pa
 
-    from jobs.extract import locate
+    from router_core.features import locate
 
     # The cache: part 0 holds a, b (old text of b), c; part 1 holds b's edited text and d.
     keys = pa.table({"query_id": ["a", "b", "c", "b", "d"], "text_hash": ["ha", "hb-old", "hc", "hb-new", "hd"],
