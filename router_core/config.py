@@ -63,8 +63,11 @@ class ExtractConfig(Strict):
     actors: int = Field(1, ge=1, description="actor pool size")
     actor_num_cpus: float = Field(0.5, gt=0, description="CPUs reserved per actor")
     actor_num_gpus: float = Field(0, ge=0, description="GPUs per actor (1 on GPU nodes)")
+    actor_resources: dict[str, float] = Field(
+        {}, description="custom Ray resources per actor, e.g. {encoder: 1} to place actors on the nodes that declare it")
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads per actor; None = all cores")
-    cache_dir: str | None = Field(None, description="converted encoders; None = ~/.cache/prefill-router")
+    cache_dir: str | None = Field(None, description="converted encoders; None = each node's own "
+                                  "(PREFILL_ROUTER_CACHE, else ~/.cache/prefill-router)")
 
 
 class SelectConfig(Strict):
@@ -92,6 +95,8 @@ class TrainConfig(Strict):
     batch_size: int = Field(512, ge=8)
     num_workers: int = Field(2, ge=1, description="Ray Train data-parallel workers")
     cpus_per_worker: float = Field(0.5, gt=0)
+    worker_resources: dict[str, float] = Field(
+        {}, description="custom Ray resources per train worker, e.g. {encoder: 0.5} to place workers on those nodes")
     storage_path: str | None = Field(None, description="where Ray Train keeps checkpoints: shared storage "
                                      "(s3:// or NFS) on a multi-node cluster; None = a local temporary folder")
     max_failures: int = Field(2, ge=0, description="Ray Train restarts of a lost worker group (resumes "

@@ -12,7 +12,8 @@ from router_core import schemas
 from router_core.dataset import Dataset
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("PREFILL_ROUTER_DATA", REPO.parent / "shared" / "data"))
+SHARED = REPO.parent / "shared"  # beside the checkout, as laid out for sessions and CI
+SHARED_DATA = Path(os.environ.get("PREFILL_ROUTER_DATA", SHARED / "data"))
 
 
 def shared_file(rel: str) -> Path:

@@ -3,8 +3,16 @@ real dataset with its features and a model trained on it (shared by the learn an
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -147,3 +155,68 @@ def assert_no_secret(s3_endpoint: str, bucket: str, *local_dirs: str) -> int:
                 assert not any(s in p.read_bytes() for s in secrets), f"{p} holds a credential"
                 n += 1
     return n
+
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _agent_ports() -> list[str]:
+    """Free ports for a node's agents: another Ray on this machine (the session's own) holds the defaults."""
+    return [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
+
+
+@contextlib.contextmanager
+def ray_node(args: list[str], env: dict, ready, what: str, ip: str = "127.0.0.1", timeout_s: float = 120):
+    """`ray start --block ARGS` on loopback address ``ip`` in its own process group until ``ready()``;
+    stopped by signalling that group only (`ray stop` would stop every Ray here, the session's too).
+
+    Several nodes on one machine take distinct loopback addresses (127.0.0.2, 127.0.0.3): in its
+    multi-node mode Ray replaces 127.0.0.1 itself by the machine's external address."""
+    cmd = [RAY, "start", "--block", f"--node-ip-address={ip}", "--disable-usage-stats", *args, *_agent_ports()]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{what} did not start (exit {proc.poll()})")
+            time.sleep(1)
+        yield proc
+    finally:
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+            except ProcessLookupError:
+                break
+
+
+@contextlib.contextmanager
+def ray_head(env: dict, num_cpus: int = 2, ip: str = "127.0.0.1"):
+    """A head on loopback with the dashboard (Jobs API, state API); yields (gcs address, dashboard URL)."""
+    port, dash = _free_port(), _free_port()
+    tmp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    url = f"http://{ip}:{dash}"
+
+    def up() -> bool:  # the Jobs API answers once the dashboard is up (401 with token auth on)
+        try:
+            urllib.request.urlopen(f"{url}/api/version", timeout=2)
+            return True
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            return False
+
+    args = ["--head", f"--port={port}", f"--num-cpus={num_cpus}", f"--dashboard-host={ip}",
+            f"--dashboard-port={dash}", f"--temp-dir={tmp}", "--include-dashboard=true"]
+    try:
+        with ray_node(args, env, up, "ray head", ip):
+            yield f"{ip}:{port}", url
+    finally:
+        if not os.environ.get("KEEP_RAY_HEAD_LOGS"):
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -4,64 +4,23 @@ a cluster node gets its identity: the submission itself carries no credential.""
 
 import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from jobs.cli import main
 from router_core.dataset import load_dataset
 from router_core.storage import Storage
-from tests.integration.conftest import _free_port
-
-RAY = str(Path(sys.executable).parent / "ray")
+from tests.integration.conftest import ray_head as start_head
 
 
 @pytest.fixture(scope="module")
 def ray_head(s3_server):
-    """`ray start --head --block` in its own process group; stopped by signalling that group only
-    (`ray stop` would stop every Ray on the machine, the test session's own included)."""
-    port, dash = _free_port(), _free_port()
+    """A head started with `ray start --head` on loopback, token auth off (tests only)."""
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     env.pop("RAY_ADDRESS", None)
-    tmp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    cmd = [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--node-ip-address=127.0.0.1",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats",
-           f"--temp-dir={tmp}", "--include-dashboard=true",
-           # The session's own local Ray already holds the default agent ports: take free ones.
-           f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-           f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    address = f"http://127.0.0.1:{dash}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:  # the Jobs API answers once the dashboard is up
-            try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"ray head did not start (exit {proc.poll()})") from None
-                time.sleep(1)
+    with start_head(env) as (_, address):
         yield address, env
-    finally:
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-            except ProcessLookupError:
-                break
-        if not os.environ.get("KEEP_RAY_HEAD_LOGS"):
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_submitted_route_writes_its_routes_to_s3(ray_head, trained, s3_server, bucket, capsys, monkeypatch):
