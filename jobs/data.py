@@ -103,6 +103,7 @@ def _print_summary(s: dict) -> None:
 class ValidateRun:
     result: validation.ValidationResult
     summary: dict
+    uri: str
 
 
 def run_validate(cfg: AppConfig, uri: str, rejects_uri: str | None = None) -> ValidateRun:
@@ -111,13 +112,13 @@ def run_validate(cfg: AppConfig, uri: str, rejects_uri: str | None = None) -> Va
     res = validation.validate(ds, join(uri, QUERIES_FILE), join(uri, OUTCOMES_FILE))
     if rejects_uri and res.rejects.num_rows:
         storage.write_table(res.rejects, rejects_uri)
-    return ValidateRun(res, validation.summary(res.dataset))
+    return ValidateRun(res, validation.summary(res.dataset), uri)
 
 
-def print_validate(run: ValidateRun, uri: str, limit: int = 20) -> None:
+def print_validate(run: ValidateRun, limit: int = 20) -> None:
     r = run.result
     c = r.counts
-    print(f"validated {uri}: {'OK' if r.ok else 'rows rejected'}")
+    print(f"validated {run.uri}: {'OK' if r.ok else 'rows rejected'}")
     print(f"  queries:  {c['queries_in']} = {c['queries_ok']} ok + {c['queries_rejected']} rejected")
     print(f"  outcomes: {c['outcomes_in']} = {c['outcomes_ok']} ok + {c['outcomes_rejected']} rejected")
     _print_summary(run.summary)

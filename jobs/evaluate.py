@@ -19,13 +19,16 @@ from router_core.artifacts import check_features_match, read_json
 from router_core.config import AppConfig
 from router_core.dataset import load_dataset, outcome_matrix
 from router_core.errors import ArtifactError, DataError
-from router_core.evaluation import build_report, call_costs, reliability
+from router_core.evaluation import build_report, call_costs, output_token_medians, reliability
 from router_core.features import load_features, read_manifest
 from router_core.model import ensemble_proba
-from router_core.routers import RouterInputs, TrunkRouter, load_router
+from router_core.model_index import read_index
+from router_core.reporting import report_files
+from router_core.routers import RouterInputs, TrunkRouter, load_router, ordered
 from router_core.storage import join
 
 from .common import format_table, storage_from
+from .encoding import semantic_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +40,11 @@ class EvalRun:
     seconds: float
 
 
-def load_model_index(storage, model: str) -> dict:
-    index = read_json(storage, join(model, "manifest.json"))
-    if index.get("kind") != "prefill-router-models":
-        raise ArtifactError(f"{join(model, 'manifest.json')}: kind is {index.get('kind')!r}, "
-                            "expected 'prefill-router-models' (the output folder of `train`)")
-    return index
-
-
 def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str) -> EvalRun:
-    from .train import semantic_embeddings
-
     t0 = time.perf_counter()
     storage = storage_from(cfg)
-    index = load_model_index(storage, model)
-    targets = index["targets"]
+    index = read_index(storage, model)
+    targets = index.targets
     ds = load_dataset(storage, data)
     missing = [t for t in targets if t not in ds.pool.names]
     if missing:
@@ -64,7 +57,7 @@ def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str)
     qids = q.column("query_id").to_pylist()
     scores = outcome_matrix(ds.outcomes, qids, targets)
 
-    routers = {name: load_router(storage, join(model, folder)) for name, folder in index["routers"].items()}
+    routers = {name: load_router(storage, index.folder(model, name)) for name in index.routers}
     fman = read_manifest(storage, features)
     prefill_cols = sorted({c for r, m in routers.values() if "prefill" in r.needs for c in m["columns"]
                            if c not in TrunkRouter.EXTRA})
@@ -72,13 +65,13 @@ def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str)
         if "prefill" in r.needs:
             check_features_match(dict(m, columns=[c for c in m["columns"] if c not in TrunkRouter.EXTRA]), fman)
     fs = load_features(storage, features, q, prefill_cols)
-    sem_info = index["features"]["semantic"]
-    sem = load_features(storage, sem_info["uri"], q, [sem_info["column"]])
-    sem_x, sem_present = sem.columns[sem_info["column"]], sem.present
+    sem_info = index.features["semantic"]
+    sem = load_features(storage, sem_info.uri, q, [sem_info.column])
+    sem_x, sem_present = sem.columns[sem_info.column], sem.present
     if not sem_present[test].all():  # new test texts: embed them through the extraction job's cache
-        sem_x, sem_present, sman = semantic_embeddings(cfg, data, sem_info["uri"], q)
-        if sman["settings_key"] != sem_info["settings_key"]:
-            raise ArtifactError(f"{sem_info['uri']}: sentence embeddings of other settings than the model's")
+        sem_x, sem_present, sman = semantic_embeddings(cfg, data, sem_info.uri, q)
+        if sman["settings_key"] != sem_info.settings_key:
+            raise ArtifactError(f"{sem_info.uri}: sentence embeddings of other settings than the model's")
 
     # A target never measured on the test split cannot be scored there: left out, and said so.
     on_test = ~np.isnan(scores[test]).all(axis=0)
@@ -99,7 +92,7 @@ def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str)
     scored = [targets[k] for k in keep_k]
     costs, cost_source = call_costs(
         outcome_matrix(ds.outcomes, qids, scored, "cost_usd")[rows], [t for t, r in zip(q.column("text").to_pylist(), rows) if r],
-        ds.pool, scored, outcome_matrix(ds.outcomes, qids, scored, "output_tokens")[train])
+        ds.pool, scored, output_token_medians(outcome_matrix(ds.outcomes, qids, scored, "output_tokens")[train]))
     x = RouterInputs(n=int(rows.sum()), prefill={c: v[rows] for c, v in fs.columns.items()},
                      semantic=sem_x[rows], tasks=[t for t, r in zip(tasks, rows) if r], scores=scores[rows])
     if "task_prior" in routers and any(t is not None for t in x.tasks):
@@ -113,10 +106,10 @@ def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str)
             probas[name] = r.predict_proba(x)[:, keep_k]
         else:  # one forward for both the tempered and the raw probabilities
             logits = r.logits(x)
-            probas[name] = ensemble_proba(logits, r.temperature)[:, keep_k]
+            probas[name] = ensemble_proba(logits, r.temperature_)[:, keep_k]
             untempered = ensemble_proba(logits)[:, keep_k]
             s = x.scores[:, keep_k]
-            calibration[name] = {"temperature": r.temperature, "ece_before": M.ece(untempered, s),
+            calibration[name] = {"temperature": r.temperature_, "ece_before": M.ece(untempered, s),
                                  "ece_after": M.ece(probas[name], s), "reliability": reliability(probas[name], s),
                                  "reliability_before": reliability(untempered, s)}
     report, curves = build_report(data, scored, x.scores[:, keep_k], costs, probas)
@@ -124,11 +117,10 @@ def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str)
                   calibration=calibration, seconds=time.perf_counter() - t0)
     storage.write_text(join(out, "report.json"), json.dumps(report, indent=2, default=_json_default))
     profile = None
-    if index.get("layer_profile") and storage.exists(join(model, index["layer_profile"])):
-        profile = read_json(storage, join(model, index["layer_profile"]))["profile"]
-    from .report import write_html
-
-    write_html(storage, out, report, curves, profile)
+    if index.layer_profile and storage.exists(join(model, index.layer_profile)):
+        profile = read_json(storage, join(model, index.layer_profile))["profile"]
+    for name, body in report_files(report, curves, profile).items():
+        (storage.write_text if isinstance(body, str) else storage.write_bytes)(join(out, name), body)
     return EvalRun(out, report, time.perf_counter() - t0)
 
 
@@ -136,14 +128,6 @@ def _json_default(v):
     if isinstance(v, (np.floating, np.integer)):
         return v.item()
     raise TypeError(f"not JSON serialisable: {type(v)}")
-
-
-ORDER = ["prefill_trunk", "prefill_trunk_distilled", "prefill_logreg", "semantic_mlp", "semantic_knn", "task_prior", "best_single",
-         "cheapest", "most_expensive", "random", "oracle"]
-
-
-def ordered(names) -> list[str]:
-    return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 
 
 def print_evaluate(run: EvalRun) -> None:

@@ -52,7 +52,7 @@ def read_watermark(storage: Storage, uri: str) -> dict:
 
 
 def run_nightly(cfg: AppConfig, date: str | None = None) -> NightlyRun:
-    from .route import Policy, run_route
+    from .route import run_route
 
     nc = cfg.nightly
     if not nc.input or not nc.output or not nc.model:
@@ -63,7 +63,7 @@ def run_nightly(cfg: AppConfig, date: str | None = None) -> NightlyRun:
     wm = read_watermark(storage, wm_uri)
     found = query_sets(storage, nc.input)
     run = NightlyRun(day, found)
-    policy = Policy(nc.policy, nc.tau, nc.lam, nc.budget_usd)
+    policy = nc.policy
     for name in found:
         if name in wm["done"]:
             run.skipped.append(name)

@@ -13,8 +13,9 @@ Layout under ``retrain.models`` (local or s3://)::
 2. Features: the extraction job's cache (``retrain.features``): only new texts are encoded.
 3. The challenger is trained with the same settings (this config) into ``vNNNN/model``.
 4. Challenger and champion are evaluated on the same fixed test split; the challenger is promoted
-   (``champion.json`` rewritten last) only if its prefill_trunk P-AUCCC is not worse. The decision
-   and both reports are written to ``vNNNN/decision.json``.
+   (``champion.json`` rewritten last) only if the P-AUCCC of its index's default router is not
+   worse than the champion's default router's. The decision and both reports are written to
+   ``vNNNN/decision.json``.
 """
 
 from __future__ import annotations
@@ -28,18 +29,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from router_core import schemas
-from router_core.artifacts import read_json
 from router_core.config import AppConfig
 from router_core.dataset import Dataset, conform, load_dataset, parse_pool, save_dataset
 from router_core.errors import ConfigError, DataError
+from router_core.features import settings_for
+from router_core.model_index import Champion, read_champion, read_index
 from router_core.storage import Storage, join
 from router_core.validation import validate
 
 from .common import storage_from
 
 log = logging.getLogger(__name__)
-
-CHAMPION = "champion.json"
 
 
 @dataclass
@@ -52,11 +52,6 @@ class RetrainRun:
 def _versions(storage: Storage, models: str) -> list[str]:
     names = {f[len(models.rstrip("/")) + 1:].split("/", 1)[0] for f in storage.list_files(models)}
     return sorted(n for n in names if n.startswith("v") and n[1:].isdigit())
-
-
-def read_champion(storage: Storage, models: str) -> dict | None:
-    uri = join(models, CHAMPION)
-    return read_json(storage, uri) if storage.exists(uri) else None
 
 
 def merge_new(storage: Storage, base: Dataset, new_prefix: str) -> tuple[Dataset, list[dict], dict]:
@@ -109,7 +104,7 @@ def merge_new(storage: Storage, base: Dataset, new_prefix: str) -> tuple[Dataset
 
 def run_retrain(cfg: AppConfig) -> RetrainRun:
     from .evaluate import run_evaluate
-    from .extract import config_for_cache, run_extract
+    from .extract import run_extract
     from .train import run_train
 
     rc = cfg.retrain
@@ -121,7 +116,7 @@ def run_retrain(cfg: AppConfig) -> RetrainRun:
     version = f"v{(int(versions[-1][1:]) + 1) if versions else 1:04d}"
     root = join(rc.models, version)
     champion = read_champion(storage, rc.models)
-    base = load_dataset(storage, champion["dataset"] if champion else rc.data)
+    base = load_dataset(storage, champion.dataset if champion else rc.data)
     merged, rejects, counts = merge_new(storage, base, rc.new)
     res = validate(merged, join(root, "dataset", "queries.parquet"), join(root, "dataset", "outcomes.parquet"))
     rejects += res.rejects.to_pylist()
@@ -131,33 +126,34 @@ def run_retrain(cfg: AppConfig) -> RetrainRun:
         storage.write_table(schemas.rejects_table(rejects), join(root, "rejects.parquet"))
         for r in rejects[:5]:
             log.warning("retrain: rejected %s row %s: %s", r["source"], r["row"], r["reason"])
-    ex = run_extract(config_for_cache(cfg, storage, rc.features), data_uri, rc.features)  # the cache's own settings
+    cache_cfg = cfg.model_copy(update={"extract": settings_for(storage, cfg.extract, rc.features)})
+    ex = run_extract(cache_cfg, data_uri, rc.features)  # the cache's own settings
     log.info("retrain: features: %d reused, %d extracted", ex.reused, ex.extracted)
     challenger = join(root, "model")
-    run_train(cfg, data_uri, rc.features, challenger)
+    name = run_train(cfg, data_uri, rc.features, challenger).index.default  # the router the two are judged by
     rep_c = run_evaluate(cfg, data_uri, rc.features, challenger, join(root, "report")).report
-    decision = {"version": version, "dataset": data_uri, "model": challenger, "merge": counts,
+    decision = {"version": version, "dataset": data_uri, "model": challenger, "merge": counts, "router": name,
                 "rejected": len(rejects), "challenger": {"report": join(root, "report", "report.json"),
-                                                          "p_auccc": rep_c["routers"]["prefill_trunk"]["p_auccc"],
-                                                          "mean_auc": rep_c["routers"]["prefill_trunk"]["mean_auc"]}}
+                                                          "p_auccc": rep_c["routers"][name]["p_auccc"],
+                                                          "mean_auc": rep_c["routers"][name]["mean_auc"]}}
     promoted = True
     if champion:
-        rep_old = run_evaluate(cfg, data_uri, champion["features"], champion["model"],
+        rep_old = run_evaluate(cfg, data_uri, champion.features, champion.model,
                                join(root, "champion_report")).report
-        decision["champion"] = {"version": champion["version"], "report": join(root, "champion_report", "report.json"),
-                                "p_auccc": rep_old["routers"]["prefill_trunk"]["p_auccc"],
-                                "mean_auc": rep_old["routers"]["prefill_trunk"]["mean_auc"]}
+        old = read_index(storage, champion.model).default
+        decision["champion"] = {"version": champion.version, "report": join(root, "champion_report", "report.json"),
+                                "router": old, "p_auccc": rep_old["routers"][old]["p_auccc"],
+                                "mean_auc": rep_old["routers"][old]["mean_auc"]}
         promoted = decision["challenger"]["p_auccc"] >= decision["champion"]["p_auccc"]
         if rep_old["targets"] != rep_c["targets"]:
             decision["note"] = (f"targets differ (champion {len(rep_old['targets'])}, challenger "
                                 f"{len(rep_c['targets'])}): each is scored on its own targets over the same queries")
     decision.update(promoted=promoted, seconds=time.perf_counter() - t0, decided_unix=int(time.time()),
-                    rule="promote when the challenger's prefill_trunk P-AUCCC >= the champion's on the same test split")
+                    rule="promote when the challenger's default router's P-AUCCC >= the champion's on the same test split")
     storage.write_text(join(root, "decision.json"), json.dumps(decision, indent=2))
     if promoted:  # the pointer moves last: a crash before this leaves the old champion serving
-        storage.write_text(join(rc.models, CHAMPION), json.dumps(
-            {"version": version, "model": challenger, "dataset": data_uri, "features": rc.features,
-             "p_auccc": decision["challenger"]["p_auccc"], "promoted_unix": int(time.time())}, indent=2))
+        Champion(version=version, model=challenger, dataset=data_uri, features=rc.features,
+                 p_auccc=decision["challenger"]["p_auccc"], promoted_unix=int(time.time())).save(storage, rc.models)
     return RetrainRun(version, promoted, decision)
 
 

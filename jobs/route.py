@@ -4,8 +4,9 @@
    cannot be routed (no id, duplicate id, no text) go to the rejects with their reason.
 2. Prefill features through the extraction job's cache (the model's features folder unless
    ``--features`` names another): only texts it lacks are encoded, with the model's own settings.
-3. Predict P(correct) per target with the trained router, in Ray tasks over groups of feature parts
-   (each task reads only its parts and the model's columns; memory stays bounded).
+3. Predict P(correct) per target with the trained router: one prediction actor per CPU loads it
+   once and predicts a group of feature parts (only those parts and the model's columns are read;
+   memory stays bounded).
 4. Assign routes by the policy (threshold, utility, or a batch budget) on estimated call costs
    (input tokens x price + the target's median training output tokens x price).
 5. Write ``OUT/routes/part-*.parquet``, ``OUT/rejects.parquet``, ``OUT/tally.json`` and last
@@ -29,35 +30,24 @@ import pyarrow.compute as pc
 
 from router_core import schemas
 from router_core.artifacts import read_json
-from router_core.config import AppConfig
+from router_core.config import AppConfig, Policy
 from router_core.errors import ArtifactError, DataError
 from router_core.evaluation import estimated_costs
-from router_core.features import column_digest, read_manifest, verify_part
-from router_core.routers import RouterInputs, TrunkRouter, load_router
+from router_core.features import MANIFEST, column_digest, read_manifest, settings_for
+from router_core.model_index import read_index, resolve_model
+from router_core.routers import ROUTERS, TrunkRouter
 from router_core.routing import assign, tally
-from router_core.schemas import Pool, decode_vectors
+from router_core.schemas import Pool
 from router_core.storage import Storage, join
 
+from .actors import predictors
 from .common import format_table, storage_from
-from .evaluate import load_model_index
-from .extract import config_for_cache, prepare_queries
+from .encoding import encode, prepare
 from .runtime import ensure_ray, ray_get
 
 log = logging.getLogger(__name__)
 
 ROUTES, RUN, TALLY, REJECTS = "routes", "run.json", "tally.json", "rejects.parquet"
-
-
-@dataclass
-class Policy:
-    name: str = "threshold"
-    tau: float = 0.0
-    lam: float = 0.0
-    budget_usd: float | None = None
-
-    def params(self) -> dict:
-        return {"threshold": {"tau": self.tau}, "utility": {"lam": self.lam},
-                "budget": {"budget_usd": self.budget_usd}}[self.name]
 
 
 @dataclass
@@ -73,28 +63,6 @@ class RouteRun:
 
     def reconciles(self) -> bool:
         return self.input_rows == self.routed + self.rejected
-
-
-def _predict_parts(parts: list[tuple[str, dict, np.ndarray | None]], storage_kw: dict, model_folder: str,
-                   columns: list[str], dim: int, threads: int) -> np.ndarray:
-    """Runs in a Ray task: P(correct) of the given rows of each part ((URI, manifest entry, rows or
-    None for all of them) triples), in that order; each column read is checked against its digest."""
-    import torch
-
-    from router_core.routers import load_router as _load
-
-    torch.set_num_threads(threads)
-    storage = Storage(**storage_kw)
-    router, _ = _load(storage, model_folder)
-    probas = []
-    for part, entry, rows in parts:
-        t = storage.read_table(part, columns=columns)
-        verify_part(t, entry["sha256"], part)
-        if rows is not None:  # some of the part's rows: copy those (the common case reads whole parts)
-            t = t.take(pa.array(rows))
-        x = {c: decode_vectors(t.column(c), dim) for c in columns}
-        probas.append(router.predict_proba(RouterInputs(n=t.num_rows, prefill=x)).astype(np.float32))
-    return np.concatenate(probas) if probas else np.zeros((0, 0), np.float32)
 
 
 def _plan(located, n_groups: int) -> list[tuple[list[tuple[str, dict, np.ndarray | None]], np.ndarray]]:
@@ -144,57 +112,51 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     storage = storage_from(cfg)
-    if storage.exists(join(model, "champion.json")):  # a retrain folder: serve its champion
-        model = read_json(storage, join(model, "champion.json"))["model"]
-    index = load_model_index(storage, model)
-    name = router_name or index.get("serve") or index["default"]
-    if name not in index["routers"]:
-        raise ArtifactError(f"{model}: no router {name!r} (it has {', '.join(index['routers'])})")
-    folder = join(model, index["routers"][name])
-    router, rman = load_router(storage, folder)
-    if not isinstance(router, TrunkRouter) or router.needs != ("prefill",):
-        raise ArtifactError(f"router {name} reads {', '.join(router.needs) or 'nothing'}; `route` serves routers "
-                            "on prefill features only (prefill_trunk)")
-    targets = index["targets"]
-    pool = Pool.model_validate(index["pool"])
+    model = resolve_model(storage, model)  # a retrain folder serves its champion
+    index = read_index(storage, model)
+    name = router_name or index.serve
+    folder = index.folder(model, name)
+    rman = read_json(storage, join(folder, "manifest.json"))  # the weights load in the prediction actors
+    if ROUTERS.get(rman.get("router")) is not TrunkRouter or rman.get("needs") != ["prefill"]:
+        raise ArtifactError(f"router {name} reads {', '.join(rman.get('needs') or []) or 'nothing'}; `route` serves "
+                            "routers on prefill features only (prefill_trunk)")
+    targets = index.targets
+    pool = Pool.model_validate(index.pool)
 
     ensure_ray(cfg)  # up first: a large batch's texts are hashed in Ray tasks
-    prep = prepare_queries(storage, queries_uri)
+    prep = prepare(storage, queries_uri)
     n_in, src, keep, kept = prep.queries.num_rows, prep.src, prep.keep, prep.kept
-    rejects = list(prep.rejects)
     run_id = _run_id(run_id, kept.select(["query_id", "text_hash"]), rman, policy)
     _claim(storage, out, run_id)
     seconds["read"] = time.perf_counter() - t0
 
-    feats = features or index["features"]["prefill"]["uri"]
-    fman = read_manifest(storage, feats) if storage.exists(join(feats, "manifest.json")) else None
-    if fman is not None and fman["settings_key"] != rman["features_settings_key"]:
-        raise ArtifactError(f"{feats}: features of other settings than the model's ({fman['encoder']['identity'][:60]})")
+    trained_on = index.features["prefill"].uri
+    feats = features or trained_on
+    if storage.exists(join(feats, MANIFEST)) and read_manifest(storage, feats)["settings_key"] != rman["features_settings_key"]:
+        raise ArtifactError(f"{feats}: features of other settings than the model's")
     t = time.perf_counter()
-    from .extract import run_extract
-
     # A new cache folder gets the model's settings, from its training features.
-    ecfg = config_for_cache(cfg, storage, feats, index["features"]["prefill"]["uri"])
-    ex = run_extract(ecfg, queries_uri, feats, prep)
-    fman = read_manifest(storage, feats)
+    ecfg = cfg.model_copy(update={"extract": settings_for(storage, cfg.extract, feats, trained_on)})
+    ex = encode(ecfg, prep, feats)
+    rejects = list(prep.rejects)
+    failed = {r["query_id"]: r["reason"] for r in ex.rejects[len(prep.rejects):]}  # the encoder could not read these
     seconds["extract"] = time.perf_counter() - t
-    failed = {r["query_id"] for r in _extract_rejects(storage, feats)}
 
     t = time.perf_counter()
-    columns = list(router.columns)
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))  # tasks wait for a CPU; none idle meanwhile
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))  # actors wait for a CPU; none idle meanwhile
     tcpu = cfg.route.task_cpus
     groups = _plan(ex.located, max(1, int(cpus / tcpu)))  # one wave, balanced by rows
-    task = ray.remote(num_cpus=tcpu)(_predict_parts)
-    skw = storage.settings()
-    dim = int(fman["feature_dim"])
-    refs = [task.remote(items, skw, folder, columns, dim, max(1, int(tcpu))) for items, _ in groups]
+    dim = int(ex.manifest["feature_dim"])
+    actors = predictors(ray, len(groups), tcpu, storage, folder, list(rman["columns"]), dim)
+    refs = [a.predict.remote(items) for a, (items, _) in zip(actors, groups)]
     proba = np.zeros((kept.num_rows, len(targets)), np.float32)
     have = np.zeros(kept.num_rows, bool)
     for done, (ref, (_, dst)) in enumerate(zip(refs, groups), 1):
         proba[dst] = ray_get(ref)
         have[dst] = True
         log.info("route: predicted %d/%d groups of feature parts", done, len(refs))
+    for a in actors:
+        ray.kill(a)
     seconds["predict"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -203,17 +165,18 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
         for i, qid, h in zip(keep, kept.column("query_id").to_pylist(), have):
             if not h:
                 rejects.append(dict(source=src, row=i, query_id=qid, model=None, column="text",
-                                    reason=failed_reason(qid, failed)))
+                                    reason=f"the encoder could not read the text ({failed[qid]})" if qid in failed
+                                    else "no features were produced for this query"))
     routed = kept.filter(pa.array(have)) if not have.all() else kept
     proba = proba[have] if not have.all() else proba
     chars = pc.utf8_length(routed.column("text")).to_numpy(zero_copy_only=False)
-    med = np.array([index["output_tokens_median"].get(tg, 0.0) for tg in targets])
+    med = np.array([index.output_tokens_median.get(tg, 0.0) for tg in targets])
     costs = estimated_costs(chars, pool, targets, med)
     try:
         routes, info = assign(policy.name, proba.astype(np.float64), costs, policy.tau, policy.lam, policy.budget_usd)
     except ValueError as e:
         raise DataError(f"route: {e}") from None
-    best = targets.index(index["best_single"]) if index.get("best_single") in targets else 0
+    best = targets.index(index.best_single) if index.best_single in targets else 0
     tal = tally(routes, proba, costs, targets, best)
     tal["policy"] = {"name": policy.name, **info}
     if policy.name == "budget":
@@ -257,16 +220,6 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
     storage.write_text(join(out, TALLY), json.dumps(dict(tal, run_id=run_id, router=version), indent=2))
     storage.write_text(join(out, RUN), json.dumps(doc, indent=2))
     return run
-
-
-def _extract_rejects(storage: Storage, feats: str) -> list[dict]:
-    uri = join(feats, "rejects.parquet")
-    return storage.read_table(uri).to_pylist() if storage.exists(uri) else []
-
-
-def failed_reason(qid: str, failed: set[str]) -> str:
-    return "the encoder could not read the text (see the features' rejects)" if qid in failed \
-        else "no features were produced for this query"
 
 
 def print_route(run: RouteRun) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -15,6 +14,7 @@ from router_core.dataset import load_dataset, outcome_matrix
 from router_core.errors import DataError
 from router_core.features import load_features, read_manifest
 from router_core.probes import layer_profile, select_columns
+from router_core.reporting import plot_profile
 from router_core.storage import join
 
 from .common import format_table, storage_from
@@ -59,31 +59,6 @@ def run_select_layers(cfg: AppConfig, data: str, features: str, out: str) -> Sel
     storage.write_text(join(out, "layer_profile.json"), json.dumps(doc, indent=2))
     storage.write_bytes(join(out, "layer_profile.png"), plot_profile(profile))
     return SelectRun(out, profile, selected, len(qids), targets, time.perf_counter() - t0)
-
-
-def plot_profile(profile: list[dict]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    for pooling in sorted({r["pooling"] for r in profile}):
-        rows = sorted((r for r in profile if r["pooling"] == pooling), key=lambda r: r["layer"])
-        layers = [r["layer"] for r in rows]
-        a1.plot(layers, [r["fisher_mean"] for r in rows], marker="o", label=pooling)
-        a2.plot(layers, [r["d_eff"] for r in rows], marker="o", label=f"{pooling} (standardised)")
-        a2.plot(layers, [r["d_eff_raw"] for r in rows], linestyle="--", label=f"{pooling} (raw)")
-    a1.set(xlabel="layer (hidden_states index)", ylabel="Fisher J, mean over targets", title="Separability")
-    a2.set(xlabel="layer (hidden_states index)", ylabel="participation ratio", title="Effective dimensionality",
-           yscale="log")
-    a1.legend()
-    a2.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def print_select(run: SelectRun, top: int = 10) -> None:

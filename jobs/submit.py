@@ -18,17 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from router_core.errors import ConfigError, RouterError
+from router_core.errors import FAILED, INTERRUPTED, OK, ConfigError, JobFailed
 
-STAGES = ("import", "validate", "extract", "select-layers", "train", "evaluate", "route", "pipeline", "nightly",
-          "retrain")
 SECRET_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "CREDENTIAL", "ACCESS_KEY", "SESSION")
-EXIT = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 130}
+EXIT = {"SUCCEEDED": OK, "FAILED": FAILED, "STOPPED": INTERRUPTED}
 AGENT_WAIT_S = 300.0
-
-
-class JobFailed(RouterError):
-    exit_code = 1
 
 
 @dataclass
@@ -49,14 +43,16 @@ def _env(names: list[str]) -> dict[str, str]:
     return out
 
 
-def entrypoint(stage: str, args: list[str], python: str = "python") -> str:
-    if stage not in STAGES:
-        raise ConfigError(f"submit: unknown stage {stage!r} (one of {', '.join(STAGES)})")
+def entrypoint(stage: str, args: list[str], python: str, stages: list[str]) -> str:
+    if stage not in stages:
+        raise ConfigError(f"submit: unknown stage {stage!r} (one of {', '.join(stages)})")
     return shlex.join([python, "-m", "jobs.cli", stage, *args])
 
 
-def submit(address: str, stage: str, args: list[str], working_dir: str | None = None, env: list[str] | None = None,
-           follow: bool = True, timeout_s: float | None = None, python: str = "python", printer=print) -> Submission:
+def submit(address: str, stage: str, args: list[str], stages: list[str], working_dir: str | None = None,
+           env: list[str] | None = None, follow: bool = True, timeout_s: float | None = None, python: str = "python",
+           printer=print) -> Submission:
+    """Submit ``stage`` (one of ``stages``, the CLI's table) with ``args``; follow it unless told not to."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     wd = Path(working_dir or Path(__file__).resolve().parents[1])
@@ -64,7 +60,7 @@ def submit(address: str, stage: str, args: list[str], working_dir: str | None = 
         raise ConfigError(f"--working-dir {wd}: no pyproject.toml (not a prefill-router checkout)")
     runtime_env = {"working_dir": str(wd), "env_vars": _env(env or []),
                    "excludes": [".cache", "out", ".pytest_cache", "__pycache__", "*.pyc"]}
-    cmd = entrypoint(stage, args, python)
+    cmd = entrypoint(stage, args, python, stages)
     try:
         client = JobSubmissionClient(address)
     except Exception as e:  # connection and auth errors come as several types
@@ -96,6 +92,6 @@ def submit(address: str, stage: str, args: list[str], working_dir: str | None = 
             client.stop_job(job_id)
             raise JobFailed(f"submit: job {job_id} did not finish in {timeout_s:.0f} s; stopped")
         time.sleep(1.0)
-    code = EXIT.get(str(status.value if hasattr(status, "value") else status), 1)
+    code = EXIT.get(str(status.value if hasattr(status, "value") else status), FAILED)
     printer(f"Ray job {job_id}: {status.value if hasattr(status, 'value') else status}")
     return Submission(job_id, str(status.value if hasattr(status, "value") else status), code)

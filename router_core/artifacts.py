@@ -79,18 +79,6 @@ def trunk_from_tensors(tensors: dict[str, np.ndarray], n_members: int, n_targets
     return pre, nets
 
 
-def save_trunk(storage: Storage, folder: str, pre: Preprocessor, nets: list[SharedTrunkNet],
-               manifest: dict) -> dict:
-    return save_component(storage, folder, trunk_tensors(pre, nets), dict(manifest, members=len(nets)))
-
-
-def load_trunk(storage: Storage, folder: str) -> tuple[Preprocessor, list[SharedTrunkNet], dict]:
-    tensors, manifest = load_component(storage, folder)
-    pre, nets = trunk_from_tensors(tensors, manifest["members"], len(manifest["targets"]), manifest["widths"],
-                                   manifest["dropouts"])
-    return pre, nets, manifest
-
-
 def check_features_match(manifest: dict, features_manifest: dict) -> None:
     """Refuse features from another encoder or settings than the model was trained on."""
     want, got = manifest.get("features_settings_key"), features_manifest.get("settings_key")

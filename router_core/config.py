@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .dataset import format_validation_error
 from .errors import ConfigError
@@ -132,6 +132,39 @@ class RouteConfig(Strict):
     rows_per_part: int = Field(500_000, ge=1, description="rows per routes Parquet part")
 
 
+class Policy(Strict):
+    """How ``route`` turns probabilities and costs into choices (router_core.routing): the one
+    declaration of a policy, for the command line (--policy, --tau, --lam, --budget-usd) and configs."""
+
+    name: Literal["threshold", "utility", "budget"] = Field(
+        "threshold", description="threshold: cheapest within tau of the best; utility: argmax p - lam x cost; "
+        "budget: most expected accuracy within budget_usd for the batch")
+    tau: float = Field(0.0, ge=0, le=1, description="threshold: 0 = the most probable target, 1 = the cheapest")
+    lam: float = Field(0.0, ge=0, description="utility: accuracy traded per dollar")
+    budget_usd: float | None = Field(None, description="budget: total dollars for a batch (> 0)")
+
+    @model_validator(mode="after")
+    def _budget_is_positive(self) -> "Policy":
+        if self.name == "budget" and not (self.budget_usd is not None and self.budget_usd > 0):
+            raise ValueError(f"budget_usd (--budget-usd) must be a positive number of dollars with the budget "
+                             f"policy, got {self.budget_usd}")
+        return self
+
+    def params(self) -> dict:
+        return {"threshold": {"tau": self.tau}, "utility": {"lam": self.lam},
+                "budget": {"budget_usd": self.budget_usd}}[self.name]
+
+
+def make_policy(**fields) -> Policy:
+    """A Policy from command-line values; a bad one is a ConfigError naming the field."""
+    try:
+        return Policy(**fields)
+    except ValidationError as e:
+        msgs = [f"{'.'.join(map(str, x['loc'])) + ': ' if x['loc'] else ''}{x['msg'].removeprefix('Value error, ')}"
+                for x in e.errors()]
+        raise ConfigError(f"policy: {'; '.join(msgs)}") from None
+
+
 class PipelineConfig(Strict):
     """``pipeline``: the main job end to end under one output folder."""
 
@@ -141,10 +174,7 @@ class PipelineConfig(Strict):
     pool: str | None = Field(None, description="pool.yaml with prices (else the importer's)")
     candidates: str | None = Field(None, description="llmrouter: llm_candidates.json")
     route_split: str = Field("test", description="which split's queries the route stage routes")
-    policy: Literal["threshold", "utility", "budget"] = "threshold"
-    tau: float = Field(0.0, ge=0, le=1)
-    lam: float = Field(0.0, ge=0)
-    budget_usd: float | None = Field(None, gt=0)
+    policy: Policy = Policy()
 
 
 class NightlyConfig(Strict):
@@ -154,10 +184,7 @@ class NightlyConfig(Strict):
     output: str | None = Field(None, description="prefix for dated outputs: OUTPUT/<date>/<set>/")
     model: str | None = Field(None, description="model folder made by train")
     watermark: str | None = Field(None, description="watermark object; None = OUTPUT/_watermark.json")
-    policy: Literal["threshold", "utility", "budget"] = "threshold"
-    tau: float = Field(0.0, ge=0, le=1)
-    lam: float = Field(0.0, ge=0)
-    budget_usd: float | None = Field(None, gt=0, description="budget policy: dollars per query set")
+    policy: Policy = Field(Policy(), description="the policy of every query set (budget_usd: per set)")
 
 
 class RetrainConfig(Strict):

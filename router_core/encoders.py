@@ -85,6 +85,27 @@ def resolve_encoder(spec: str, cache_dir: str, revision: str | None = None) -> R
                         "a local model folder, or a Hugging Face id org/name")
 
 
+def encoder_fingerprint(spec: str, revision: str | None = None) -> str | None:
+    """A cheap stand-in for the identity (no hashing, no loading): the encoder files' paths, sizes and
+    modification times. A cache that recorded it with the identity may skip hashing while it holds;
+    None where there is nothing local to look at."""
+    if spec in PACKAGED:
+        package, filename = PACKAGED[spec]
+        found = importlib.util.find_spec(package)
+        if found is None or found.origin is None:
+            return None
+        p = Path(found.origin).parent / filename
+        files = sorted(p.iterdir()) if p.is_dir() else [p]
+    elif Path(spec).is_dir():
+        files = sorted(Path(spec).iterdir())
+    elif spec.count("/") == 1 and not spec.startswith((".", "/")):
+        return f"hf:{spec}@{revision or 'main'}"
+    else:
+        return None
+    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest() if stats else None
+
+
 def convert_gguf(gguf: Path, folder: Path) -> None:
     """De-quantise a GGUF causal LM once and save the base model (no LM head) as safetensors.
 

@@ -1,10 +1,17 @@
-"""Errors a user can cause. The CLI turns each into one line and exit code 2."""
+"""Errors a user can cause, and the exit codes of the command line (the one place they are set).
+
+0 success; 1 some input rows were rejected (listed in a rejects table, the rest done); 2 bad input
+or configuration (one line naming the file, row or field); 3 the job could not finish (storage
+unreachable through every retry, training failed, a submitted job failed); 130 interrupted.
+"""
+
+OK, REJECTED, BAD_INPUT, FAILED, INTERRUPTED = 0, 1, 2, 3, 130
 
 
 class RouterError(Exception):
     """Base class: a problem with the user's input, configuration or artifacts."""
 
-    exit_code = 2
+    exit_code = BAD_INPUT
 
 
 class ConfigError(RouterError):
@@ -19,5 +26,15 @@ class ArtifactError(RouterError):
     """A stored artifact (features, model) does not match what it claims or what is asked of it."""
 
 
-class StorageError(RouterError):
+class JobFailed(RouterError):
+    """The job could not finish for a reason outside the input: nothing wrong was written."""
+
+    exit_code = FAILED
+
+
+class StorageError(JobFailed):
     """Object storage stayed unreachable through every retry."""
+
+
+class TrainingFailed(JobFailed):
+    """Ray Train could not finish (workers lost more often than train.max_failures allows)."""

@@ -21,15 +21,19 @@ from .routing import threshold_routes
 from .schemas import Pool
 
 
+def output_token_medians(train_output_tokens: np.ndarray) -> np.ndarray:
+    """(K,) each target's median output tokens over training calls (NaN = unknown); 0 where none is known:
+    the estimate of a call's output length before it is made."""
+    return np.array([np.nanmedian(c) if np.isfinite(c).any() else 0.0 for c in np.asarray(train_output_tokens).T])
+
+
 def call_costs(costs_observed: np.ndarray, texts: list[str], pool: Pool, targets: list[str],
-               train_output_tokens: np.ndarray) -> tuple[np.ndarray, str]:
+               med: np.ndarray) -> tuple[np.ndarray, str]:
     """(n, K) dollars per call and how they were obtained.
 
     The observed ``cost_usd`` where the dataset has it; elsewhere input tokens (about 4 characters
-    each) x input price + the target's median training output tokens x output price.
-    ``train_output_tokens`` (n_train, K) may hold NaN (unknown): a target without any uses 0.
+    each) x input price + the target's median training output tokens ``med`` (K,) x output price.
     """
-    med = np.array([np.nanmedian(c) if np.isfinite(c).any() else 0.0 for c in np.asarray(train_output_tokens).T])
     estimate = estimated_costs(np.array([len(t) for t in texts]), pool, targets, med)
     observed = ~np.isnan(costs_observed)
     how = "observed cost_usd" if observed.all() else \

@@ -112,22 +112,13 @@ def aiq(points: np.ndarray, c_min: float, c_max: float) -> float:
 
 
 def roc_auc(p: np.ndarray, y: np.ndarray) -> float | None:
-    """ROC-AUC by the rank-sum (ties get average ranks); None when only one class is present."""
+    """ROC-AUC (scikit-learn's; ties count half); None when only one class is present."""
+    from sklearn.metrics import roc_auc_score
+
     y = np.asarray(y).astype(bool)
-    n1, n0 = int(y.sum()), int((~y).sum())
-    if n1 == 0 or n0 == 0:
+    if y.all() or not y.any():
         return None
-    order = np.argsort(p, kind="mergesort")
-    ranks = np.empty(len(p))
-    sp = np.asarray(p)[order]
-    i = 0
-    while i < len(sp):
-        j = i
-        while j + 1 < len(sp) and sp[j + 1] == sp[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+    return float(roc_auc_score(y, np.asarray(p)))
 
 
 def mean_auc(proba: np.ndarray, scores: np.ndarray) -> float:

@@ -200,3 +200,18 @@ def ensemble_proba(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 def predict_proba(nets: list[SharedTrunkNet], x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """The ensemble's probabilities.  (n, d) -> (n, K)."""
     return ensemble_proba(predict_logits(nets, x), temperature)
+
+
+def fit_temperature(logits: np.ndarray, scores: np.ndarray, grid: np.ndarray | None = None) -> float:
+    """The T minimising validation BCE of ``mean_members sigmoid(logits / T)`` (masked), on a log grid."""
+    grid = np.exp(np.linspace(np.log(0.25), np.log(4.0), 97)) if grid is None else grid
+    losses = [bce(ensemble_proba(logits, t), scores) for t in grid]
+    return float(grid[int(np.argmin(losses))])
+
+
+def bce(proba: np.ndarray, scores: np.ndarray) -> float:
+    """Masked mean binary cross-entropy of probabilities against (graded, NaN = unmeasured) scores."""
+    y, m = split_targets(scores)
+    p = torch.from_numpy(np.clip(np.asarray(proba, np.float64), 1e-7, 1 - 1e-7))
+    logit = torch.log(p) - torch.log1p(-p)
+    return float(masked_bce(logit.float(), torch.from_numpy(y), torch.from_numpy(m)))

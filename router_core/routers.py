@@ -14,7 +14,10 @@ The prefill SharedTrunkNet and its baselines:
 ``oracle``          the observed scores themselves (an upper bound; needs the labels)
 ==================  ===========================================================================
 
-A router's state is arrays (safetensors) plus JSON; ``ROUTERS[kind].from_state`` rebuilds it.
+Estimator habits (as scikit-learn's): ``__init__`` only stores settings, ``fit(...)`` returns
+``self``, learned state ends in ``_``, what the fit chose is in ``fit_info_``. A router's learned
+state is arrays (safetensors) plus JSON; ``ROUTERS[kind].from_state`` rebuilds it. ``ORDER`` is the
+one list of router names, in the order reports show them.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import ArtifactError
-from .model import FusedTrunk, Preprocessor, SharedTrunkNet, ensemble_proba, masked_bce, predict_logits
+from .model import FusedTrunk, Preprocessor, SharedTrunkNet, bce, ensemble_proba, fit_temperature, predict_logits
 
 
 @dataclass
@@ -48,6 +51,10 @@ def _need(value, what: str, router: str):
 class Router:
     kind: str = ""
     needs: tuple[str, ...] = ()  # subset of ("prefill", "semantic", "tasks", "scores")
+    fit_info_: dict = {}
+
+    def fit(self, *args, **kwargs) -> "Router":  # routers with nothing to learn
+        return self
 
     def predict_proba(self, x: RouterInputs) -> np.ndarray:
         raise NotImplementedError
@@ -63,30 +70,31 @@ class Router:
 
 # -- fixed and reference routers --------------------------------------------------------------
 class ConstantRouter(Router):
-    """The same probabilities for every query."""
+    """The same probabilities for every query: every target's mean training score (``target`` None,
+    the best single), or certainty for one target (``target`` k: always that one)."""
 
-    def __init__(self, kind: str, proba: np.ndarray):
-        self.kind, self.proba = kind, np.asarray(proba, np.float64)
+    def __init__(self, kind: str, target: int | None = None):
+        self.kind, self.target = kind, target
 
-    @classmethod
-    def best_single(cls, train_scores: np.ndarray) -> "ConstantRouter":
-        return cls("best_single", np.nanmean(train_scores, axis=0))
-
-    @classmethod
-    def one_target(cls, kind: str, k: int, n_targets: int) -> "ConstantRouter":
-        p = np.zeros(n_targets)
-        p[k] = 1.0
-        return cls(kind, p)
+    def fit(self, train_scores: np.ndarray) -> "ConstantRouter":
+        if self.target is None:
+            self.proba_ = np.nanmean(train_scores, axis=0).astype(np.float64)
+        else:
+            self.proba_ = np.zeros(train_scores.shape[1])
+            self.proba_[self.target] = 1.0
+        return self
 
     def predict_proba(self, x: RouterInputs) -> np.ndarray:
-        return np.tile(self.proba, (x.n, 1))
+        return np.tile(self.proba_, (x.n, 1))
 
     def state(self):
-        return {"proba": self.proba}, {}
+        return {"proba": self.proba_}, {"target": self.target}
 
     @classmethod
     def from_state(cls, tensors, meta):
-        return cls(meta["router"], tensors["proba"])
+        r = cls(meta["router"], meta.get("target"))
+        r.proba_ = np.asarray(tensors["proba"], np.float64)
+        return r
 
 
 class RandomRouter(Router):
@@ -124,29 +132,28 @@ class TaskPrior(Router):
     kind = "task_prior"
     needs = ("tasks",)
 
-    def __init__(self, tasks: list[str], table: np.ndarray, fallback: np.ndarray):
-        self.tasks, self.table, self.fallback = list(tasks), np.asarray(table), np.asarray(fallback)
-
-    @classmethod
-    def fit(cls, tasks: list[str | None], scores: np.ndarray) -> "TaskPrior":
-        names = sorted({t for t in tasks if t is not None})
+    def fit(self, tasks: list[str | None], scores: np.ndarray) -> "TaskPrior":
+        self.tasks_ = sorted({t for t in tasks if t is not None})
         arr = np.array(tasks, dtype=object)
-        fallback = _nanmean0(scores, 0.5)
-        table = np.stack([_nanmean0(scores[arr == t], fallback) for t in names]) if names else np.zeros((0, len(fallback)))
-        return cls(names, table, fallback)
+        self.fallback_ = _nanmean0(scores, 0.5)
+        self.table_ = np.stack([_nanmean0(scores[arr == t], self.fallback_) for t in self.tasks_]) if self.tasks_ \
+            else np.zeros((0, len(self.fallback_)))
+        return self
 
     def predict_proba(self, x: RouterInputs) -> np.ndarray:
-        index = {t: i for i, t in enumerate(self.tasks)}
+        index = {t: i for i, t in enumerate(self.tasks_)}
         tasks = _need(x.tasks, "a task per query", self.kind)
-        return np.stack([self.table[index[t]] if t in index else self.fallback for t in tasks]) if tasks \
-            else np.zeros((0, len(self.fallback)))
+        return np.stack([self.table_[index[t]] if t in index else self.fallback_ for t in tasks]) if tasks \
+            else np.zeros((0, len(self.fallback_)))
 
     def state(self):
-        return {"table": self.table, "fallback": self.fallback}, {"tasks": self.tasks}
+        return {"table": self.table_, "fallback": self.fallback_}, {"tasks": self.tasks_}
 
     @classmethod
     def from_state(cls, tensors, meta):
-        return cls(meta["tasks"], tensors["table"], tensors["fallback"])
+        r = cls()
+        r.tasks_, r.table_, r.fallback_ = list(meta["tasks"]), np.asarray(tensors["table"]), np.asarray(tensors["fallback"])
+        return r
 
 
 def _nanmean0(scores: np.ndarray, fallback) -> np.ndarray:
@@ -164,63 +171,87 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 class SemanticKNN(Router):
     """Mean score of the k most cosine-similar training queries, smoothed towards the global mean
-    with ``alpha`` pseudo-neighbours (so no probability is exactly 0 or 1)."""
+    with ``alpha`` pseudo-neighbours (so no probability is exactly 0 or 1); k chosen among ``ks``
+    by validation BCE."""
 
     kind = "semantic_knn"
     needs = ("semantic",)
 
-    def __init__(self, emb: np.ndarray, scores: np.ndarray, k: int, alpha: float = 1.0):
-        self.emb, self.scores, self.k, self.alpha = _unit(emb), np.asarray(scores, np.float32), int(k), alpha
-        self.prior = _nanmean0(self.scores, 0.5)
+    def __init__(self, ks=(5, 10, 20, 50, 100), alpha: float = 1.0):
+        self.ks, self.alpha = tuple(ks), alpha
 
-    @classmethod
-    def fit(cls, emb_tr, s_tr, emb_va, s_va, ks=(5, 10, 20, 50, 100)) -> tuple["SemanticKNN", dict]:
+    def _set(self, emb: np.ndarray, scores: np.ndarray, k: int) -> "SemanticKNN":
+        self.emb_, self.scores_, self.k_ = _unit(emb), np.asarray(scores, np.float32), int(k)
+        self.prior_ = _nanmean0(self.scores_, 0.5)
+        return self
+
+    def fit(self, emb_tr, s_tr, emb_va, s_va) -> "SemanticKNN":
         losses = {}
-        for k in ks:
+        for k in self.ks:
             if k <= len(emb_tr):
-                losses[k] = bce(cls(emb_tr, s_tr, k).predict_emb(emb_va), s_va)
-        best = min(losses, key=losses.get)
-        return cls(emb_tr, s_tr, best), {"val_bce_by_k": {str(k): v for k, v in losses.items()}}
+                losses[k] = bce(self._set(emb_tr, s_tr, k).predict_emb(emb_va), s_va)
+        self._set(emb_tr, s_tr, min(losses, key=losses.get))
+        self.fit_info_ = {"val_bce_by_k": {str(k): v for k, v in losses.items()}}
+        return self
 
     def predict_emb(self, emb: np.ndarray, chunk: int = 4096) -> np.ndarray:
         q = _unit(emb)
-        out = np.empty((len(q), self.scores.shape[1]))
-        measured = ~np.isnan(self.scores)
-        filled = np.where(measured, self.scores, 0.0)
+        out = np.empty((len(q), self.scores_.shape[1]))
+        measured = ~np.isnan(self.scores_)
+        filled = np.where(measured, self.scores_, 0.0)
         for i in range(0, len(q), chunk):
-            sim = q[i : i + chunk] @ self.emb.T
-            nn = np.argpartition(-sim, self.k - 1, axis=1)[:, : self.k]
+            sim = q[i : i + chunk] @ self.emb_.T
+            nn = np.argpartition(-sim, self.k_ - 1, axis=1)[:, : self.k_]
             s = filled[nn].sum(axis=1)
             c = measured[nn].sum(axis=1)
-            out[i : i + chunk] = (s + self.alpha * self.prior) / (c + self.alpha)
+            out[i : i + chunk] = (s + self.alpha * self.prior_) / (c + self.alpha)
         return out
 
     def predict_proba(self, x: RouterInputs) -> np.ndarray:
         return self.predict_emb(_need(x.semantic, "sentence embeddings", self.kind))
 
     def state(self):
-        return {"emb": self.emb, "scores": self.scores}, {"k": self.k, "alpha": self.alpha}
+        return {"emb": self.emb_, "scores": self.scores_}, {"k": self.k_, "alpha": self.alpha}
 
     @classmethod
     def from_state(cls, tensors, meta):
-        return cls(tensors["emb"], tensors["scores"], meta["k"], meta["alpha"])
+        return cls((meta["k"],), meta["alpha"])._set(tensors["emb"], tensors["scores"], meta["k"])
 
 
 # -- networks (prefill or semantic inputs) -----------------------------------------------------
 class TrunkRouter(Router):
     """A SharedTrunkNet ensemble over concatenated inputs, probabilities averaged over members,
-    each member's logits divided by ``temperature``. Inputs (``columns``): prefill feature columns,
-    ``semantic`` (the sentence embedding) and ``task_prior`` (the task prior's probabilities)."""
+    each member's logits divided by the temperature. Inputs (``columns``): prefill feature columns,
+    ``semantic`` (the sentence embedding) and ``task_prior`` (the task prior's probabilities).
+
+    The members are trained elsewhere (data-parallel, router_core.training); ``fit`` takes them and
+    fits the temperature on validation."""
 
     EXTRA = ("semantic", "task_prior")
 
-    def __init__(self, kind: str, columns: list[str], pre: Preprocessor, nets: list[SharedTrunkNet],
-                 temperature: float = 1.0):
-        self.kind, self.columns, self.pre, self.nets, self.temperature = kind, list(columns), pre, nets, temperature
-        self._fused: FusedTrunk | None = None  # built on first use
+    def __init__(self, kind: str, columns: list[str], temperature: bool = True):
+        self.kind, self.columns, self.temperature = kind, list(columns), temperature
         self.needs = tuple(n for n, on in (("prefill", any(c not in self.EXTRA for c in self.columns)),
                                            ("semantic", "semantic" in self.columns),
                                            ("tasks", "task_prior" in self.columns)) if on)
+
+    def fit(self, pre: Preprocessor, nets: list[SharedTrunkNet], z_va: np.ndarray | None = None,
+            s_va: np.ndarray | None = None) -> "TrunkRouter":
+        """Members ``nets`` on ``pre``'s space; with validation rows (``z_va`` preprocessed, scores
+        ``s_va``) and ``temperature`` on, the temperature minimising their BCE (T = 1 otherwise)."""
+        self.pre_, self.nets_, self.temperature_, self._fused = pre, nets, 1.0, None
+        if z_va is not None and s_va is not None:
+            from . import metrics as M
+
+            logits = predict_logits(nets, z_va)
+            info = {"temperature": 1.0, "val_ece_before": M.ece(ensemble_proba(logits, 1.0), s_va),
+                    "val_bce_before": bce(ensemble_proba(logits, 1.0), s_va)}
+            if self.temperature:
+                self.temperature_ = fit_temperature(logits, s_va)
+            info.update(temperature=self.temperature_, val_ece_after=M.ece(ensemble_proba(logits, self.temperature_), s_va),
+                        val_bce_after=bce(ensemble_proba(logits, self.temperature_), s_va))
+            self.fit_info_ = info
+        return self
 
     def design(self, x: RouterInputs) -> np.ndarray:
         parts = []
@@ -238,80 +269,66 @@ class TrunkRouter(Router):
     def logits(self, x: RouterInputs) -> np.ndarray:
         """(members, n, K) untempered logits."""
         if self._fused is None:
-            self._fused = FusedTrunk(self.pre, self.nets)
+            self._fused = FusedTrunk(self.pre_, self.nets_)
         return self._fused.logits(self.design(x))
 
     def predict_proba(self, x: RouterInputs) -> np.ndarray:
-        return ensemble_proba(self.logits(x), self.temperature)
+        return ensemble_proba(self.logits(x), self.temperature_)
 
     def distil(self, x_tr: np.ndarray, x_va: np.ndarray, width: int, seed: int = 0, mix: int = 4,
-               max_epochs: int = 300, patience: int = 20) -> tuple["TrunkRouter", dict]:
+               max_epochs: int = 300, patience: int = 20) -> "TrunkRouter":
         """One narrow net trained to reproduce this ensemble's tempered probabilities (soft targets),
         on its preprocessor's space: the serving form, ~members x fewer operations per query.
 
         ``x_tr``/``x_va``: design rows (``design``) of the train and val splits; the train rows are
         augmented with ``mix`` x as many random convex mixtures of pairs (the teacher labels them too).
-        Early stopping on the val rows' BCE against the teacher."""
+        Early stopping on the val rows' BCE against the teacher; what it reached is in ``fit_info_``."""
         from .model import TrainParams, fit_trunk
 
         rng = np.random.default_rng(seed)
-        z_tr, z_va = self.pre.transform(x_tr), self.pre.transform(x_va)
+        z_tr, z_va = self.pre_.transform(x_tr), self.pre_.transform(x_va)
         if mix and len(z_tr) > 1:
             i, j = rng.integers(0, len(z_tr), (2, mix * len(z_tr)))
             lam = rng.uniform(0, 1, (len(i), 1)).astype(np.float32)
             z_tr = np.concatenate([z_tr, lam * z_tr[i] + (1 - lam) * z_tr[j]])
-        p_tr, p_va = (ensemble_proba(predict_logits(self.nets, z), self.temperature) for z in (z_tr, z_va))
+        p_tr, p_va = (ensemble_proba(predict_logits(self.nets_, z), self.temperature_) for z in (z_tr, z_va))
         params = TrainParams(lr=3e-3, weight_decay=0.0, widths=(width,), dropouts=(0.0,), max_epochs=max_epochs,
                              patience=patience)
         net, val_bce, epochs = fit_trunk(z_tr, p_tr, z_va, p_va, params, seed)
-        student = TrunkRouter(self.kind + "_distilled", self.columns, self.pre, [net])
+        student = TrunkRouter(self.kind + "_distilled", self.columns, temperature=False).fit(self.pre_, [net])
         p_st = ensemble_proba(predict_logits([net], z_va))
-        return student, {"teacher": self.kind, "width": width, "train_rows": len(z_tr), "mix": mix,
-                         "epochs": epochs, "val_bce_vs_teacher": val_bce,
-                         "val_max_abs_diff": float(np.abs(p_st - p_va).max()),
-                         "val_top1_agreement": float((p_st.argmax(1) == p_va.argmax(1)).mean())}
+        student.fit_info_ = {"teacher": self.kind, "width": width, "train_rows": len(z_tr), "mix": mix,
+                             "epochs": epochs, "val_bce_vs_teacher": val_bce,
+                             "val_max_abs_diff": float(np.abs(p_st - p_va).max()),
+                             "val_top1_agreement": float((p_st.argmax(1) == p_va.argmax(1)).mean())}
+        return student
 
     def state(self):
         from .artifacts import trunk_tensors
 
-        return trunk_tensors(self.pre, self.nets), {
-            "columns": self.columns, "members": len(self.nets), "temperature": self.temperature,
-            "widths": [m.out_features for m in self.nets[0].net if hasattr(m, "out_features")][:-1],
-            "dropouts": [m.p for m in self.nets[0].net if hasattr(m, "p")]}
+        net = self.nets_[0].net
+        return trunk_tensors(self.pre_, self.nets_), {
+            "columns": self.columns, "members": len(self.nets_), "temperature": self.temperature_,
+            "widths": [m.out_features for m in net if hasattr(m, "out_features")][:-1],
+            "dropouts": [m.p for m in net if hasattr(m, "p")]}
 
     @classmethod
     def from_state(cls, tensors, meta):
         from .artifacts import trunk_from_tensors
 
         pre, nets = trunk_from_tensors(tensors, meta["members"], len(meta["targets"]), meta["widths"], meta["dropouts"])
-        return cls(meta["router"], meta["columns"], pre, nets, meta.get("temperature", 1.0))
+        r = cls(meta["router"], meta["columns"]).fit(pre, nets)
+        r.temperature_ = meta.get("temperature", 1.0)
+        return r
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def fit_temperature(logits: np.ndarray, scores: np.ndarray, grid: np.ndarray | None = None) -> float:
-    """The T minimising validation BCE of ``mean_members sigmoid(logits / T)`` (masked), on a log grid."""
-    grid = np.exp(np.linspace(np.log(0.25), np.log(4.0), 97)) if grid is None else grid
-    losses = [bce(ensemble_proba(logits, t), scores) for t in grid]
-    return float(grid[int(np.argmin(losses))])
-
-
-def bce(proba: np.ndarray, scores: np.ndarray) -> float:
-    """Masked mean binary cross-entropy of probabilities against (graded, NaN = unmeasured) scores."""
-    import torch
-
-    from .model import split_targets
-
-    y, m = split_targets(scores)
-    p = torch.from_numpy(np.clip(np.asarray(proba, np.float64), 1e-7, 1 - 1e-7))
-    logit = torch.log(p) - torch.log1p(-p)
-    return float(masked_bce(logit.float(), torch.from_numpy(y), torch.from_numpy(m)))
-
-
 class PrefillLogReg(Router):
-    """Per target: standardise its best prefill column (by Fisher J on train), logistic regression.
+    """Per target: standardise its best prefill column (by Fisher J on train), logistic regression
+    with C chosen among ``cs`` on validation.
 
     Graded scores become two weighted rows (label 1 with weight s, label 0 with weight 1 - s);
     unmeasured (NaN) rows are left out of that target's fit.
@@ -320,14 +337,12 @@ class PrefillLogReg(Router):
     kind = "prefill_logreg"
     needs = ("prefill",)
 
-    def __init__(self, columns: list[str], mean: np.ndarray, scale: np.ndarray, coef: np.ndarray,
-                 intercept: np.ndarray):
-        self.columns = list(columns)  # one per target
-        self.mean, self.scale, self.coef, self.intercept = mean, scale, coef, intercept  # (K, d) x3, (K,)
+    def __init__(self, cs=(0.001, 0.01, 0.1, 1.0), max_iter: int = 300):
+        self.cs, self.max_iter = tuple(cs), max_iter
 
-    @classmethod
-    def fit(cls, columns: list[str], x_tr: dict[str, np.ndarray], s_tr: np.ndarray, x_va: dict[str, np.ndarray],
-            s_va: np.ndarray, cs=(0.001, 0.01, 0.1, 1.0)) -> tuple["PrefillLogReg", dict]:
+    def fit(self, columns: list[str], x_tr: dict[str, np.ndarray], s_tr: np.ndarray, x_va: dict[str, np.ndarray],
+            s_va: np.ndarray) -> "PrefillLogReg":
+        """``columns``: one per target; ``x_tr``/``x_va``: those columns' train and val rows."""
         from sklearn.linear_model import LogisticRegression
 
         K = s_tr.shape[1]
@@ -343,10 +358,10 @@ class PrefillLogReg(Router):
             mv = ~np.isnan(s_va[:, k])
             zv = (x_va[col][mv] - mu) / sd
             best = None
-            for c in cs:
+            for c in self.cs:
                 if yy[ww > 0].min() == yy[ww > 0].max():  # one class only: a constant
                     break
-                lr = LogisticRegression(C=c, max_iter=300).fit(zz, yy, sample_weight=ww)
+                lr = LogisticRegression(C=c, max_iter=self.max_iter).fit(zz, yy, sample_weight=ww)
                 loss = bce(lr.predict_proba(zv)[:, 1:2], s_va[mv, k : k + 1]) if mv.any() else 0.0
                 if best is None or loss < best[0]:
                     best = (loss, c, lr)
@@ -357,32 +372,41 @@ class PrefillLogReg(Router):
             else:
                 coef[k], icpt[k] = best[2].coef_[0], best[2].intercept_[0]
                 chosen.append(best[1])
-        return cls(columns, mean, scale, coef, icpt), {"C": chosen}
+        self.columns_, self.mean_, self.scale_, self.coef_, self.intercept_ = list(columns), mean, scale, coef, icpt
+        self.fit_info_ = {"C": chosen}
+        return self
 
     def predict_proba(self, x: RouterInputs) -> np.ndarray:
-        out = np.empty((x.n, len(self.columns)))
-        for k, col in enumerate(self.columns):
+        out = np.empty((x.n, len(self.columns_)))
+        for k, col in enumerate(self.columns_):
             if col not in x.prefill:
                 raise ArtifactError(f"router {self.kind} needs feature column {col}")
-            z = (x.prefill[col] - self.mean[k]) / self.scale[k]
-            out[:, k] = _sigmoid(z @ self.coef[k] + self.intercept[k])
+            z = (x.prefill[col] - self.mean_[k]) / self.scale_[k]
+            out[:, k] = _sigmoid(z @ self.coef_[k] + self.intercept_[k])
         return out
 
     def state(self):
-        return {"mean": self.mean, "scale": self.scale, "coef": self.coef, "intercept": self.intercept}, \
-            {"columns": self.columns}
+        return {"mean": self.mean_, "scale": self.scale_, "coef": self.coef_, "intercept": self.intercept_}, \
+            {"columns": self.columns_}
 
     @classmethod
     def from_state(cls, tensors, meta):
-        return cls(meta["columns"], tensors["mean"], tensors["scale"], tensors["coef"], tensors["intercept"])
+        r = cls()
+        r.columns_ = list(meta["columns"])
+        r.mean_, r.scale_, r.coef_, r.intercept_ = (tensors[k] for k in ("mean", "scale", "coef", "intercept"))
+        return r
 
 
 ROUTERS: dict[str, type[Router]] = {
-    "prefill_trunk": TrunkRouter, "prefill_trunk_distilled": TrunkRouter, "semantic_mlp": TrunkRouter,
-    "prefill_logreg": PrefillLogReg,
-    "semantic_knn": SemanticKNN, "task_prior": TaskPrior, "best_single": ConstantRouter,
+    "prefill_trunk": TrunkRouter, "prefill_trunk_distilled": TrunkRouter, "prefill_logreg": PrefillLogReg,
+    "semantic_mlp": TrunkRouter, "semantic_knn": SemanticKNN, "task_prior": TaskPrior, "best_single": ConstantRouter,
     "cheapest": ConstantRouter, "most_expensive": ConstantRouter, "random": RandomRouter, "oracle": OracleRouter,
 }
+ORDER = list(ROUTERS)  # how reports list them; others after, by name
+
+
+def ordered(names) -> list[str]:
+    return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 
 
 def save_router(storage, folder: str, router: Router, manifest: dict) -> dict:

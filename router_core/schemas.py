@@ -45,7 +45,6 @@ REJECTS = pa.schema(
     ]
 )
 
-TABLE_SCHEMAS = {"queries": QUERIES, "outcomes": OUTCOMES, "rejects": REJECTS}
 
 
 class PoolModel(BaseModel):
@@ -95,10 +94,6 @@ class Pool(BaseModel):
             if m.name == name:
                 return m
         raise KeyError(name)
-
-
-def empty_rejects() -> pa.Table:
-    return REJECTS.empty_table()
 
 
 def rejects_table(rows: list[dict]) -> pa.Table:

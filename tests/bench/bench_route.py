@@ -36,14 +36,14 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from jobs.common import format_table  # noqa: E402
-from jobs.extract import write_features  # noqa: E402
-from jobs.route import Policy, run_route  # noqa: E402
+from jobs.route import run_route  # noqa: E402
 from jobs.runtime import ensure_ray  # noqa: E402
 from router_core import schemas  # noqa: E402
-from router_core.config import ExtractConfig, load_config  # noqa: E402
-from router_core.encoders import resolve_encoder  # noqa: E402
+from router_core.config import ExtractConfig, Policy, load_config  # noqa: E402
+from router_core.encoders import encoder_fingerprint, resolve_encoder  # noqa: E402
 from router_core.extraction import settings_identity, settings_key, text_hash  # noqa: E402
-from router_core.features import part_digests  # noqa: E402
+from router_core.features import part_digests, request_of, write_part  # noqa: E402
+from router_core.model_index import FeatureRef, ModelIndex  # noqa: E402
 from router_core.model import Preprocessor, SharedTrunkNet, ensemble_proba, predict_logits  # noqa: E402
 from router_core.routers import RouterInputs, TrunkRouter, load_router, save_router  # noqa: E402
 from router_core.storage import Storage  # noqa: E402
@@ -70,10 +70,11 @@ def build(work: Path, rows: int, members: int, pca: int, student: int, cache_dir
                       "n_tokens": pa.array(np.full(n, 12), pa.int32()), "truncated": pa.array(np.zeros(n, bool)),
                       COLUMN: schemas.encode_vectors(rng.normal(size=(n, DIM)).astype(np.float16))},
                      schema=schemas.features_schema([COLUMN], DIM))
-        write_features(t, str(work / "features" / "parts" / f"part-{j:03d}.parquet"))
+        (work / "features" / "parts" / f"part-{j:03d}.parquet").write_bytes(write_part(t))
         parts[f"part-{j:03d}.parquet"] = {"rows": n, "sha256": part_digests(t)}
     fman = {"kind": "prefill-features", "settings_key": key, "settings": identity,
-            "encoder": {"spec": ecfg.encoder, "identity": enc.identity, "revision": None}, "columns": [COLUMN],
+            "encoder": {"spec": ecfg.encoder, "identity": enc.identity, "revision": None,
+                        "fingerprint": encoder_fingerprint(ecfg.encoder)}, "request": request_of(ecfg), "columns": [COLUMN],
             "feature_dim": DIM, "feature_dtype": "float16", "key_columns": ["query_id", "text_hash"],
             "complete": True, "rows": rows, "parts": parts}
     (work / "features" / "manifest.json").write_text(json.dumps(fman))
@@ -82,18 +83,17 @@ def build(work: Path, rows: int, members: int, pca: int, student: int, cache_dir
     pool = {"models": [{"name": t, "price_in_per_mtok": 0.1 * (k + 1), "price_out_per_mtok": 0.3 * (k + 1)}
                        for k, t in enumerate(TARGETS)]}
     meta = {"targets": TARGETS, "features_settings_key": key, "encoder": fman["encoder"]}
-    ens = TrunkRouter("prefill_trunk", [COLUMN], pre, [SharedTrunkNet(pre.out_dim, len(TARGETS)).eval()
-                                                         for _ in range(members)])
-    dist = TrunkRouter("prefill_trunk_distilled", [COLUMN], pre,
-                       [SharedTrunkNet(pre.out_dim, len(TARGETS), (student,), (0.0,)).eval()])
+    ens = TrunkRouter("prefill_trunk", [COLUMN]).fit(pre, [SharedTrunkNet(pre.out_dim, len(TARGETS)).eval()
+                                                          for _ in range(members)])
+    dist = TrunkRouter("prefill_trunk_distilled", [COLUMN]).fit(
+        pre, [SharedTrunkNet(pre.out_dim, len(TARGETS), (student,), (0.0,)).eval()])
     for r in (ens, dist):
         save_router(Storage(), str(work / "model" / r.kind), r, meta)
-    (work / "model" / "manifest.json").write_text(json.dumps({
-        "kind": "prefill-router-models", "default": "prefill_trunk", "serve": "prefill_trunk_distilled",
-        "routers": {"prefill_trunk": "prefill_trunk", "prefill_trunk_distilled": "prefill_trunk_distilled"},
-        "targets": TARGETS, "pool": pool, "best_single": TARGETS[-1],
-        "output_tokens_median": {t: 200.0 for t in TARGETS},
-        "features": {"prefill": {"uri": str(work / "features"), "settings_key": key, "encoder": fman["encoder"]}}}))
+    ModelIndex(default="prefill_trunk", serve="prefill_trunk_distilled",
+               routers={"prefill_trunk": "prefill_trunk", "prefill_trunk_distilled": "prefill_trunk_distilled"},
+               targets=TARGETS, pool=pool, best_single=TARGETS[-1], output_tokens_median={t: 200.0 for t in TARGETS},
+               features={"prefill": FeatureRef(uri=str(work / "features"), settings_key=key, encoder=fman["encoder"])},
+               data_fingerprint="synthetic", n_train=0, n_val=0, code_version="bench").save(Storage(), str(work / "model"))
 
 
 def main() -> None:
@@ -134,7 +134,7 @@ def main() -> None:
     table = [["floor: read queries + features (pyarrow)", fl, a.rows / fl, 1.0]]
     for name in () if a.route_only else ("prefill_trunk", "prefill_trunk_distilled"):
         router, _ = load_router(Storage(), str(work / "model" / name))
-        plain = timed(lambda: ensemble_proba(predict_logits(router.nets, router.pre.transform(x))), 1)
+        plain = timed(lambda: ensemble_proba(predict_logits(router.nets_, router.pre_.transform(x))), 1)
         fused = timed(lambda: router.predict_proba(inputs))
         table += [[f"predict {name}: preprocess, then nets (in memory)", plain, a.rows / plain, plain / fl],
                   [f"predict {name}: fused (in memory)", fused, a.rows / fused, fused / fl]]

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.evaluate import ordered, run_evaluate
+from jobs.evaluate import run_evaluate
 from jobs.train import run_train
 from router_core.config import load_config
+from router_core.routers import ordered
 
 METRICS = ["p_auccc", "mean_auc", "gap_closed_pct", "cost_reduction_pct", "accuracy", "mean_cost", "ece", "aiq"]
 
@@ -44,8 +45,9 @@ def study(datasets: dict[str, tuple[str, str]], seeds: int, out: str, overrides:
             t2 = time.perf_counter()
             rep = ev.report
             runs.append({"seed": seed, "train_s": t1 - t0, "evaluate_s": t2 - t1,
-                         "semantic_embeddings_s": tr.index["seconds"]["semantic_embeddings"],
-                         "prefill_columns": tr.manifest["columns"], "best_params": tr.manifest["best_params"],
+                         "semantic_embeddings_s": tr.index.seconds["semantic_embeddings"],
+                         "prefill_columns": tr.bundle.routers["prefill_trunk"][0].columns,
+                         "best_params": tr.bundle.routers["prefill_trunk"][1]["best_params"],
                          "calibration": rep["calibration"], "routers": rep["routers"],
                          "best_single": rep["best_single"], "oracle": rep["oracle"], "pareto_auccc": rep["pareto_auccc"],
                          "n_test": rep["n_test"]})

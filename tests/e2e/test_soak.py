@@ -32,8 +32,9 @@ def test_route_soak_one_million_queries(tmp_path, encoder_cache):
     sys.path.insert(0, str(REPO / "tests" / "bench"))
     from bench_route import build  # the benchmark's synthetic inputs: queries, features, a model
 
-    from jobs.route import Policy, run_route
+    from jobs.route import run_route
     from jobs.runtime import ensure_ray
+    from router_core.config import Policy
     from router_core.config import load_config
 
     rows = 1_000_000

@@ -12,9 +12,9 @@ from router_core.config import AppConfig
 from router_core.encoders import resolve_encoder
 from router_core.errors import ArtifactError
 from router_core.extraction import Encoder, text_hash
-from router_core.features import load_features
+from jobs.extract import run_extract
+from router_core.features import listed_parts, load_features, read_feature_keys, read_manifest
 from router_core.storage import Storage, join
-from jobs.extract import read_feature_keys, run_extract
 
 LAYERS = [0, 12, 30]
 
@@ -94,7 +94,7 @@ def test_rerun_resumes_without_duplicates_or_losses(ray_local, encoder_cache, re
     src = _write_queries(tmp_path / "b.parquet", qs)
     second = run_extract(cfg, src, out)
     assert second.reused == 30 - len(lost) and second.extracted == 10 + len(lost) and second.rejected == 0
-    keys = read_feature_keys(Storage(), out)
+    keys = read_feature_keys(Storage(), listed_parts(read_manifest(Storage(), out), out))
     assert sorted(keys.column("query_id").to_pylist()) == sorted(q["query_id"] for q in qs)
 
     third = run_extract(cfg, src, out)
@@ -145,3 +145,25 @@ def test_a_batch_of_one_megabyte_queries_is_truncated_not_fatal(ray_local, encod
     assert all(by_id[f"huge{i}"] == (128, True) for i in range(6))
     assert all(not by_id[q["query_id"]][1] and by_id[q["query_id"]][0] < 64 for q in short)
     assert run.actor_peak_rss_mb < 4096  # one actor, bounded by the token budget, not by the texts
+
+
+def test_a_full_cache_hit_writes_nothing_and_needs_no_encoder(ray_local, encoder_cache, real_queries, tmp_path,
+                                                             monkeypatch):
+    import jobs.encoding
+
+    src = _write_queries(tmp_path / "q.parquet", real_queries[:12])
+    out = tmp_path / "feats"
+    first = run_extract(_cfg(encoder_cache), src, str(out))
+    assert first.extracted == 12
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*") if p.is_file()}
+
+    def tripwire(*a, **k):
+        raise AssertionError("a full cache hit resolved (hashed or converted) or loaded the encoder")
+
+    monkeypatch.setattr(jobs.encoding, "resolve_encoder", tripwire)
+    monkeypatch.setattr(jobs.encoding, "encoder_shape", tripwire)
+    again = run_extract(_cfg(encoder_cache), src, str(out))
+    assert (again.reused, again.extracted, again.rejected) == (12, 0, 0) and again.reconciles()
+    assert again.located is not None and len(again.located.dst) == 12
+    after = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*") if p.is_file()}
+    assert after == before  # not a byte written, not a file touched

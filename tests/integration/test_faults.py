@@ -153,7 +153,7 @@ def test_route_survives_an_s3_restart_mid_job_and_a_failed_run_reruns(trained, m
     assert got.drop_columns(["run_id"]).equals(reference.drop_columns(["run_id"]))
     assert json.loads(st.read_text(f"{out}/run.json"))["status"] == "complete"
 
-    # 2. The server stays down: one line, exit 2, and run.json still says running, so nothing
+    # 2. The server stays down: one line, exit 3 (FAILED), and run.json still says running, so nothing
     #    (nightly's watermark, a reader) takes the folder for complete. Back up, the rerun completes.
     out = "s3://faults-route/failed"
 
@@ -170,7 +170,7 @@ def test_route_survives_an_s3_restart_mid_job_and_a_failed_run_reruns(trained, m
     t.join()
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]  # after the job's log lines (and the retry warnings), one error line
-    assert code == 2 and "Traceback" not in err
+    assert code == 3 and "Traceback" not in err
     assert last.startswith("prefill-router route: error: s3://faults-route/failed/") and "storage unreachable" in last
     moto.start()
     assert json.loads(st.read_text(f"{out}/run.json"))["status"] == "running"
@@ -338,15 +338,15 @@ def _registered(run_dir: Path) -> bool:
         return False
 
 
-def test_a_prediction_task_killed_inside_a_running_route_is_retried(encoder_cache, tmp_path):
-    """SIGKILL a route prediction task's worker mid-job: Ray retries the task; the run completes with
-    every query routed once and the same routes as an uninterrupted run."""
+def test_a_prediction_actor_killed_inside_a_running_route_is_retried(encoder_cache, tmp_path):
+    """SIGKILL a route prediction actor mid-call: Ray restarts it and runs the call again; the run
+    completes with every query routed once and the same routes as an uninterrupted run."""
     sys.path.insert(0, str(REPO / "tests" / "bench"))
     from bench_route import build  # synthetic queries, features and a model (speed-sized, not quality)
 
-    from jobs.route import Policy, run_route
+    from jobs.route import run_route
     from jobs.runtime import ensure_ray
-    from router_core.config import load_config
+    from router_core.config import Policy, load_config
 
     rows = 400_000
     build(tmp_path, rows, members=5, pca=128, student=128, cache_dir=encoder_cache)
@@ -359,7 +359,7 @@ def test_a_prediction_task_killed_inside_a_running_route_is_retried(encoder_cach
 
     def killer() -> None:
         while not stop.is_set() and not killed:
-            pids = _descendants(os.getpid(), "_predict_parts")
+            pids = _descendants(os.getpid(), "Predictor.predict")  # the actor's title during a call
             if pids:
                 time.sleep(0.5)  # well inside the task's work
                 os.kill(pids[0], signal.SIGKILL)
@@ -374,7 +374,7 @@ def test_a_prediction_task_killed_inside_a_running_route_is_retried(encoder_cach
     finally:
         stop.set()
         th.join(5)
-    assert killed, "no prediction task was seen to kill"
+    assert killed, "no prediction call was seen to kill"
     assert run.routed == rows and run.rejected == 0 and run.reconciles()
     a = pq.read_table(tmp_path / "clean" / "routes")
     b = pq.read_table(tmp_path / "killed" / "routes")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from jobs.cli import main
-from router_core.artifacts import load_trunk
 from router_core.dataset import load_dataset
 from router_core.model import predict_proba
+from router_core.routers import load_router
 from router_core.storage import Storage
 
 
@@ -33,7 +33,8 @@ def test_select_layers_profiles_every_column(small_lr, tmp_path, capsys):
 
 def test_train_tunes_saves_and_reloads_an_ensemble(trained, tmp_path):
     data, feats, model, args = trained
-    pre, nets, m = load_trunk(Storage(), model + "/prefill_trunk")
+    trunk, m = load_router(Storage(), model + "/prefill_trunk")
+    nets = trunk.nets_
     assert len(nets) == 2 and len(m["trials"]) == 2 and m["n_train"] + m["n_val"] == 80
     assert m["ensemble"]["kept"] == [m["ensemble"]["seeds"][i] for i in np.argsort(m["ensemble"]["val_losses"])[:2]]
     assert len(m["targets"]) == 9 and m["columns"]
@@ -50,7 +51,7 @@ def test_train_tunes_saves_and_reloads_an_ensemble(trained, tmp_path):
     ds = load_dataset(Storage(), data)
     fs = load_features(Storage(), feats, ds.queries, m["columns"])
     x = np.concatenate([fs.columns[c] for c in m["columns"]], axis=1)
-    p = predict_proba(nets, pre.transform(x), m["temperature"])
+    p = predict_proba(nets, trunk.pre_.transform(x), m["temperature"])
     assert p.shape == (120, 9) and ((p > 0) & (p < 1)).all()
 
     # The baselines sit beside it, each loadable, indexed by MODEL/manifest.json.

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.cli import main
-from jobs.evaluate import load_model_index
 from router_core.dataset import load_dataset
 from router_core.features import load_features
+from router_core.model_index import read_index
 from router_core.routers import RouterInputs, load_router
 from router_core.storage import Storage
 from tests.integration.conftest import assert_no_secret
@@ -42,7 +42,7 @@ def test_route_from_s3_reconciles_and_is_idempotent(trained, s3_server, bucket, 
     _put_parts(st, q, f"s3://{bucket}/in/batch1")
     out = f"s3://{bucket}/routes/batch1"
     capsys.readouterr()
-    assert main(["route", "--queries", f"s3://{bucket}/in/batch1", "--model", model, "--out", out]) == 0
+    assert main(["route", "--queries", f"s3://{bucket}/in/batch1", "--model", model, "--out", out]) == 1  # rejects
     text = capsys.readouterr().out
     run = json.loads(st.read_text(f"{out}/run.json"))
     tally = json.loads(st.read_text(f"{out}/tally.json"))
@@ -73,7 +73,7 @@ def test_route_from_s3_reconciles_and_is_idempotent(trained, s3_server, bucket, 
 
     # A rerun of the same run: same run id, same routes.
     before = routes.sort_by("query_id")
-    assert main(["route", "--queries", f"s3://{bucket}/in/batch1", "--model", model, "--out", out]) == 0
+    assert main(["route", "--queries", f"s3://{bucket}/in/batch1", "--model", model, "--out", out]) == 1  # rejects
     assert json.loads(st.read_text(f"{out}/run.json"))["run_id"] == run["run_id"]
     assert _routes(st, out).sort_by("query_id").equals(before)
     # Another run (another policy) into the same folder is refused: it would overwrite what it does not own.
@@ -104,7 +104,7 @@ def test_budget_policy_spends_at_most_the_budget(trained, tmp_path, capsys):
     for bad in ("0", "-1"):
         assert main(["route", "--queries", str(tmp_path / "q.parquet"), "--model", model, "--out",
                      str(tmp_path / f"b{bad}"), "--policy", "budget", "--budget-usd", bad]) == 2
-        assert "--budget-usd must be a positive number of dollars" in capsys.readouterr().err
+        assert "budget_usd (--budget-usd) must be a positive number of dollars" in capsys.readouterr().err
 
 
 def test_routed_probabilities_are_the_routers_own(trained, tmp_path):
@@ -126,11 +126,11 @@ def test_routed_probabilities_are_the_routers_own(trained, tmp_path):
     assert run["extract"] == {"reused": 35, "extracted": 5, "rejected": 0} and run["routed"] == 40
     routes = pq.read_table(out / "routes")
     assert routes.column("query_id").to_pylist() == q.column("query_id").to_pylist()  # the input's order
-    index = load_model_index(Storage(), model)
-    router, _ = load_router(Storage(), f"{model}/{index['routers'][index['serve']]}")
+    index = read_index(Storage(), model)
+    router, _ = load_router(Storage(), index.folder(model, index.serve))
     fs = load_features(Storage(), str(cache), q, list(router.columns))
     assert fs.present.all()
     want = router.predict_proba(RouterInputs(n=40, prefill=fs.columns))
-    got = np.stack([routes.column(f"p:{t}").to_numpy() for t in index["targets"]], axis=1)
+    got = np.stack([routes.column(f"p:{t}").to_numpy() for t in index.targets], axis=1)
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert np.ptp(got, axis=0).max() > 1e-3  # not one row repeated

@@ -49,7 +49,7 @@ def test_a_failing_job_gives_a_failing_exit_code(ray_head, capsys, monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     code = main(["submit", "--address", address, "--python", sys.executable, "--timeout", "300", "validate", "--",
                  "/nonexistent/dataset"])
-    assert code == 1
+    assert code == 3  # the job could not finish (router_core.errors.FAILED)
     assert "FAILED" in capsys.readouterr().out
 
 

@@ -164,7 +164,8 @@ def test_an_empty_query_set_is_refused_in_one_line(tmp_path, capsys):
 def test_a_budget_of_zero_or_less_is_refused(budget, tmp_path, capsys):
     code, out, err = run(capsys, "route", "--queries", str(tmp_path), "--model", str(tmp_path), "--out",
                          str(tmp_path / "r"), "--policy", "budget", "--budget-usd", budget)
-    assert code == 2 and "--budget-usd must be a positive number of dollars" in err and "Traceback" not in err
+    assert code == 2 and "budget_usd (--budget-usd) must be a positive number of dollars" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_config_with_an_unknown_key_is_refused(ds, tmp_path, capsys):

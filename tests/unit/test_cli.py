@@ -92,7 +92,7 @@ def test_import_writes_rejects_and_counts_reconcile(capsys, tmp_path):
                     "- {name: m2, price_in_per_mtok: 5, price_out_per_mtok: 9}\n")
     out_dir = tmp_path / "out"
     code, out, err = run(capsys, "import", "routerbench", str(src), "--out", str(out_dir), "--pool", str(pool))
-    assert code == 0
+    assert code == 1  # rows were rejected (and listed); the rest is imported
     assert "4 source rows -> 3 queries + 1 rejected" in out
     assert "8 model cells = 6 outcomes + 1 blank (not measured) + 1 unconvertible" in out
     reasons = sorted(r["reason"] for r in pq.read_table(out_dir / "rejects.parquet").to_pylist())

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from router_core.errors import ArtifactError
-from router_core.evaluation import build_report, call_costs
-from router_core.model import Preprocessor, SharedTrunkNet
+from router_core.evaluation import build_report, call_costs, output_token_medians
+from router_core.model import Preprocessor, SharedTrunkNet, fit_temperature
 from router_core.routers import (ConstantRouter, OracleRouter, PrefillLogReg, RandomRouter, RouterInputs,
-                                 SemanticKNN, TaskPrior, TrunkRouter, fit_temperature, load_router, save_router)
+                                 SemanticKNN, TaskPrior, TrunkRouter, load_router, save_router)
 from router_core.schemas import Pool
 from router_core.storage import Storage
 
@@ -17,7 +17,7 @@ NAN = np.nan
 def test_task_prior_is_the_per_task_mean_ignoring_unmeasured():
     tasks = ["a", "a", "b", "b"]
     scores = np.array([[1, 0], [0, NAN], [1, 1], [1, 0]], dtype=float)
-    r = TaskPrior.fit(tasks, scores)
+    r = TaskPrior().fit(tasks, scores)
     p = r.predict_proba(RouterInputs(n=3, tasks=["a", "b", "zzz"]))
     # a: (0.5, 0.0); b: (1.0, 0.5); unseen task: the global means (0.75, 1/3).
     assert np.allclose(p, [[0.5, 0.0], [1.0, 0.5], [0.75, 1 / 3]])
@@ -28,7 +28,7 @@ def test_task_prior_is_the_per_task_mean_ignoring_unmeasured():
 def test_knn_averages_its_neighbours_with_a_smoothing_prior():
     emb = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=float)
     scores = np.array([[1, 0], [1, 0], [0, 1], [0, NAN]], dtype=float)
-    knn = SemanticKNN(emb, scores, k=2, alpha=1.0)
+    knn = SemanticKNN(ks=(2,), alpha=1.0).fit(emb, scores, emb, scores)
     p = knn.predict_proba(RouterInputs(n=1, semantic=np.array([[1.0, 0.05]])))
     # neighbours rows 0, 1: target 0 (1 + 1 + 0.5) / 3, target 1 (0 + 0 + 1/3) / 3.
     assert p[0].tolist() == pytest.approx([2.5 / 3, (1 / 3) / 3])
@@ -41,8 +41,9 @@ def test_knn_chooses_k_on_validation():
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(200, 4))
     y = (emb[:, :1] > 0).astype(float)  # the label is a direction: small k wins
-    knn, info = SemanticKNN.fit(emb[:150], y[:150], emb[150:], y[150:], ks=(3, 100))
-    assert knn.k == 3 and info["val_bce_by_k"]["3"] < info["val_bce_by_k"]["100"]
+    knn = SemanticKNN(ks=(3, 100)).fit(emb[:150], y[:150], emb[150:], y[150:])
+    info = knn.fit_info_
+    assert knn.k_ == 3 and info["val_bce_by_k"]["3"] < info["val_bce_by_k"]["100"]
 
 
 def test_logreg_learns_a_separable_target_per_column():
@@ -51,8 +52,9 @@ def test_logreg_learns_a_separable_target_per_column():
     s = np.stack([(x["mean_01"][:, 0] > 0), (x["last_02"][:, 1] > 0)], axis=1).astype(float)
     s[::7, 1] = NAN  # unmeasured rows are left out, not read as 0
     tr, va = slice(0, 200), slice(200, 300)
-    r, info = PrefillLogReg.fit(["mean_01", "last_02"], {c: v[tr] for c, v in x.items()}, s[tr],
-                                {c: v[va] for c, v in x.items()}, s[va])
+    r = PrefillLogReg().fit(["mean_01", "last_02"], {c: v[tr] for c, v in x.items()}, s[tr],
+                            {c: v[va] for c, v in x.items()}, s[va])
+    info = r.fit_info_
     p = r.predict_proba(RouterInputs(n=100, prefill={c: v[va] for c, v in x.items()}))
     assert ((p > 0.5) == (np.nan_to_num(s[va]) > 0.5))[~np.isnan(s[va])].mean() > 0.9
     assert len(info["C"]) == 2
@@ -66,19 +68,28 @@ def test_temperature_undoes_overconfidence():
     assert t == pytest.approx(3.0, rel=0.1)
 
 
+def _logreg():
+    r = PrefillLogReg()
+    r.columns_, r.mean_, r.scale_ = ["mean_01", "last_01"], np.zeros((2, 3)), np.ones((2, 3))
+    r.coef_, r.intercept_ = np.ones((2, 3)), np.array([0.1, -0.2])
+    return r
+
+
 def _trunk():
     x = np.random.default_rng(3).normal(size=(30, 6))
     pre = Preprocessor(pca_dim=4).fit(x)
     nets = [SharedTrunkNet(4, 2, (8, 4), (0.1, 0.05)).eval() for _ in range(2)]
-    return TrunkRouter("prefill_trunk", ["mean_01", "last_01"], pre, nets, temperature=0.7)
+    r = TrunkRouter("prefill_trunk", ["mean_01", "last_01"]).fit(pre, nets)
+    r.temperature_ = 0.7
+    return r
 
 
 @pytest.mark.parametrize("router", [
-    ConstantRouter.best_single(np.array([[1, 0], [0, NAN]], dtype=float)),
-    ConstantRouter.one_target("cheapest", 1, 2), RandomRouter(2, seed=5), OracleRouter(),
-    TaskPrior.fit(["a", "b"], np.array([[1, 0], [0, 1]], dtype=float)),
-    SemanticKNN(np.eye(3)[:, :2] + 0.1, np.array([[1, 0], [0, 1], [1, 1]], dtype=float), k=2),
-    PrefillLogReg(["mean_01", "last_01"], np.zeros((2, 3)), np.ones((2, 3)), np.ones((2, 3)), np.array([0.1, -0.2])),
+    ConstantRouter("best_single").fit(np.array([[1, 0], [0, NAN]], dtype=float)),
+    ConstantRouter("cheapest", 1).fit(np.zeros((1, 2))), RandomRouter(2, seed=5), OracleRouter(),
+    TaskPrior().fit(["a", "b"], np.array([[1, 0], [0, 1]], dtype=float)),
+    SemanticKNN(ks=(2,)).fit(*([np.eye(3)[:, :2] + 0.1, np.array([[1, 0], [0, 1], [1, 1]], dtype=float)] * 2)),
+    _logreg(),
     _trunk(),
 ], ids=lambda r: r.kind)
 def test_every_router_round_trips(tmp_path, router):
@@ -101,7 +112,7 @@ def test_call_costs_prefers_observed_and_estimates_the_rest():
                                            {"name": "b", "price_in_per_mtok": 10.0, "price_out_per_mtok": 20.0}]})
     observed = np.array([[0.5, NAN], [NAN, NAN]])
     train_out = np.array([[100, NAN], [300, 50]], dtype=float)  # medians 200 and 50 output tokens
-    c, how = call_costs(observed, ["x" * 400, "y" * 4000], pool, ["a", "b"], train_out)
+    c, how = call_costs(observed, ["x" * 400, "y" * 4000], pool, ["a", "b"], output_token_medians(train_out))
     # row 0: 100 input tokens; row 1: 1000. a: in 1e-6, out 2e-6 $/tok; b: 1e-5, 2e-5.
     want = [[0.5, 100 * 1e-5 + 50 * 2e-5], [1000e-6 + 200 * 2e-6, 1000 * 1e-5 + 50 * 2e-5]]
     assert np.allclose(c, want, rtol=1e-12)
@@ -134,9 +145,11 @@ def test_distilled_student_reproduces_its_teacher():
         for n in nets:
             n.net[0].weight.mul_(4.0)
             n.net[-1].weight.mul_(4.0)
-    teacher = TrunkRouter("prefill_trunk", ["mean_01"], pre, nets, temperature=1.3)
-    student, info = teacher.distil(x[:400], x[400:500], width=32, seed=0, mix=4)
-    assert student.kind == "prefill_trunk_distilled" and len(student.nets) == 1 and student.temperature == 1.0
+    teacher = TrunkRouter("prefill_trunk", ["mean_01"]).fit(pre, nets)
+    teacher.temperature_ = 1.3
+    student = teacher.distil(x[:400], x[400:500], width=32, seed=0, mix=4)
+    info = student.fit_info_
+    assert student.kind == "prefill_trunk_distilled" and len(student.nets_) == 1 and student.temperature_ == 1.0
     held = RouterInputs(n=100, prefill={"mean_01": x[500:]})  # rows neither fit nor stopped on
     p_t, p_s = teacher.predict_proba(held), student.predict_proba(held)
     spread = p_t.std()

@@ -2,7 +2,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs.route import Policy, _run_id
+from jobs.route import _run_id
+from router_core.config import Policy
 
 from router_core.routing import budget_routes, threshold_routes, utility_routes
 
@@ -67,5 +68,5 @@ def test_run_id_covers_every_row_of_the_batch():
     run = _run_id(None, keys, {"weights_sha256": "w"}, Policy())
     assert run == _run_id(None, keys, {"weights_sha256": "w"}, Policy())
     assert run != _run_id(None, edited, {"weights_sha256": "w"}, Policy())  # a row in the middle changed
-    assert run != _run_id(None, keys, {"weights_sha256": "w"}, Policy("utility", lam=1.0))
+    assert run != _run_id(None, keys, {"weights_sha256": "w"}, Policy(name="utility", lam=1.0))
     assert _run_id("given", keys, {}, Policy()) == "given"

@@ -1,4 +1,6 @@
-"""report.html and its PNG figures (matplotlib): cost-accuracy curves, layer profile, calibration."""
+"""report.html and its PNG figures (matplotlib): cost-accuracy curves, layer profile, calibration.
+
+Pure: figures and pages come back as bytes and text for the stage to write."""
 
 from __future__ import annotations
 
@@ -7,8 +9,8 @@ import io
 
 import numpy as np
 
-from router_core.metrics import pareto_front
-from router_core.storage import Storage, join
+from .metrics import pareto_front
+from .routers import ordered
 
 HIGHLIGHT = {"prefill_trunk": "tab:red", "prefill_trunk_distilled": "tab:pink", "prefill_logreg": "tab:orange",
              "semantic_mlp": "tab:blue", "semantic_knn": "tab:cyan", "task_prior": "tab:green", "random": "tab:gray"}
@@ -72,18 +74,33 @@ def plot_calibration(report: dict) -> bytes:
     return _png(fig)
 
 
-def write_html(storage: Storage, out: str, report: dict, curves: dict[str, np.ndarray],
-               profile: list[dict] | None) -> None:
-    from .evaluate import ordered
-    from .select_layers import plot_profile
+def plot_profile(profile: list[dict]) -> bytes:
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for pooling in sorted({r["pooling"] for r in profile}):
+        rows = sorted((r for r in profile if r["pooling"] == pooling), key=lambda r: r["layer"])
+        layers = [r["layer"] for r in rows]
+        a1.plot(layers, [r["fisher_mean"] for r in rows], marker="o", label=pooling)
+        a2.plot(layers, [r["d_eff"] for r in rows], marker="o", label=f"{pooling} (standardised)")
+        a2.plot(layers, [r["d_eff_raw"] for r in rows], linestyle="--", label=f"{pooling} (raw)")
+    a1.set(xlabel="layer (hidden_states index)", ylabel="Fisher J, mean over targets", title="Separability")
+    a2.set(xlabel="layer (hidden_states index)", ylabel="participation ratio", title="Effective dimensionality",
+           yscale="log")
+    a1.legend()
+    a2.legend(fontsize=7)
+    return _png(fig)
 
-    storage.write_bytes(join(out, "curves.png"), plot_curves(report, curves))
+
+
+def report_files(report: dict, curves: dict[str, np.ndarray], profile: list[dict] | None) -> dict[str, bytes | str]:
+    """report.html and the figures it shows, by file name."""
+    files: dict[str, bytes | str] = {"curves.png": plot_curves(report, curves)}
     figures = [("Cost-accuracy curves", "curves.png")]
     if report["calibration"]:
-        storage.write_bytes(join(out, "calibration.png"), plot_calibration(report))
+        files["calibration.png"] = plot_calibration(report)
         figures.append(("Calibration (pooled over targets, test split)", "calibration.png"))
     if profile:
-        storage.write_bytes(join(out, "layer_profile.png"), plot_profile(profile))
+        files["layer_profile.png"] = plot_profile(profile)
         figures.append(("Layer profile (training split)", "layer_profile.png"))
     cols = ["accuracy", "mean_cost", "gap_closed_pct", "p_auccc", "cost_reduction_pct", "mean_auc", "ece", "aiq"]
     if any("apgr" in v for v in report["routers"].values()):
@@ -113,4 +130,5 @@ Oracle: {o['accuracy']:.4f} at ${o['mean_cost']:.6g}. Pareto-AUCCC of the single
 {''.join(f'<h2>{html.escape(t)}</h2><img src="{f}" style="max-width:100%">' for t, f in figures)}
 <h2>Single models</h2><table><tr><th>model</th><th>accuracy</th><th>mean cost $</th></tr>{singles}</table>
 </body></html>"""
-    storage.write_text(join(out, "report.html"), doc)
+    files["report.html"] = doc
+    return files

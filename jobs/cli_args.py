@@ -1,0 +1,83 @@
+"""The arguments of each subcommand (jobs.cli's table of stages names them)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="YAML", help="configuration file (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config field, e.g. --set storage.region=eu-west-1 (repeatable)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def learning_inputs(p: argparse.ArgumentParser, out_help: str) -> None:
+    """The arguments of the stages that learn from a dataset and its features."""
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--features", required=True, help="features folder made by extract")
+    p.add_argument("--out", required=True, help=out_help)
+
+
+def import_args(p):
+    p.add_argument("format", choices=["routerbench", "llmrouter", "routellm"],
+                   help="routerbench: routerbench_wide.csv; llmrouter: scores_wide.csv (prices from "
+                   "llm_candidates.json beside it); routellm: mmlu_gsm8k_wide.csv (split by seeded "
+                   "hash of the query id: --set import.seed=N)")
+    p.add_argument("src", help="source file (local path or s3:// URI)")
+    p.add_argument("--out", required=True, help="dataset folder to write")
+    p.add_argument("--pool", help="pool.yaml with prices to use instead of the source's or estimated ones")
+    p.add_argument("--candidates", help="llmrouter only: path of llm_candidates.json")
+
+
+def validate_args(p):
+    p.add_argument("dataset", help="dataset folder (local path or s3:// URI)")
+    p.add_argument("--rejects", help="write every rejected row to this Parquet file")
+
+
+def extract_args(p):
+    p.add_argument("--data", required=True, help="dataset folder, queries Parquet file, or folder of parts")
+    p.add_argument("--out", required=True, help="features folder (local or s3://)")
+    p.add_argument("--encoder", help="smollm2-135m (packaged), a local model folder, or a HF id")
+    p.add_argument("--layers", help="comma-separated hidden-state indices (0 = embeddings), or 'all'")
+    p.add_argument("--pooling", help="comma-separated: mean (all tokens), last (last token), tail (last extract.tail_tokens)")
+
+
+def evaluate_args(p):
+    p.add_argument("--data", required=True, help="dataset folder (local or s3://)")
+    p.add_argument("--features", required=True, help="prefill features folder made by `extract`")
+    p.add_argument("--model", required=True, help="model folder made by `train`")
+    p.add_argument("--out", required=True, help="report folder")
+
+
+def route_args(p):
+    p.add_argument("--queries", required=True, help="queries: Parquet file, folder/prefix of parts, or dataset folder")
+    p.add_argument("--model", required=True, help="model folder made by `train` (or a retrain folder: its champion)")
+    p.add_argument("--out", required=True, help="routes folder (one run per folder)")
+    p.add_argument("--policy", choices=["threshold", "utility", "budget"], default="threshold")
+    p.add_argument("--tau", type=float, default=0.0, help="threshold policy: 0 = most probable, 1 = cheapest")
+    p.add_argument("--lam", type=float, default=0.0, help="utility policy: accuracy per dollar traded")
+    p.add_argument("--budget-usd", type=float, help="budget policy: total dollars for the batch (> 0)")
+    p.add_argument("--features", help="feature cache folder (default: the model's training features)")
+    p.add_argument("--run-id", help="name this run (default: a digest of queries, router and policy)")
+    p.add_argument("--router", help="which router under MODEL (default: the model index's serving router)")
+
+
+def submit_args(p, stages: list[str]):
+    p.add_argument("stage", help="the stage to run: " + ", ".join(stages))
+    p.add_argument("stage_args", nargs=argparse.REMAINDER, help="the stage's arguments (after --)")
+    p.add_argument("--address", required=True, help="the Jobs API, e.g. http://HEAD:8265")
+    p.add_argument("--working-dir", help="folder to upload (default: this checkout)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME",
+                   help="pass this environment variable to the job (credentials are refused)")
+    p.add_argument("--python", default="python", help="the cluster's Python (default: python)")
+    p.add_argument("--no-follow", action="store_true", help="print the job id and return")
+    p.add_argument("--timeout", type=float, help="stop the job after this many seconds")
+
+
+def nightly_args(p):
+    p.add_argument("--date", help="the date of the outputs (default: today, UTC), YYYY-MM-DD")
+
+
+def none(p):
+    pass

@@ -1,0 +1,110 @@
+"""The model index: what ``train`` writes as MODEL/manifest.json and every later stage reads.
+
+One typed reader for the model folder (routers and their folders, the serving router, the feature
+caches it was trained on, cost estimates) and for a retrain folder's ``champion.json`` (which
+model folder serves). Stages never pick keys out of these files by hand.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .dataset import format_validation_error
+from .errors import ArtifactError
+from .storage import Storage, join
+
+INDEX = "manifest.json"
+CHAMPION = "champion.json"
+KIND = "prefill-router-models"
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FeatureRef(_Doc):
+    """A feature cache a router reads: where, with which settings, from which encoder."""
+
+    uri: str
+    settings_key: str
+    encoder: dict
+    column: str | None = None  # the one column of a sentence-embedding cache
+
+
+class ModelIndex(_Doc):
+    kind: str = KIND
+    targets: list[str]
+    pool: dict
+    data_fingerprint: str
+    n_train: int
+    n_val: int
+    code_version: str
+    default: str  # the router evaluate and retrain compare
+    serve: str  # the router route uses unless told
+    routers: dict[str, str]  # name -> folder under the model folder
+    best_single: str  # on train: the target the savings are measured against
+    output_tokens_median: dict[str, float]  # per target, on train: the output length of a call
+    features: dict[str, FeatureRef]  # "prefill", "semantic"
+    layer_profile: str | None = None
+    seconds: dict[str, float] = {}
+    config: dict = {}
+
+    def folder(self, model: str, name: str) -> str:
+        """The folder of router ``name`` under the model folder ``model``."""
+        if name not in self.routers:
+            raise ArtifactError(f"{model}: no router {name!r} (it has {', '.join(self.routers)})")
+        return join(model, self.routers[name])
+
+    def save(self, storage: Storage, model: str) -> None:
+        storage.write_text(join(model, INDEX), json.dumps(self.model_dump(exclude_none=True), indent=2))
+
+
+class Champion(_Doc):
+    """A retrain folder's pointer to the model that serves (``retrain.models/champion.json``)."""
+
+    version: str
+    model: str
+    dataset: str
+    features: str
+    p_auccc: float
+    promoted_unix: int
+
+    def save(self, storage: Storage, models: str) -> None:
+        storage.write_text(join(models, CHAMPION), json.dumps(self.model_dump(), indent=2))
+
+
+def _read(storage: Storage, uri: str, cls, what: str):
+    try:
+        doc = json.loads(storage.read_text(uri))
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{uri}: not valid JSON ({e})") from None
+    try:
+        return cls.model_validate(doc)
+    except ValidationError as e:
+        raise ArtifactError(f"{uri}: not {what} ({format_validation_error(e)})") from None
+
+
+def read_champion(storage: Storage, models: str) -> Champion | None:
+    uri = join(models, CHAMPION)
+    return _read(storage, uri, Champion, "a champion pointer") if storage.exists(uri) else None
+
+
+def resolve_model(storage: Storage, uri: str) -> str:
+    """The model folder ``uri`` names: itself, or the champion of a retrain folder."""
+    champion = read_champion(storage, uri)
+    return champion.model if champion is not None else uri
+
+
+def read_index(storage: Storage, model: str) -> ModelIndex:
+    uri = join(model, INDEX)
+    if not storage.exists(uri):
+        raise ArtifactError(f"{model}: no {INDEX} (not a model folder made by `train`)")
+    try:
+        kind = json.loads(storage.read_text(uri)).get("kind")
+    except (json.JSONDecodeError, AttributeError):
+        kind = None
+    if kind != KIND:
+        raise ArtifactError(f"{uri}: kind is {kind!r}, expected {KIND!r} (the output folder of `train`)")
+    return _read(storage, uri, ModelIndex, "a model index")

@@ -1,0 +1,279 @@
+"""Fitting the whole router bundle: SharedTrunkNet tuned by Optuna and kept as a seed ensemble, its
+distilled serving net, and every baseline, from arrays in memory.
+
+The members are fitted by a function passed in, ``fit(data, params, seeds, name) -> (metrics,
+member states)`` with ``data = (x_train, s_train, x_val, s_val)`` already preprocessed: the jobs
+pass one that runs Ray Train; a test can pass a plain loop over ``model.fit_trunk``.
+
+1. Split train / val (the dataset's val split, else a seeded share of train).
+2. Optuna (TPE, seeded, the reference setting first) searches learning rate, weight decay, widths,
+   dropout, PCA size and, for the prefill trunk, pooling and which columns (top-k by mean Fisher J
+   or each target's best: select-layers' strategies); each trial one ``fit``.
+3. The best setting is fitted with ``train.seeds`` seeds; the best ``train.keep`` by validation loss
+   form the ensemble, its temperature fitted on val; ``train.distil_width`` > 0 distils it.
+4. Baselines: semantic SharedTrunkNet (same search), semantic kNN, per-target logistic regression,
+   task prior, best single, cheapest, most expensive, random, oracle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .artifacts import member_state
+from .config import AppConfig
+from .dataset import Dataset, outcome_matrix
+from .errors import DataError
+from .evaluation import call_costs, output_token_medians
+from .importers import hash_split
+from .model import Preprocessor, SharedTrunkNet, TrainParams, bce
+from .model_index import FeatureRef, ModelIndex
+from .probes import layer_profile, select_columns
+from .routers import (ConstantRouter, OracleRouter, PrefillLogReg, RandomRouter, Router, RouterInputs, SemanticKNN,
+                      TaskPrior, TrunkRouter, save_router)
+from .storage import join
+
+log = logging.getLogger(__name__)
+
+Fit = Callable[[tuple, TrainParams, list[int], str], tuple[dict, dict]]
+
+SEARCH_SPACE = {
+    "lr": (1e-4, 3e-3),
+    "weight_decay": (1e-6, 1e-3),
+    "width1": [128, 256, 512],
+    "width2": [64, 128],
+    "dropout": (0.0, 0.5),
+    "pca_dim": [0, 64, 128, 256],  # 0 = no PCA
+    # prefill only: the pooling ("all" = every pooling in the features), and which columns
+    "selection": ["top_k_mean", "per_target"],
+}
+REFERENCE = {"lr": 1e-3, "weight_decay": 1e-4, "width1": 256, "width2": 128, "dropout": 0.3, "pca_dim": 0}
+
+
+@dataclass
+class Bundle:
+    """Every fitted router with the manifest fields it is saved with, and what the index needs."""
+
+    routers: dict[str, tuple[Router, dict]]  # name -> (router, its manifest fields)
+    common: dict  # fields every router's manifest and the index carry
+    profile: list[dict]
+    serve: str
+    best_single: str
+    output_tokens_median: dict[str, float]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def split_masks(splits: list[str | None], qids: list[str], seed: int, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) masks: the dataset's val split, else a seeded share of train."""
+    has_val = "val" in splits
+    train, val = [], []
+    for q, s in zip(qids, splits):
+        if s == "train" and not has_val:
+            v = hash_split(q, seed, val_frac, 0.0) == "val"
+            train.append(not v)
+            val.append(v)
+        else:
+            train.append(s == "train")
+            val.append(s == "val")
+    return np.array(train), np.array(val)
+
+
+def _params_of(p: dict, tc) -> TrainParams:
+    return TrainParams(lr=p["lr"], weight_decay=p["weight_decay"], batch_size=tc.batch_size,
+                       max_epochs=tc.max_epochs, patience=tc.patience,
+                       widths=(p["width1"], p["width2"]), dropouts=(p["dropout"], p["dropout"] * 2 / 3))
+
+
+def common_space(trial) -> dict:
+    s = SEARCH_SPACE
+    return {"lr": trial.suggest_float("lr", *s["lr"], log=True),
+            "weight_decay": trial.suggest_float("weight_decay", *s["weight_decay"], log=True),
+            "width1": trial.suggest_categorical("width1", s["width1"]),
+            "width2": trial.suggest_categorical("width2", s["width2"]),
+            "dropout": trial.suggest_float("dropout", *s["dropout"]),
+            "pca_dim": trial.suggest_categorical("pca_dim", s["pca_dim"])}
+
+
+@dataclass
+class Tuned:
+    router: TrunkRouter
+    best_params: dict
+    trials: list[dict]
+    ensemble: dict
+
+
+def tune_trunk(cfg: AppConfig, fit: Fit, name: str, space, design, reference: dict, n_trials: int,
+               tr: np.ndarray, va: np.ndarray, scores: np.ndarray, n_targets: int) -> Tuned:
+    """Optuna over ``space(trial)``; the best setting refitted as the seed ensemble; temperature on val.
+
+    ``design(p)`` -> (columns, x): the (n, d) inputs of a setting; a Preprocessor is fitted on train."""
+    import optuna
+
+    tc = cfg.train
+
+    def arrays(p):
+        cols, x = design(p)
+        pre = Preprocessor(pca_dim=p["pca_dim"] or None).fit(x[tr])
+        return cols, pre, (pre.transform(x[tr]), scores[tr], pre.transform(x[va]), scores[va])
+
+    def objective(trial) -> float:
+        p = space(trial)
+        metrics, _ = fit(arrays(p)[2], _params_of(p, tc), [tc.seed], f"{name}-trial{trial.number}")
+        log.info("train %s: trial %d/%d val_loss %.4f %s", name, trial.number + 1, n_trials, metrics["val_loss"], p)
+        return metrics["val_loss"]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=tc.seed))
+    study.enqueue_trial(reference)  # the reference setting first: the search can only improve on it
+    study.optimize(objective, n_trials=n_trials)
+    best = dict(study.best_params)
+    cols, pre, data = arrays(best)
+    params = _params_of(best, tc)
+    seeds = [tc.seed + 1000 + i for i in range(tc.seeds)]
+    metrics, states = fit(data, params, seeds, f"{name}-ensemble")
+    log.info("train %s: ensemble of %d seeds fitted", name, len(seeds))
+    losses = json.loads(metrics["val_losses"])
+    kept = [seeds[i] for i in np.argsort(losses, kind="stable")[: tc.keep]]
+    nets = []
+    for s in kept:
+        net = SharedTrunkNet(pre.out_dim, n_targets, params.widths, params.dropouts)
+        net.load_state_dict(member_state(states, f"seed{s}."))
+        nets.append(net.eval())
+    router = TrunkRouter(name, cols, temperature=tc.temperature).fit(pre, nets, data[2], data[3])
+    trials = [{"number": t.number, "params": t.params, "val_loss": t.value} for t in study.trials]
+    return Tuned(router, best, trials, {"seeds": seeds, "val_losses": losses, "kept": kept})
+
+
+def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndarray], sem: np.ndarray,
+               present: np.ndarray, fman: dict, sem_manifest: dict, code_version: str) -> Bundle:
+    """Every router on dataset ``ds``: ``prefill`` (column -> (n, d)) and ``sem`` (n, d) aligned to its
+    queries, ``present`` where both exist; ``fman``/``sem_manifest`` their feature caches' manifests."""
+    tc, bc = cfg.train, cfg.baselines
+    seconds: dict[str, float] = {}
+    q = ds.queries
+    qids, targets = q.column("query_id").to_pylist(), ds.pool.names
+    scores = outcome_matrix(ds.outcomes, qids, targets)
+    tr, va = split_masks(q.column("split").to_pylist(), qids, tc.seed, tc.val_frac)
+    tr, va = tr & present, va & present
+    if tr.sum() < 10 or va.sum() < 5:
+        raise DataError(f"too few training ({tr.sum()}) or validation ({va.sum()}) queries with features")
+
+    t = time.perf_counter()
+    profile = layer_profile({c: prefill[c][tr] for c in fman["columns"]}, scores[tr], targets,
+                            cfg.select.pca_dim, cfg.select.eps)
+    seconds["layer_profile"] = time.perf_counter() - t
+    poolings = sorted({r["pooling"] for r in profile})
+    pooling_choices = poolings + (["all"] if len(poolings) > 1 else [])
+
+    def prefill_space(trial) -> dict:
+        p = common_space(trial)
+        p["pooling"] = trial.suggest_categorical("pooling", pooling_choices)
+        p["selection"] = trial.suggest_categorical("selection", SEARCH_SPACE["selection"])
+        p["n_layers"] = trial.suggest_int("n_layers", 1, tc.max_layers)
+        return p
+
+    tasks = q.column("task").to_pylist()
+    prior = TaskPrior().fit([tasks[i] for i in np.flatnonzero(tr)], scores[tr]) \
+        if any(x is not None for x in tasks) else None
+    extra = {"semantic": sem}
+    if "task_prior" in tc.extra_inputs:
+        if prior is None:
+            raise DataError("train.extra_inputs has task_prior but the queries have no task")
+        extra["task_prior"] = prior.predict_proba(RouterInputs(n=len(qids), tasks=tasks))
+
+    def prefill_design(p: dict) -> tuple[list[str], np.ndarray]:
+        rows = [r for r in profile if p["pooling"] == "all" or r["pooling"] == p["pooling"]]
+        cols = select_columns(rows, p["selection"], p["n_layers"]) + list(tc.extra_inputs)
+        return cols, np.concatenate([prefill[c] if c in prefill else extra[c] for c in cols], axis=1)
+
+    reference = dict(REFERENCE, pooling=poolings[0], selection="top_k_mean", n_layers=1)
+    t = time.perf_counter()
+    trunk = tune_trunk(cfg, fit, "prefill_trunk", prefill_space, prefill_design, reference, tc.n_trials,
+                       tr, va, scores, len(targets))
+    seconds["prefill_trunk"] = time.perf_counter() - t
+    trunk_fields = dict(encoder=fman["encoder"], features_settings_key=fman["settings_key"],
+                        extra_inputs=list(tc.extra_inputs))
+    routers: dict[str, tuple[Router, dict]] = {"prefill_trunk": (trunk.router, dict(
+        trunk_fields, layers=[{"column": r["column"], "fisher_mean": r["fisher_mean"], "d_eff": r["d_eff"]}
+                              for r in profile if r["column"] in trunk.router.columns],
+        preprocess={"standardise": True, "pca_dim": trunk.best_params["pca_dim"] or None},
+        best_params=trunk.best_params, trials=trunk.trials, ensemble=trunk.ensemble,
+        calibration=trunk.router.fit_info_))}
+    if tc.distil_width:
+        t = time.perf_counter()
+        _, x = prefill_design(trunk.best_params)
+        student = trunk.router.distil(x[tr], x[va], tc.distil_width, tc.seed, tc.distil_mix, tc.max_epochs,
+                                      tc.patience)
+        inputs_va = RouterInputs(n=int(va.sum()), prefill={c: v[va] for c, v in prefill.items()},
+                                 prior=extra["task_prior"][va] if "task_prior" in extra else None, semantic=sem[va])
+        info = dict(student.fit_info_, val_bce_labels=bce(student.predict_proba(inputs_va), scores[va]),
+                    val_bce_labels_teacher=bce(trunk.router.predict_proba(inputs_va), scores[va]))
+        routers["prefill_trunk_distilled"] = (student, dict(trunk_fields, distillation=info))
+        seconds["prefill_trunk_distilled"] = time.perf_counter() - t
+        log.info("train: prefill_trunk_distilled %s", info)
+    t = time.perf_counter()
+    sem_mlp = tune_trunk(cfg, fit, "semantic_mlp", common_space, lambda p: (["semantic"], sem), REFERENCE,
+                         bc.semantic_trials or tc.n_trials, tr, va, scores, len(targets))
+    sem_fields = dict(encoder=sem_manifest["encoder"], features_settings_key=sem_manifest["settings_key"])
+    routers["semantic_mlp"] = (sem_mlp.router, dict(sem_fields, best_params=sem_mlp.best_params, trials=sem_mlp.trials,
+                                                     ensemble=sem_mlp.ensemble, calibration=sem_mlp.router.fit_info_))
+    seconds["semantic_mlp"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    knn = SemanticKNN(bc.knn_k).fit(sem[tr], scores[tr], sem[va], scores[va])
+    per_target = [max(profile, key=lambda r: r["fisher"][tg])["column"] for tg in targets]
+    cols = set(per_target)
+    logreg = PrefillLogReg(bc.logreg_c).fit(per_target, {c: prefill[c][tr] for c in cols}, scores[tr],
+                                            {c: prefill[c][va] for c in cols}, scores[va])
+    med = output_token_medians(outcome_matrix(ds.outcomes, qids, targets, "output_tokens")[tr])
+    mean_cost = mean_train_cost(ds, qids, targets, tr, med)
+    routers["prefill_logreg"] = (logreg, dict(logreg.fit_info_, **trunk_fields))
+    routers["semantic_knn"] = (knn, dict(knn.fit_info_, **sem_fields))
+    for router in (ConstantRouter("best_single"), ConstantRouter("cheapest", int(np.argmin(mean_cost))),
+                   ConstantRouter("most_expensive", int(np.argmax(mean_cost))), RandomRouter(len(targets), bc.random_seed),
+                   OracleRouter(), prior):
+        if router is not None:
+            routers[router.kind] = (router.fit(scores[tr]) if isinstance(router, ConstantRouter) else router, {})
+    seconds["other_baselines"] = time.perf_counter() - t
+
+    fingerprint = hashlib.sha256(json.dumps({
+        "queries": sorted(zip(qids, q.column("split").to_pylist()), key=lambda t: t[0]),
+        "n_outcomes": ds.outcomes.num_rows}, default=str).encode()).hexdigest()
+    common = {"targets": targets, "pool": ds.pool.model_dump(exclude_none=True), "data_fingerprint": fingerprint,
+              "n_train": int(tr.sum()), "n_val": int(va.sum()), "code_version": code_version}
+    return Bundle(routers, common, profile, "prefill_trunk_distilled" if tc.distil_width else "prefill_trunk",
+                  targets[int(np.nanmean(scores[tr], axis=0).argmax())],
+                  {t: float(m) for t, m in zip(targets, med)}, seconds)
+
+
+def mean_train_cost(ds: Dataset, qids: list[str], targets: list[str], tr: np.ndarray, med: np.ndarray) -> np.ndarray:
+    """Mean training cost per call of each target: observed, else estimated from prices."""
+    observed = outcome_matrix(ds.outcomes, qids, targets, "cost_usd")
+    costs, _ = call_costs(observed, ds.queries.column("text").to_pylist(), ds.pool, targets, med)
+    return np.nanmean(costs[tr], axis=0)
+
+
+def save_bundle(storage, out: str, bundle: Bundle, features: dict[str, FeatureRef], meta: dict) -> ModelIndex:
+    """Every router under ``out/<name>/`` (safetensors + manifest), the layer profile, and last the
+    index (``out/manifest.json``) naming them. ``meta``: dataset, features, configs used."""
+    folders = {}
+    for name, (router, fields) in bundle.routers.items():
+        save_router(storage, join(out, name), router, dict(bundle.common, kind="prefill-router-model", **fields))
+        folders[name] = name
+    storage.write_text(join(out, "layer_profile.json"), json.dumps(
+        {"dataset": meta["dataset"], "features": meta["features"], "n_train": bundle.common["n_train"],
+         "targets": bundle.common["targets"], "pca_dim": meta["config"]["select"]["pca_dim"],
+         "profile": bundle.profile}, indent=2))
+    # `default` is what evaluate and retrain compare; `serve` is what route uses unless told.
+    index = ModelIndex(**bundle.common, default="prefill_trunk", serve=bundle.serve, routers=folders,
+                       best_single=bundle.best_single, output_tokens_median=bundle.output_tokens_median,
+                       features=features, layer_profile="layer_profile.json", seconds=bundle.seconds,
+                       config=meta["config"])
+    index.save(storage, out)
+    return index
