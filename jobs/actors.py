@@ -1,5 +1,6 @@
-"""The Ray pieces: the encoder actor pool (Ray Data), the prediction actors of ``route`` and the
-Ray Train workers that fit SharedTrunkNet members. Each loads what it needs once, in ``__init__``."""
+"""The Ray pieces: the encoder actor pool (Ray Data), the prediction tasks of ``route`` and the
+Ray Train workers that fit SharedTrunkNet members. Each loads its model once per process: the
+encoder in the actor's ``__init__``, the router on a worker's first prediction task."""
 
 from __future__ import annotations
 
@@ -128,37 +129,31 @@ def run_actor_pool(cfg: AppConfig, todo: pa.Table, identity: str, parts_uri: str
 
 
 # -- prediction (route) ---------------------------------------------------------------------------
-class Predictor:
-    """A router loaded once per actor; each call predicts the wanted rows of some feature parts."""
-
-    def __init__(self, storage: dict, folder: str, columns: list[str], dim: int, threads: int):
-        import torch
-
-        torch.set_num_threads(threads)
-        self.torch, self.threads = torch, threads
-        self.storage = Storage(**storage)
-        self.router, _ = load_router(self.storage, folder)
-        self.columns, self.dim = columns, dim
-
-    def predict(self, parts: list[tuple[str, dict, np.ndarray | None]]) -> np.ndarray:
-        """P(correct) of the given rows of each part ((URI, manifest entry, rows or None for all of
-        them) triples), in that order; each column read is checked against its digest."""
-        self.torch.set_num_threads(self.threads)  # per calling thread, as in ExtractActor
-        probas = []
-        for part, entry, rows in parts:
-            t = self.storage.read_table(part, columns=self.columns)
-            verify_part(t, entry["sha256"], part)
-            if rows is not None:  # some of the part's rows: copy those (the common case reads whole parts)
-                t = t.take(pa.array(rows))
-            x = {c: schemas.decode_vectors(t.column(c), self.dim) for c in self.columns}
-            probas.append(self.router.predict_proba(RouterInputs(n=t.num_rows, prefill=x)).astype(np.float32))
-        return np.concatenate(probas) if probas else np.zeros((0, 0), np.float32)
+_ROUTERS: dict[tuple[str, str], object] = {}  # in each worker process: the router it last loaded
 
 
-def predictors(ray, n: int, cpus: float, storage: Storage, folder: str, columns: list[str], dim: int) -> list:
-    """``n`` prediction actors; a lost one restarts and its call runs again (same rows, same result)."""
-    cls = ray.remote(num_cpus=cpus, max_restarts=2, max_task_retries=2)(Predictor)
-    return [cls.remote(storage.settings(), folder, columns, dim, max(1, int(cpus))) for _ in range(n)]
+def predict_parts(parts: list[tuple[str, dict, np.ndarray | None]], storage_kw: dict, folder: str, digest: str,
+                  columns: list[str], dim: int, threads: int) -> np.ndarray:
+    """A Ray task of ``route``: P(correct) of the given rows of each part ((URI, manifest entry, rows
+    or None for all of them) triples), in that order; each column read is checked against its digest.
+    The router is loaded once per worker process (kept by folder and weights digest), not per task."""
+    import torch
+
+    torch.set_num_threads(threads)
+    storage = Storage(**storage_kw)
+    if (folder, digest) not in _ROUTERS:
+        _ROUTERS.clear()
+        _ROUTERS[(folder, digest)] = load_router(storage, folder)[0]
+    router = _ROUTERS[(folder, digest)]
+    probas = []
+    for part, entry, rows in parts:
+        t = storage.read_table(part, columns=columns)
+        verify_part(t, entry["sha256"], part)
+        if rows is not None:  # some of the part's rows: copy those (the common case reads whole parts)
+            t = t.take(pa.array(rows))
+        x = {c: schemas.decode_vectors(t.column(c), dim) for c in columns}
+        probas.append(router.predict_proba(RouterInputs(n=t.num_rows, prefill=x)).astype(np.float32))
+    return np.concatenate(probas) if probas else np.zeros((0, 0), np.float32)
 
 
 # -- training (Ray Train) -------------------------------------------------------------------------

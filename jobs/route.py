@@ -4,9 +4,9 @@
    cannot be routed (no id, duplicate id, no text) go to the rejects with their reason.
 2. Prefill features through the extraction job's cache (the model's features folder unless
    ``--features`` names another): only texts it lacks are encoded, with the model's own settings.
-3. Predict P(correct) per target with the trained router: one prediction actor per CPU loads it
-   once and predicts a group of feature parts (only those parts and the model's columns are read;
-   memory stays bounded).
+3. Predict P(correct) per target with the trained router, in Ray tasks over groups of feature parts
+   balanced by rows, one per CPU (each reads only its parts and the model's columns; each worker
+   process loads the router once; memory stays bounded).
 4. Assign routes by the policy (threshold, utility, or a batch budget) on estimated call costs
    (input tokens x price + the target's median training output tokens x price).
 5. Write ``OUT/routes/part-*.parquet``, ``OUT/rejects.parquet``, ``OUT/tally.json`` and last
@@ -40,7 +40,7 @@ from router_core.routing import assign, tally
 from router_core.schemas import Pool
 from router_core.storage import Storage, join
 
-from .actors import predictors
+from .actors import predict_parts
 from .common import format_table, storage_from
 from .encoding import encode, prepare
 from .runtime import ensure_ray, ray_get
@@ -143,20 +143,19 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
     seconds["extract"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))  # actors wait for a CPU; none idle meanwhile
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))  # tasks wait for a CPU; none idle meanwhile
     tcpu = cfg.route.task_cpus
     groups = _plan(ex.located, max(1, int(cpus / tcpu)))  # one wave, balanced by rows
     dim = int(ex.manifest["feature_dim"])
-    actors = predictors(ray, len(groups), tcpu, storage, folder, list(rman["columns"]), dim)
-    refs = [a.predict.remote(items) for a, (items, _) in zip(actors, groups)]
+    task = ray.remote(num_cpus=tcpu)(predict_parts)
+    refs = [task.remote(items, storage.settings(), folder, rman["weights_sha256"], list(rman["columns"]), dim,
+                        max(1, int(tcpu))) for items, _ in groups]
     proba = np.zeros((kept.num_rows, len(targets)), np.float32)
     have = np.zeros(kept.num_rows, bool)
     for done, (ref, (_, dst)) in enumerate(zip(refs, groups), 1):
         proba[dst] = ray_get(ref)
         have[dst] = True
         log.info("route: predicted %d/%d groups of feature parts", done, len(refs))
-    for a in actors:
-        ray.kill(a)
     seconds["predict"] = time.perf_counter() - t
 
     t = time.perf_counter()

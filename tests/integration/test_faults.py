@@ -338,9 +338,9 @@ def _registered(run_dir: Path) -> bool:
         return False
 
 
-def test_a_prediction_actor_killed_inside_a_running_route_is_retried(encoder_cache, tmp_path):
-    """SIGKILL a route prediction actor mid-call: Ray restarts it and runs the call again; the run
-    completes with every query routed once and the same routes as an uninterrupted run."""
+def test_a_prediction_task_killed_inside_a_running_route_is_retried(encoder_cache, tmp_path):
+    """SIGKILL a route prediction task's worker mid-job: Ray retries the task; the run completes with
+    every query routed once and the same routes as an uninterrupted run."""
     sys.path.insert(0, str(REPO / "tests" / "bench"))
     from bench_route import build  # synthetic queries, features and a model (speed-sized, not quality)
 
@@ -359,7 +359,7 @@ def test_a_prediction_actor_killed_inside_a_running_route_is_retried(encoder_cac
 
     def killer() -> None:
         while not stop.is_set() and not killed:
-            pids = _descendants(os.getpid(), "Predictor.predict")  # the actor's title during a call
+            pids = _descendants(os.getpid(), "predict_parts")  # the worker's title while it runs the task
             if pids:
                 time.sleep(0.5)  # well inside the task's work
                 os.kill(pids[0], signal.SIGKILL)
@@ -374,7 +374,7 @@ def test_a_prediction_actor_killed_inside_a_running_route_is_retried(encoder_cac
     finally:
         stop.set()
         th.join(5)
-    assert killed, "no prediction call was seen to kill"
+    assert killed, "no prediction task was seen to kill"
     assert run.routed == rows and run.rejected == 0 and run.reconciles()
     a = pq.read_table(tmp_path / "clean" / "routes")
     b = pq.read_table(tmp_path / "killed" / "routes")
