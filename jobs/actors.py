@@ -19,7 +19,7 @@ from router_core.errors import ArtifactError, TrainingFailed
 from router_core.features import part_digests, part_name, verify_part, write_part
 from router_core.model import TrainParams
 from router_core.routers import RouterInputs, load_router
-from router_core.storage import Storage, join
+from router_core.storage import Storage, is_s3, join
 
 from .runtime import default_cache_dir, ensure_ray, user_error
 
@@ -206,7 +206,7 @@ def ray_train_fit(cfg: AppConfig, storage: Storage):
     def fit(data: tuple, params: TrainParams, seeds: list[int], name: str) -> tuple[dict, dict]:
         with tempfile.TemporaryDirectory() as tmp:
             store, fs = tc.storage_path or tmp, None
-            if store.startswith("s3://"):  # through our S3 settings (endpoint, region), as every other read
+            if is_s3(store):  # through our S3 settings (endpoint, region), as every other read
                 store, fs = store[len("s3://"):], storage.s3_filesystem()
             trainer = TorchTrainer(
                 _worker_loop,

@@ -86,9 +86,9 @@ def encode(cfg: AppConfig, prepared: PreparedQueries, out: str) -> ExtractRun:
     hit = full_hit(storage, out, kept, ecfg, fingerprint)
     if hit is not None:
         log.info("extract: %d input rows: all %d accepted rows already extracted", n_in, kept.num_rows)
-        m = read_manifest(storage, out)
+        located, m = hit
         return ExtractRun(out, n_in, kept.num_rows, 0, rejects, m.get("rows", 0), ExtractStats(),
-                          time.perf_counter() - t0, m, 0.0, hit)
+                          time.perf_counter() - t0, m, 0.0, located)
     resolved = resolve_encoder(ecfg.encoder, ecfg.cache_dir or default_cache_dir(), ecfg.revision)
     layers, dim = encoder_shape(resolved.path, ecfg)
     identity = settings_identity(ecfg, resolved.identity, layers)

@@ -202,10 +202,12 @@ def request_of(ecfg: ExtractConfig) -> dict:
     return {k: getattr(ecfg, k) for k in keys}
 
 
-def full_hit(storage: Storage, out: str, kept: pa.Table, ecfg: ExtractConfig, fingerprint: str | None) -> Located | None:
+def full_hit(storage: Storage, out: str, kept: pa.Table, ecfg: ExtractConfig,
+             fingerprint: str | None) -> tuple[Located, dict] | None:
     """Where every ``kept`` query is, if the folder holds them all under these settings as asked and
     the same encoder files (``fingerprint``, see encoders.encoder_fingerprint): then nothing needs
-    the encoder, and nothing is written. None when anything is missing or uncertain."""
+    the encoder, and nothing is written. (Where they are, the folder's manifest); None when anything
+    is missing or uncertain."""
     if fingerprint is None or not storage.exists(join(out, MANIFEST)):
         return None
     m = read_manifest(storage, out)
@@ -215,7 +217,7 @@ def full_hit(storage: Storage, out: str, kept: pa.Table, ecfg: ExtractConfig, fi
     if not set(parts) <= set(storage.list_files(join(out, PARTS), ".parquet")):
         return None  # a listed part is gone: the writer path restores its rows
     found = locate(kept, read_feature_keys(storage, parts))
-    return Located.of(list(parts.items()), found) if found.num_rows == kept.num_rows else None
+    return (Located.of(list(parts.items()), found), m) if found.num_rows == kept.num_rows else None
 
 
 # -- commit -----------------------------------------------------------------------------------
