@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .routing import threshold_routes
 
 
 def route_value(routes: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> tuple[float, float]:
@@ -35,12 +34,47 @@ def gap_closed(acc_router: float, acc_best: float, acc_oracle: float) -> float:
     return 100.0 * (acc_router - acc_best) / (acc_oracle - acc_best) if acc_oracle > acc_best else 0.0
 
 
-def threshold_curve(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> np.ndarray:
-    """(m, 2) points (mean cost, accuracy) for tau over every distinct gap p_max - p_m, by cost."""
-    gaps = np.unique(np.round(proba.max(axis=1, keepdims=True) - proba, 12))
-    pts = np.array([route_value(threshold_routes(proba, costs, float(t)), scores, costs) for t in gaps])
-    pts = pts[:, ::-1]  # (accuracy, cost) -> (cost, accuracy)
+def threshold_events(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The threshold policy's routes as tau grows, as events: (tau, query, change in score, change in
+    cost), sorted by tau. Query q's route at tau is the cheapest target (lowest index on a cost tie)
+    among those with gap ``p_max - p_m <= tau``; it changes only where a cheaper target comes in, so
+    each query has at most K events and the whole curve is a cumulative sum (O(nK log nK))."""
+    n, K = proba.shape
+    gaps = np.round(proba.max(axis=1, keepdims=True) - proba, 12)
+    by_cost = np.lexsort((np.broadcast_to(np.arange(K), (n, K)), costs), axis=1)  # per row: cost, then index
+    rank = np.empty_like(by_cost)
+    np.put_along_axis(rank, by_cost, np.broadcast_to(np.arange(K), (n, K)), axis=1)
+    by_gap = np.argsort(gaps, axis=1, kind="stable")
+    best_rank = np.minimum.accumulate(np.take_along_axis(rank, by_gap, axis=1), axis=1)
+    route = np.take_along_axis(by_cost, best_rank, axis=1)  # (n, K): the route once j+1 targets are in
+    changed = np.ones((n, K), bool)
+    changed[:, 1:] = route[:, 1:] != route[:, :-1]
+    q, j = np.nonzero(changed)
+    tgt = route[q, j]
+    prev = np.where(j > 0, route[q, np.maximum(j - 1, 0)], -1)
+    d_score = scores[q, tgt] - np.where(prev >= 0, scores[q, np.maximum(prev, 0)], 0.0)
+    d_cost = costs[q, tgt] - np.where(prev >= 0, costs[q, np.maximum(prev, 0)], 0.0)
+    tau = np.take_along_axis(gaps, by_gap, axis=1)[q, j]
+    order = np.argsort(tau, kind="stable")
+    return tau[order], q[order], d_score[order], d_cost[order]
+
+
+def curve_from_events(events: tuple[np.ndarray, ...], weights: np.ndarray | None = None) -> np.ndarray:
+    """(m, 2) points (mean cost, accuracy), one per distinct tau of ``events``, sorted by cost; query
+    ``q`` counts ``weights[q]`` times (a bootstrap resample's counts; None = once each)."""
+    tau, q, d_score, d_cost = events
+    w = np.ones(q.max() + 1 if len(q) else 0) if weights is None else np.asarray(weights, np.float64)
+    total = w.sum()
+    acc, cost = np.cumsum(d_score * w[q]) / total, np.cumsum(d_cost * w[q]) / total
+    last = np.r_[tau[1:] != tau[:-1], True]  # the state after every event of one tau
+    pts = np.stack([cost[last], acc[last]], axis=1)
     return pts[np.lexsort((pts[:, 1], pts[:, 0]))]
+
+
+def threshold_curve(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> np.ndarray:
+    """(m, 2) points (mean cost, accuracy) for tau over every distinct gap p_max - p_m where a route
+    changes, sorted by cost."""
+    return curve_from_events(threshold_events(proba, scores, costs))
 
 
 def area_above_floor(points: np.ndarray, c_min: float, c_max: float, floor: float) -> float:
@@ -71,10 +105,13 @@ def pareto_front(points: np.ndarray) -> np.ndarray:
 
 
 def p_auccc(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> float:
-    singles = single_points(scores, costs)
+    return p_auccc_of(threshold_curve(proba, scores, costs), single_points(scores, costs))
+
+
+def p_auccc_of(curve: np.ndarray, singles: np.ndarray) -> float:
+    """P-AUCCC of a threshold curve against the singles' (K, 2) points (cost range and floor)."""
     cheap, dear = singles[:, 0].argmin(), singles[:, 0].argmax()
-    return area_above_floor(threshold_curve(proba, scores, costs), singles[cheap, 0], singles[dear, 0],
-                            singles[cheap, 1])
+    return area_above_floor(curve, singles[cheap, 0], singles[dear, 0], singles[cheap, 1])
 
 
 def pareto_auccc(scores: np.ndarray, costs: np.ndarray) -> float:

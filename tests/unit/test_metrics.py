@@ -80,3 +80,31 @@ def test_ece_skips_unmeasured_pairs():
     s = np.array([[1.0, np.nan], [0.0, 0.0]])
     # target 0: one bin, |0.9 - 0.5| = 0.4; target 1: only row 1, |0.2 - 0| = 0.2.
     assert M.ece(p, s) == pytest.approx(0.3)
+
+
+def _slow_curve(proba, scores, costs):
+    """The definition, one tau at a time: every distinct gap, routes by the threshold policy."""
+    from router_core.routing import threshold_routes
+
+    gaps = np.unique(np.round(proba.max(axis=1, keepdims=True) - proba, 12))
+    pts = np.array([M.route_value(threshold_routes(proba, costs, float(t)), scores, costs)[::-1] for t in gaps])
+    return np.unique(np.round(pts, 10), axis=0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_event_curve_equals_the_definition(seed):
+    rng = np.random.default_rng(seed)
+    n, K = 60, 5
+    proba = rng.random((n, K))
+    if seed % 2:  # ties: rounded probabilities, equal costs, constant rows
+        proba = np.round(proba, 1)
+        proba[:10] = 0.5
+    scores = (rng.random((n, K)) < 0.6).astype(float)
+    costs = np.tile(rng.choice([1.0, 2.0, 2.0, 3.0, 5.0], K), (n, 1)) * rng.uniform(0.5, 1.5, (n, 1))
+    fast = M.threshold_curve(proba, scores, costs)
+    np.testing.assert_allclose(np.unique(np.round(fast, 10), axis=0), _slow_curve(proba, scores, costs))
+    # Weights = a resample's counts: the same curve as the resampled rows themselves.
+    idx = rng.integers(0, n, n)
+    w = np.bincount(idx, minlength=n)
+    weighted = M.curve_from_events(M.threshold_events(proba, scores, costs), w)  # zero weights: repeated points
+    np.testing.assert_allclose(np.unique(np.round(weighted, 10), axis=0), _slow_curve(proba[idx], scores[idx], costs[idx]))
