@@ -18,7 +18,7 @@ from router_core.encoders import resolve_encoder
 from router_core.errors import ArtifactError, TrainingFailed
 from router_core.features import part_digests, part_name, verify_part, write_part
 from router_core.model import TrainParams
-from router_core.routers import RouterInputs, load_router
+from router_core.routers import RouterInputs, load_router, predict_any
 from router_core.storage import Storage, is_s3, join
 
 from .runtime import default_cache_dir, ensure_ray, user_error
@@ -133,9 +133,10 @@ _ROUTERS: dict[tuple[str, str], object] = {}  # in each worker process: the rout
 
 
 def predict_parts(parts: list[tuple[str, dict, np.ndarray | None]], storage_kw: dict, folder: str, digest: str,
-                  columns: list[str], dim: int, threads: int) -> np.ndarray:
+                  columns: list[str], dim: int, threads: int, tasks: list[str | None] | None = None) -> np.ndarray:
     """A Ray task of ``route``: P(correct) of the given rows of each part ((URI, manifest entry, rows
     or None for all of them) triples), in that order; each column read is checked against its digest.
+    ``tasks``: the queries' tasks in that order, for a router that reads them (None: unknown).
     The router is loaded once per worker process (kept by folder and weights digest), not per task."""
     import torch
 
@@ -145,14 +146,16 @@ def predict_parts(parts: list[tuple[str, dict, np.ndarray | None]], storage_kw: 
         _ROUTERS.clear()
         _ROUTERS[(folder, digest)] = load_router(storage, folder)[0]
     router = _ROUTERS[(folder, digest)]
-    probas = []
+    probas, at = [], 0
     for part, entry, rows in parts:
         t = storage.read_table(part, columns=columns)
         verify_part(t, entry["sha256"], part)
         if rows is not None:  # some of the part's rows: copy those (the common case reads whole parts)
             t = t.take(pa.array(rows))
         x = {c: schemas.decode_vectors(t.column(c), dim) for c in columns}
-        probas.append(router.predict_proba(RouterInputs(n=t.num_rows, prefill=x)).astype(np.float32))
+        part_tasks = tasks[at : at + t.num_rows] if tasks is not None else None
+        at += t.num_rows
+        probas.append(predict_any(router, RouterInputs(n=t.num_rows, prefill=x, tasks=part_tasks)).astype(np.float32))
     return np.concatenate(probas) if probas else np.zeros((0, 0), np.float32)
 
 
@@ -168,7 +171,7 @@ def _worker_loop(config: dict) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    x_tr, s_tr, x_va, s_va = ray.get(config["data"])
+    x_tr, s_tr, x_va, s_va, *offsets = ray.get(config["data"])  # offsets (train, val): a residual net
     params = TrainParams(**config["params"])
     wrap = (lambda net: ray.train.torch.prepare_model(net)) if world > 1 else None
     losses, states = [], {}
@@ -179,7 +182,7 @@ def _worker_loop(config: dict) -> None:
             states = dict(load_file(str(Path(d) / "members.safetensors")))
             losses = json.loads((Path(d) / "losses.json").read_text())
     for seed in config["seeds"][len(losses):]:
-        net, val, epochs = fit_trunk(x_tr, s_tr, x_va, s_va, params, seed, rank, world, wrap)
+        net, val, epochs = fit_trunk(x_tr, s_tr, x_va, s_va, params, seed, rank, world, wrap, *offsets)
         losses.append(val)
         for k, v in net.state_dict().items():
             states[f"seed{seed}.{k}"] = v.detach().cpu().numpy()

@@ -55,7 +55,8 @@ def route_args(p):
     p.add_argument("--model", required=True, help="model folder made by `train` (or a retrain folder: its champion)")
     p.add_argument("--out", required=True, help="routes folder (one run per folder)")
     p.add_argument("--policy", choices=["threshold", "utility", "budget"], default="threshold")
-    p.add_argument("--tau", type=float, default=0.0, help="threshold policy: 0 = most probable, 1 = cheapest")
+    p.add_argument("--tau", type=float, help="threshold policy: 0 = most probable, 1 = cheapest (default: the model's "
+                   "operating point, the cheapest whose validation accuracy matches the best single model's)")
     p.add_argument("--lam", type=float, default=0.0, help="utility policy: accuracy per dollar traded")
     p.add_argument("--budget-usd", type=float, help="budget policy: total dollars for the batch (> 0)")
     p.add_argument("--features", help="feature cache folder (default: the model's training features)")

@@ -23,7 +23,7 @@ from router_core.storage import Storage, join
 
 from .actors import run_actor_pool
 from .common import storage_from
-from .runtime import code_version, default_cache_dir, ray_get
+from .runtime import code_version, concrete_extract, default_cache_dir, ray_get
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ def encode(cfg: AppConfig, prepared: PreparedQueries, out: str) -> ExtractRun:
     """Features of every accepted query of ``prepared`` in the folder ``out``: cached rows reused,
     the others encoded by the actor pool, each part listed in the manifest once written."""
     t0 = time.perf_counter()
+    cfg = concrete_extract(cfg)
     ecfg, storage, kept = cfg.extract, storage_from(cfg), prepared.kept
     rejects = list(prepared.rejects)
     n_in = prepared.queries.num_rows

@@ -19,7 +19,8 @@ from router_core.artifacts import check_features_match, read_json
 from router_core.config import AppConfig
 from router_core.dataset import load_dataset, outcome_matrix
 from router_core.errors import ArtifactError, DataError
-from router_core.evaluation import build_report, call_costs, output_token_medians, reliability
+from router_core.evaluation import (at_operating_point, build_report, call_costs, output_token_medians,
+                                    paired_bootstrap, reliability)
 from router_core.features import load_features, read_manifest
 from router_core.model import ensemble_proba
 from router_core.model_index import read_index
@@ -113,6 +114,13 @@ def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str)
                                  "ece_after": M.ece(probas[name], s), "reliability": reliability(probas[name], s),
                                  "reliability_before": reliability(untempered, s)}
     report, curves = build_report(data, scored, x.scores[:, keep_k], costs, probas)
+    serve = index.serve if index.serve in probas else next(iter(probas))
+    report["serving"] = serve
+    report["bootstrap"] = paired_bootstrap(probas, x.scores[:, keep_k], costs, serve, seed=cfg.train.seed)
+    if index.operating_point:  # route's default: what it gives on the test rows
+        op = at_operating_point(probas[serve], x.scores[:, keep_k], costs, index.operating_point,
+                                scored.index(index.best_single) if index.best_single in scored else None)
+        report["operating_point"] = dict(op, router=serve, reference=scored[op["reference_index"]])
     report.update(counts=counts, cost_source=cost_source, model=model, features=features, unscored_targets=unscored,
                   calibration=calibration, seconds=time.perf_counter() - t0)
     storage.write_text(join(out, "report.json"), json.dumps(report, indent=2, default=_json_default))
@@ -150,6 +158,19 @@ def print_evaluate(run: EvalRun) -> None:
             row += [v["apgr"], v["cpt50_pct"]]
         rows.append(row)
     print(format_table(head + (["APGR", "CPT(50%)"] if two else []), rows))
+    boot = r.get("bootstrap")
+    if boot:
+        print(f"serving {boot['router']}: paired bootstrap ({boot['n_boot']} resamples) {100 * boot['level']:.0f}% "
+              "intervals of its difference to each router:")
+        print(format_table(["vs", "d P-AUCCC", "interval", "d mean AUC", "interval"], [
+            [k, v["p_auccc_diff"], "[{:+.4f}, {:+.4f}]".format(*v["p_auccc_ci"]) if v["p_auccc_ci"] else "n/a",
+             v["mean_auc_diff"], "[{:+.4f}, {:+.4f}]".format(*v["mean_auc_ci"]) if v["mean_auc_ci"] else "n/a"]
+            for k, v in boot["vs"].items() if k not in ("oracle", "random", "cheapest", "most_expensive")]))
+    op = r.get("operating_point")
+    if op:
+        print(f"route's default (tau {op['tau']:.4f}, chosen on validation): test accuracy {op['accuracy']:.4f} at "
+              f"${op['mean_cost']:.6f}, saving {op['saving_pct']:.1f}% against always {op['reference']} "
+              f"({op['reference_accuracy']:.4f} at ${op['reference_mean_cost']:.6f})")
     for name, cal in r["calibration"].items():
         print(f"{name}: temperature {cal['temperature']:.3f}, test ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}")
     print(f"wrote {join(run.out, 'report.json')} and report.html")

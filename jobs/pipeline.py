@@ -59,6 +59,12 @@ def run_pipeline(cfg: AppConfig) -> dict:
     storage.write_table(test, queries_uri)
     rt = stage("route", route.run_route, cfg, queries_uri, paths["model"], paths["routes"], pc.policy)
     route.print_route(rt)
+    b, op = rt.tally["always_best_single"], ev.report.get("operating_point")
+    print(f"== {rt.routed} {pc.route_split} queries routed with {rt.tally.get('router', tr.index.serve)}: "
+          f"{b['saving_pct']:.1f}% cheaper than always calling {b['model']}"
+          + (f"; measured on the test split: accuracy {op['accuracy']:.4f} vs {op['reference_accuracy']:.4f} "
+             f"({op['accuracy_change_points']:+.2f} points)" if op and pc.route_split == "test" and
+             rt.policy.get("tau") == op["tau"] else ""))
     total = sum(seconds.values())
     print("== done in " + f"{total:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + ")")
     print(f"report: {join(paths['report'], 'report.html')} (and report.json)")

@@ -116,10 +116,12 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
     index = read_index(storage, model)
     name = router_name or index.serve
     folder = index.folder(model, name)
-    rman = read_json(storage, join(folder, "manifest.json"))  # the weights load in the prediction actors
-    if ROUTERS.get(rman.get("router")) is not TrunkRouter or rman.get("needs") != ["prefill"]:
+    rman = read_json(storage, join(folder, "manifest.json"))  # the weights load in the prediction tasks
+    if rman.get("router") not in ROUTERS or rman.get("needs") != ["prefill"]:
         raise ArtifactError(f"router {name} reads {', '.join(rman.get('needs') or []) or 'nothing'}; `route` serves "
-                            "routers on prefill features only (prefill_trunk)")
+                            "routers on prefill features (and the task column where given) only")
+    if policy.name == "threshold" and policy.tau is None:  # the model's operating point, chosen on validation
+        policy = policy.model_copy(update={"tau": float(index.operating_point.get("tau", 0.0))})
     targets = index.targets
     pool = Pool.model_validate(index.pool)
 
@@ -148,8 +150,10 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
     groups = _plan(ex.located, max(1, int(cpus / tcpu)))  # one wave, balanced by rows
     dim = int(ex.manifest["feature_dim"])
     task = ray.remote(num_cpus=tcpu)(predict_parts)
-    refs = [task.remote(items, storage.settings(), folder, rman["weights_sha256"], list(rman["columns"]), dim,
-                        max(1, int(tcpu))) for items, _ in groups]
+    columns = sorted(set(rman["columns"]) - set(TrunkRouter.EXTRA))
+    tasks = kept.column("task").to_pylist() if "task" in kept.column_names and rman.get("uses_tasks") else None
+    refs = [task.remote(items, storage.settings(), folder, rman["weights_sha256"], columns, dim, max(1, int(tcpu)),
+                        [tasks[i] for i in dst] if tasks is not None else None) for items, dst in groups]
     proba = np.zeros((kept.num_rows, len(targets)), np.float32)
     have = np.zeros(kept.num_rows, bool)
     for done, (ref, (_, dst)) in enumerate(zip(refs, groups), 1):
@@ -178,6 +182,9 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
     best = targets.index(index.best_single) if index.best_single in targets else 0
     tal = tally(routes, proba, costs, targets, best)
     tal["policy"] = {"name": policy.name, **info}
+    tal["router"] = name
+    if policy.name == "threshold" and index.operating_point and policy.tau == index.operating_point.get("tau"):
+        tal["policy"]["source"] = "the model's operating point (chosen on validation)"
     if policy.name == "budget":
         tal["policy"]["used_usd"] = tal["total_cost_usd"]
     seconds["assign"] = time.perf_counter() - t
@@ -223,13 +230,18 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
 
 def print_route(run: RouteRun) -> None:
     t = run.tally
+    b = t["always_best_single"]
+    print(f"saving {b['saving_pct']:.1f}% against always calling {b['model']}: expected accuracy "
+          f"{t['expected_accuracy']:.4f} vs {b['expected_accuracy']:.4f} (router {t.get('router')}, policy "
+          f"{t['policy']['name']} {', '.join(f'{k}={v:.4g}' for k, v in t['policy'].items() if isinstance(v, float))})")
     print(f"route run {run.run_id}: {run.input_rows} queries in = {run.routed} routed + {run.rejected} rejected "
           f"({run.seconds['total']:.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in run.seconds.items() if k != "total")
           + ")")
     rows = [[m, v["queries"], f"{100 * v['share']:.1f}%", v["cost_usd"]] for m, v in t["per_model"].items() if v["queries"]]
     print(format_table(["model", "queries", "share", "est. $"], rows))
     p = run.policy
-    print(f"policy {p['name']} " + ", ".join(f"{k}={v:.6g}" for k, v in p.items() if k != "name"))
+    print(f"policy {p['name']} " + ", ".join(f"{k}={v:.6g}" for k, v in p.items() if isinstance(v, (int, float)))
+          + (f" ({p['source']})" if "source" in p else ""))
     print(f"total ${t['total_cost_usd']:.4f}, expected accuracy {t['expected_accuracy']:.4f}")
     for key, label in (("always_most_expensive", "always the most expensive"), ("always_best_single", "always the best single")):
         b = t[key]

@@ -69,3 +69,12 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         sha = ""
     return f"{router_core.__version__}+{sha}" if sha else router_core.__version__
+
+
+def concrete_extract(cfg):
+    """``cfg`` with ``extract.dtype: auto`` made concrete for this machine (the driver's CPU stands for
+    CPU nodes; ``extract.device: cuda`` means bfloat16): the features' identity needs the real dtype."""
+    from router_core.encoders import choose_dtype
+
+    dtype = choose_dtype(cfg.extract.dtype, cfg.extract.device)
+    return cfg if dtype == cfg.extract.dtype else cfg.model_copy(update={"extract": cfg.extract.model_copy(update={"dtype": dtype})})

@@ -35,7 +35,8 @@ class TrainRun:
     seconds: float
 
 
-def run_train(cfg: AppConfig, data: str, features: str, out: str) -> TrainRun:
+def run_train(cfg: AppConfig, data: str, features: str, out: str, fit=None) -> TrainRun:
+    """``fit``: the members' fit (router_core.training.Fit); None = data-parallel on Ray Train."""
     t0 = time.perf_counter()
     storage = storage_from(cfg)
     ds = load_dataset(storage, data)
@@ -47,7 +48,7 @@ def run_train(cfg: AppConfig, data: str, features: str, out: str) -> TrainRun:
     t = time.perf_counter()
     sem, sem_present, sman = semantic_embeddings(cfg, data, sem_uri, ds.queries)
     sem_seconds = time.perf_counter() - t
-    bundle = fit_bundle(cfg, ray_train_fit(cfg, storage), ds, fs.columns, sem, fs.present & sem_present, fman, sman,
+    bundle = fit_bundle(cfg, fit or ray_train_fit(cfg, storage), ds, fs.columns, sem, fs.present & sem_present, fman, sman,
                         code_version())
     bundle.seconds = {"semantic_embeddings": sem_seconds, **bundle.seconds,
                       "total": time.perf_counter() - t0}
@@ -74,4 +75,16 @@ def print_train(run: TrainRun) -> None:
           f"{', '.join(f'{v:.4f}' for v in sorted(e['val_losses'])[: len(e['kept'])])}")
     print(f"  temperature {c['temperature']:.3f}: val ECE {c['val_ece_before']:.4f} -> {c['val_ece_after']:.4f} "
           f"(semantic_mlp: {sem['temperature']:.3f}, {sem['val_ece_before']:.4f} -> {sem['val_ece_after']:.4f})")
-    print(f"  routers:  {', '.join(run.index.routers)}; serving {run.index.serve}")
+    print(f"  routers:  {', '.join(run.index.routers)}")
+    sel, op = run.index.selection, run.index.operating_point
+    if sel:
+        cands = sorted(((k, v) for k, v in sel["candidates"].items() if v.get("servable", True)),
+                       key=lambda kv: -kv[1]["val_p_auccc"])
+        print("  serving:  " + f"{run.index.serve} (validation P-AUCCC, cross-validated: "
+              + ", ".join(f"{k} {v['val_p_auccc']:.4f}" for k, v in cands[:6])
+              + (f"; the simplest within one standard error of {sel['best']}" if run.index.serve != sel["best"] else "")
+              + ")")
+    if op:
+        print(f"  operating point: tau {op['tau']:.4f}, on validation accuracy {op['val_accuracy']:.4f} vs "
+              f"{op['best_single_val_accuracy']:.4f} always calling {run.index.best_single}, "
+              f"{op['val_saving_pct']:.1f}% cheaper")

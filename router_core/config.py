@@ -43,7 +43,9 @@ class ExtractConfig(Strict):
 
     encoder: str = Field("smollm2-135m", description="packaged alias, local model folder, or HF id (identity)")
     revision: str | None = Field(None, description="HF revision for a hub id (identity)")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="compute dtype (identity)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="compute dtype (identity): auto = bfloat16 on a GPU or a CPU with native bfloat16 "
+        "(avx512_bf16, AMX), else float32 (emulated bfloat16 is several times slower)")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:0")
     max_length: int = Field(1024, ge=8, description="token cap per query (identity)")
     truncation_side: Literal["left", "right"] = Field(
@@ -111,6 +113,12 @@ class TrainConfig(Strict):
     distil_width: int = Field(128, ge=0, description="width of prefill_trunk_distilled, one net trained on the "
                               "ensemble's probabilities for serving (route's default); 0 = none")
     distil_mix: int = Field(4, ge=0, description="distillation: random mixtures of train pairs per train row")
+    residual: bool = Field(True, description="also fit prefill_trunk_residual: the trunk's best setting learning only "
+                           "the correction to the task prior's logits (the global mean's without tasks)")
+    serve: str = Field("auto", description="the router route serves: auto = the simplest within one standard error "
+                       "of the best cross-validated validation P-AUCCC (router_core.selection), or a router name")
+    cv_folds: int = Field(2, ge=2, description="parts of the validation split in the choice of the served router")
+    cv_repeats: int = Field(5, ge=1, description="seeded repeats of that partition")
 
 
 class BaselinesConfig(Strict):
@@ -139,7 +147,8 @@ class Policy(Strict):
     name: Literal["threshold", "utility", "budget"] = Field(
         "threshold", description="threshold: cheapest within tau of the best; utility: argmax p - lam x cost; "
         "budget: most expected accuracy within budget_usd for the batch")
-    tau: float = Field(0.0, ge=0, le=1, description="threshold: 0 = the most probable target, 1 = the cheapest")
+    tau: float | None = Field(None, ge=0, le=1, description="threshold: 0 = the most probable target, 1 = the cheapest; "
+                              "None = the model's operating point, chosen on validation by train (iso-accuracy)")
     lam: float = Field(0.0, ge=0, description="utility: accuracy traded per dollar")
     budget_usd: float | None = Field(None, description="budget: total dollars for a batch (> 0)")
 

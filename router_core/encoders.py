@@ -133,3 +133,28 @@ def convert_gguf(gguf: Path, folder: Path) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
+
+
+def choose_dtype(requested: str, device: str, cpu_flags: set[str] | None = None) -> str:
+    """The compute dtype for ``extract.dtype`` (auto: bfloat16 on a GPU or on a CPU with one of
+    ``NATIVE_BF16_FLAGS``, else float32); any other value is kept. ``cpu_flags`` None: this machine's."""
+    if requested != "auto":
+        return requested
+    if device.startswith("cuda"):
+        return "bfloat16"
+    return "bfloat16" if NATIVE_BF16_FLAGS & (this_cpu_flags() if cpu_flags is None else cpu_flags) else "float32"
+
+
+def this_cpu_flags() -> set[str]:
+    """This machine's CPU feature flags (Linux /proc/cpuinfo; empty elsewhere): hardware, not settings."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()

@@ -99,9 +99,74 @@ def build_report(dataset: str, targets: list[str], scores: np.ndarray, costs: np
     return report, curves
 
 
+def at_operating_point(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, point: dict,
+                       reference: int | None) -> dict:
+    """The served router at the model's operating point (threshold tau chosen on validation) on
+    these rows, against always calling the ``reference`` target (the best single on train; None =
+    the best on these rows)."""
+    ref = int(scores.mean(axis=0).argmax()) if reference is None else reference
+    acc, cost = M.route_value(threshold_routes(proba, costs, float(point["tau"])), scores, costs)
+    ref_acc, ref_cost = float(scores[:, ref].mean()), float(costs[:, ref].mean())
+    return {"tau": float(point["tau"]), "accuracy": acc, "mean_cost": cost, "reference_index": ref,
+            "reference_accuracy": ref_acc, "reference_mean_cost": ref_cost,
+            "saving_pct": 100.0 * (1 - cost / ref_cost) if ref_cost > 0 else 0.0,
+            "accuracy_change_points": 100.0 * (acc - ref_acc), "validation": point}
+
+
 def reliability(proba: np.ndarray, scores: np.ndarray, bins: int = 10) -> list[tuple[float, float, int]]:
     """Pooled over targets: (mean predicted, mean observed, count) per equal-width bin."""
     p, y = proba.ravel(), scores.ravel()
     idx = np.minimum((p * bins).astype(int), bins - 1)
     return [(float(p[idx == b].mean()), float(y[idx == b].mean()), int((idx == b).sum()))
             for b in range(bins) if (idx == b).any()]
+
+
+def _weighted_aucs(p: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(B,) ROC-AUC of scores ``p`` (n,) against labels ``y`` (n,) bool, each query counted
+    ``weights[b, i]`` times (ties count half); NaN where a resample has one class only."""
+    order = np.argsort(p, kind="stable")
+    p, y, w = p[order], y[order], weights[:, order]
+    starts = np.r_[0, np.flatnonzero(p[1:] != p[:-1]) + 1]  # groups of tied scores
+    wpos, wneg = w * y, w * ~y
+    gpos, gneg = np.add.reduceat(wpos, starts, axis=1), np.add.reduceat(wneg, starts, axis=1)
+    below = np.cumsum(gneg, axis=1) - gneg  # negatives strictly below each group
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (gpos * (below + 0.5 * gneg)).sum(axis=1) / (gpos.sum(axis=1) * gneg.sum(axis=1))
+
+
+def paired_bootstrap(probas: dict[str, np.ndarray], scores: np.ndarray, costs: np.ndarray, router: str,
+                     n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Paired bootstrap of ``router`` against every other router: the same test queries resampled
+    (with replacement, seeded) for all, so the differences' spread is that of one test set's luck.
+
+    Per other router: the observed difference (``router`` minus it) of P-AUCCC and of mean AUC, and
+    the ``level`` percentile interval of each over ``n_boot`` resamples."""
+    n = len(scores)
+    rng = np.random.default_rng(seed)
+    weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)]).astype(np.float64)
+    singles = [np.stack([w @ costs / n, w @ scores / n], axis=1) for w in weights]
+    labels = scores >= 0.5
+
+    def resampled(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        events = M.threshold_events(p, scores, costs)
+        pa = np.array([M.p_auccc_of(M.curve_from_events(events, w), s) for w, s in zip(weights, singles)])
+        aucs = [_weighted_aucs(p[:, k], labels[:, k], weights) for k in range(p.shape[1])
+                if labels[:, k].any() and not labels[:, k].all()]
+        return pa, np.nanmean(np.stack(aucs), axis=0) if aucs else np.full(n_boot, np.nan)
+
+    ours = resampled(probas[router])
+    point = {name: (M.p_auccc(p, scores, costs), M.mean_auc(p, scores)) for name, p in probas.items()}
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    out = {}
+    for name, p in probas.items():
+        if name == router:
+            continue
+        theirs = resampled(p)
+        row = {}
+        for j, metric in enumerate(("p_auccc", "mean_auc")):
+            d = ours[j] - theirs[j]
+            d = d[np.isfinite(d)]
+            row[f"{metric}_diff"] = point[router][j] - point[name][j]
+            row[f"{metric}_ci"] = [float(np.percentile(d, lo)), float(np.percentile(d, hi))] if len(d) else None
+        out[name] = row
+    return {"router": router, "n_boot": n_boot, "seed": seed, "level": level, "vs": out}

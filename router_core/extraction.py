@@ -68,9 +68,11 @@ def resolve_layers(layers: "str | list[int]", n_hidden: int) -> list[int]:
 
 def settings_identity(cfg: ExtractConfig, encoder_identity: str, layers: list[int]) -> dict:
     """The settings that determine the features' values: the cache key next to the text hash."""
+    from .encoders import choose_dtype
+
     return {
         "encoder": encoder_identity,
-        "dtype": cfg.dtype,
+        "dtype": choose_dtype(cfg.dtype, cfg.device),  # "auto" is never an identity
         "max_length": cfg.max_length,
         "truncation_side": cfg.truncation_side,
         "chat_template": cfg.chat_template,
@@ -216,7 +218,9 @@ class Encoder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        self.cfg = cfg
+        from .encoders import choose_dtype
+
+        self.cfg = cfg = cfg.model_copy(update={"dtype": choose_dtype(cfg.dtype, cfg.device)})
         self.torch = torch
         dtype = getattr(torch, cfg.dtype)
         try:

@@ -99,8 +99,13 @@ def split_targets(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_trunk(x_tr: np.ndarray, s_tr: np.ndarray, x_va: np.ndarray, s_va: np.ndarray, params: TrainParams,
-              seed: int, rank: int = 0, world: int = 1, wrap=None) -> tuple[SharedTrunkNet, float, int]:
+              seed: int, rank: int = 0, world: int = 1, wrap=None, o_tr: np.ndarray | None = None,
+              o_va: np.ndarray | None = None) -> tuple[SharedTrunkNet, float, int]:
     """Train one net with early stopping on validation loss. Deterministic for a seed on CPU.
+
+    Offsets ``o_tr``/``o_va`` (n, K), when given, are added to the net's logits (a residual net: it
+    learns only the correction to a known logit, e.g. the task prior's); its last layer then starts
+    at zero, so training starts from the offsets' own predictions.
 
     Data-parallel use: each of ``world`` workers passes its ``rank`` and a ``wrap`` (e.g. DDP) for
     the net; every worker sees the same permutation and trains on its slice of each batch, so all
@@ -110,11 +115,16 @@ def fit_trunk(x_tr: np.ndarray, s_tr: np.ndarray, x_va: np.ndarray, s_va: np.nda
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = SharedTrunkNet(x_tr.shape[1], s_tr.shape[1], params.widths, params.dropouts)
+    if o_tr is not None:
+        nn.init.zeros_(net.net[-1].weight)
+        nn.init.zeros_(net.net[-1].bias)
     model = wrap(net) if wrap is not None else net
     opt = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     # Copies: arrays from Ray's object store are read-only.
     xt, (yt, mt) = torch.tensor(x_tr, dtype=torch.float32), map(torch.from_numpy, split_targets(s_tr))
     xv, (yv, mv) = torch.tensor(x_va, dtype=torch.float32), map(torch.from_numpy, split_targets(s_va))
+    ot = torch.zeros(()) if o_tr is None else torch.tensor(o_tr, dtype=torch.float32)
+    ov = torch.zeros(()) if o_va is None else torch.tensor(o_va, dtype=torch.float32)
     best, best_state, since, epoch = float("inf"), None, 0, 0
     for epoch in range(1, params.max_epochs + 1):
         model.train()
@@ -122,11 +132,11 @@ def fit_trunk(x_tr: np.ndarray, s_tr: np.ndarray, x_va: np.ndarray, s_va: np.nda
         for i in range(0, len(xt), params.batch_size):
             idx = perm[i : i + params.batch_size][rank::world]
             opt.zero_grad()
-            masked_bce(model(xt[idx]), yt[idx], mt[idx]).backward()
+            masked_bce(model(xt[idx]) + (ot[idx] if ot.ndim else ot), yt[idx], mt[idx]).backward()
             opt.step()
         net.eval()
         with torch.no_grad():
-            val = float(masked_bce(net(xv), yv, mv))
+            val = float(masked_bce(net(xv) + ov, yv, mv))
         if val < best - 1e-6:
             best, since = val, 0
             best_state = {k: v.clone() for k, v in net.state_dict().items()}
@@ -207,6 +217,12 @@ def fit_temperature(logits: np.ndarray, scores: np.ndarray, grid: np.ndarray | N
     grid = np.exp(np.linspace(np.log(0.25), np.log(4.0), 97)) if grid is None else grid
     losses = [bce(ensemble_proba(logits, t), scores) for t in grid]
     return float(grid[int(np.argmin(losses))])
+
+
+def logit(p: np.ndarray, eps: float = 1e-4) -> np.ndarray:
+    """log(p / (1 - p)) with p clipped to [eps, 1 - eps] (a prior of exactly 0 or 1 stays finite)."""
+    p = np.clip(np.asarray(p, np.float64), eps, 1 - eps)
+    return np.log(p) - np.log1p(-p)
 
 
 def bce(proba: np.ndarray, scores: np.ndarray) -> float:

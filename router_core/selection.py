@@ -1,0 +1,173 @@
+"""Choosing on validation what ``route`` serves, and at which operating point.
+
+Routing quality is P-AUCCC (metrics), so candidates are compared by it, on validation rows only:
+
+- **Cross-validated scores.** The validation rows are split into ``folds`` parts, ``repeats``
+  times (seeded). A blend (routers.BlendRouter: calibration, shrinkage toward the prior, a stack)
+  is fitted on the other parts and scored on each part; a router with nothing left to fit is
+  scored on the same parts. A candidate's score is the mean over parts, so every candidate is
+  judged on rows it was not fitted on, in the same way.
+- **The simpler router within noise.** The winner is the simplest candidate whose mean score is
+  at least the best's minus one standard error of their paired per-part difference (the one
+  standard error rule): a more complex router has to pay for itself.
+- **Operating point.** On the winner's out-of-fold validation probabilities, the cheapest
+  threshold policy whose validation accuracy is at least that of always calling the best single
+  target (iso-accuracy): the saving a user gets by default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import metrics as M
+from .routers import BlendRouter, MixRouter
+from .routing import threshold_routes
+
+
+@dataclass
+class Scored:
+    mean: float
+    per_part: np.ndarray  # (repeats * folds,) P-AUCCC on each held-out part
+    oof: np.ndarray  # (n, K) out-of-fold probabilities of the first repeat
+
+
+def parts_of(n: int, folds: int, repeats: int, seed: int) -> list[np.ndarray]:
+    """``repeats`` seeded partitions of range(n) into ``folds`` parts, as a flat list of parts."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(repeats):
+        out += np.array_split(rng.permutation(n), folds)
+    return out
+
+
+def cv_scores(fixed: dict[str, np.ndarray], blends: dict[str, tuple[BlendRouter, np.ndarray]], scores: np.ndarray,
+              costs: np.ndarray, folds: int = 2, repeats: int = 5, seed: int = 0) -> dict[str, Scored]:
+    """Every candidate's cross-validated P-AUCCC on validation rows measured on every target.
+
+    ``fixed``: name -> (n, K) validation probabilities of a router fitted without these rows;
+    ``blends``: name -> (an unfitted blend, its components' (n, K, J) validation logits)."""
+    n = len(scores)
+    parts = parts_of(n, folds, repeats, seed)
+    out: dict[str, Scored] = {}
+    for name, p in fixed.items():
+        out[name] = Scored(0.0, np.array([M.p_auccc(p[i], scores[i], costs[i]) for i in parts]), p)
+    for name, (blend, z) in blends.items():
+        per, oof = [], np.zeros(scores.shape)
+        for j, i in enumerate(parts):
+            fit_rows = np.setdiff1d(np.arange(n), i)
+            b = type(blend)(blend.kind, blend.components, blend.per_target, blend.l2).fit(
+                z[fit_rows], scores[fit_rows], costs[fit_rows])
+            p = b.proba_of(z[i])
+            per.append(M.p_auccc(p, scores[i], costs[i]))
+            if j < folds:
+                oof[i] = p
+        out[name] = Scored(0.0, np.array(per), oof)
+    for s in out.values():
+        s.mean = float(s.per_part.mean())
+    return out
+
+
+def choose(scored: dict[str, Scored], complexity: dict[str, int]) -> tuple[str, dict]:
+    """The simplest candidate within one standard error of the best (see the module's docstring)."""
+    best = max(scored, key=lambda k: scored[k].mean)
+    table = {}
+    for name, s in scored.items():
+        d = scored[best].per_part - s.per_part
+        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+        table[name] = {"val_p_auccc": s.mean, "gap_to_best": float(d.mean()), "se": se,
+                       "within_noise": bool(d.mean() <= se), "complexity": complexity.get(name, 9)}
+    ok = [k for k, v in table.items() if v["within_noise"]]
+    winner = min(ok, key=lambda k: (table[k]["complexity"], -table[k]["val_p_auccc"]))
+    return winner, {"best": best, "winner": winner, "candidates": table}
+
+
+def operating_point(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, best_single: int) -> dict:
+    """The threshold policy's tau at which ``route`` runs by default: as tau grows from 0, routes get
+    cheaper; the point is the last tau before the validation accuracy first drops below the best
+    single target's (iso-accuracy, and never past a dip, so one lucky point further on does not
+    set it), placed halfway to the next gap where a route would change. tau 0 when even argmax
+    is below it. Returns tau and what it measured on these rows."""
+    rows = np.arange(len(scores))
+    ref_acc, ref_cost = float(scores[:, best_single].mean()), float(costs[:, best_single].mean())
+    gaps = np.unique(np.round(proba.max(axis=1, keepdims=True) - proba, 12))
+    chosen, nxt = None, None
+    for i, tau in enumerate(gaps):
+        r = threshold_routes(proba, costs, float(tau))
+        acc, cost = float(scores[rows, r].mean()), float(costs[rows, r].mean())
+        if acc < ref_acc - 1e-12:
+            nxt = float(tau)
+            break
+        chosen = (float(tau), acc, cost)
+    if chosen is None:
+        r = threshold_routes(proba, costs, 0.0)
+        chosen, nxt = (0.0, float(scores[rows, r].mean()), float(costs[rows, r].mean())), None
+    tau, acc, cost = chosen
+    if nxt is not None and tau > 0:
+        tau = (tau + nxt) / 2
+    return {"policy": "threshold", "tau": float(min(tau, 1.0)), "val_accuracy": acc, "val_mean_cost": cost,
+            "best_single_val_accuracy": ref_acc, "best_single_val_mean_cost": ref_cost,
+            "val_saving_pct": 100.0 * (1 - cost / ref_cost) if ref_cost > 0 else 0.0, "val_rows": int(len(scores))}
+
+
+# What route can serve (routers on prefill features, the task column optional), simplest first;
+# the rest are scored for the record. Blends: (name, components by router name, per target).
+# Simplest = least able to route worse than the prior: a mix toward the prior (its worst case is the
+# prior itself) before a router on its own, before blends with more weights fitted on validation.
+COMPLEXITY = {"best_single": 0, "task_prior": 1, "prefill_trunk_mix": 2, "prefill_residual_mix": 2,
+              "prefill_logreg_mix": 2, "prefill_logreg": 3, "prefill_trunk_distilled": 4, "prefill_trunk": 5,
+              "prefill_trunk_residual": 5, "prefill_logreg_shrunk": 6, "prefill_trunk_shrunk": 6,
+              "prefill_residual_shrunk": 6, "prefill_trunk_platt": 6, "prefill_stack": 7}
+BLENDS = [("prefill_trunk_mix", ("prefill_trunk", "prior"), "mix"),
+          ("prefill_residual_mix", ("prefill_trunk_residual", "prior"), "mix"),
+          ("prefill_logreg_mix", ("prefill_logreg", "prior"), "mix"),
+          ("prefill_trunk_platt", ("prefill_trunk",), True),
+          ("prefill_trunk_shrunk", ("prefill_trunk", "prior"), False),
+          ("prefill_residual_shrunk", ("prefill_trunk_residual", "prior"), False),
+          ("prefill_logreg_shrunk", ("prefill_logreg", "prior"), False),
+          ("prefill_stack", ("prefill_trunk_residual", "prefill_logreg", "prior"), False)]
+SERVABLE = {k for k in COMPLEXITY if k.startswith("prefill_")}
+
+
+@dataclass
+class Serving:
+    winner: str
+    blends: dict[str, BlendRouter]  # fitted on every validation row
+    selection: dict  # every candidate's cross-validated score, the winner and why
+    operating_point: dict
+
+
+def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.ndarray, best_single: int,
+                   folds: int, repeats: int, seed: int, l2: float = 10.0) -> Serving:
+    """Blends of the fitted ``routers`` (name -> router) with ``prior`` (the task prior, the global
+    mean without tasks), every candidate scored by cross-validated P-AUCCC on the validation rows
+    ``x_va`` (RouterInputs, rows measured on every target) with their ``scores`` and ``costs``; the
+    servable winner (``choose``) and its operating point on out-of-fold probabilities."""
+    from .errors import ArtifactError
+    from .routers import predict_any
+
+    pool = dict(routers, prior=prior)
+    fixed = {}
+    for k, r in routers.items():
+        if k in COMPLEXITY:
+            try:
+                fixed[k] = predict_any(r, x_va)
+            except ArtifactError:  # reads inputs route does not give (e.g. train.extra_inputs): not a candidate
+                pool.pop(k)
+    blends = {}
+    for name, parts, per_target in BLENDS:
+        if all(p in pool for p in parts):
+            comps = [pool[p] for p in parts]
+            b = MixRouter(name, comps) if per_target == "mix" else BlendRouter(name, comps, per_target, l2)
+            blends[name] = (b, b.component_logits(x_va))
+    scored = cv_scores(fixed, blends, scores, costs, folds, repeats, seed)
+    winner, info = choose({k: v for k, v in scored.items() if k in SERVABLE}, COMPLEXITY)
+    for k, v in scored.items():  # the others, for the record
+        if k not in info["candidates"]:
+            info["candidates"][k] = {"val_p_auccc": v.mean, "servable": False}
+    fitted = {k: type(b)(b.kind, b.components, b.per_target, b.l2).fit(z, scores, costs) for k, (b, z) in blends.items()}
+    for k, b in fitted.items():
+        b.fit_info_ = dict(b.fit_info_, val_p_auccc_cv=scored[k].mean)
+    op = operating_point(scored[winner].oof, scores, costs, best_single)
+    return Serving(winner, fitted, info, op)

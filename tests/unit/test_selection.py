@@ -1,0 +1,144 @@
+"""Blends, the choice of the served router, the operating point and the paired bootstrap."""
+
+import numpy as np
+import pytest
+
+from router_core import metrics as M
+from router_core.evaluation import _weighted_aucs, at_operating_point, paired_bootstrap
+from router_core.model import Preprocessor, SharedTrunkNet, TrainParams, fit_trunk, logit
+from router_core.routers import BlendRouter, RouterInputs, TaskPrior, TrunkRouter, load_router, save_router
+from router_core.selection import Scored, choose, cv_scores, operating_point
+from router_core.storage import Storage
+
+
+def _prior():
+    return TaskPrior().fit(["a", "a", "b", "b"], np.array([[0.9, 0.2], [0.7, 0.4], [0.1, 0.8], [0.3, 0.6]]))
+
+
+def test_task_prior_falls_back_to_the_global_mean_without_tasks():
+    p = _prior()
+    assert np.allclose(p.prior(["a", "zz", None], 3), [[0.8, 0.3], [0.5, 0.5], [0.5, 0.5]])
+    assert np.allclose(p.prior(None, 2), [[0.5, 0.5]] * 2)
+
+
+def test_blend_recovers_a_known_combination_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    n, K = 4000, 2
+    z = rng.normal(size=(n, K, 2))
+    true = 0.6 * z[..., 0] + 0.3 * z[..., 1] + np.array([0.2, -0.4])
+    y = (rng.random((n, K)) < 1 / (1 + np.exp(-true))).astype(float)
+    b = BlendRouter("prefill_trunk_shrunk", [_prior(), _prior()], l2=0.0).fit(z, y)
+    assert b.w_[0] == pytest.approx([0.6, 0.3], abs=0.06) and b.b_ == pytest.approx([0.2, -0.4], abs=0.08)
+    per = BlendRouter("prefill_trunk_platt", [_prior()], per_target=True).fit(z[..., :1] * np.array([1.0, 3.0])[None, :, None], y)
+    assert per.w_[1, 0] < per.w_[0, 0]  # an over-confident target gets a smaller slope
+    # Saved and loaded with its components; the task prior falls back to the global mean without tasks.
+    x = RouterInputs(n=3, tasks=["a", "b", None])
+    save_router(Storage(), str(tmp_path), b, {"targets": ["t0", "t1"]})
+    loaded, manifest = load_router(Storage(), str(tmp_path))
+    assert manifest["uses_tasks"] and "tasks" not in manifest["needs"]
+    assert np.allclose(loaded.predict_proba(x), b.predict_proba(x))
+    assert loaded.predict_proba(RouterInputs(n=2)).shape == (2, 2)
+
+
+def test_mix_toward_the_prior_chooses_its_weight_by_routing_quality(tmp_path):
+    from router_core.routers import MixRouter
+
+    rng = np.random.default_rng(6)
+    n = 400
+    scores = (rng.random((n, 2)) < [0.3, 0.8]).astype(float)
+    costs = np.tile([1.0, 5.0], (n, 1))
+    prior = np.tile([0.3, 0.8], (n, 1))
+    informed = np.clip(0.5 * prior + 0.5 * scores, 0.01, 0.99)  # knows the outcomes: routes better
+    z = logit(np.stack([informed, prior], axis=2))
+    good = MixRouter("prefill_trunk_mix", [_prior(), _prior()]).fit(z, scores, costs)
+    assert good.fit_info_["a"] == 1.0
+    noise = logit(np.stack([rng.random((n, 2)), prior], axis=2))
+    bad = MixRouter("prefill_trunk_mix", [_prior(), _prior()]).fit(noise, scores, costs)
+    assert bad.fit_info_["a"] < 0.5  # pure noise: mostly the prior
+    assert np.allclose(bad.proba_of(noise), bad.fit_info_["a"] * np.clip(1 / (1 + np.exp(-noise[..., 0])), 0, 1)
+                       + (1 - bad.fit_info_["a"]) * np.clip(prior, 1e-4, 1 - 1e-4), atol=1e-6)
+    save_router(Storage(), str(tmp_path), good, {"targets": ["t0", "t1"]})
+    loaded, _ = load_router(Storage(), str(tmp_path))
+    x = RouterInputs(n=3, tasks=["a", "b", None])
+    assert type(loaded) is MixRouter and np.allclose(loaded.predict_proba(x), good.predict_proba(x))
+
+
+def test_residual_trunk_starts_from_its_prior_and_round_trips(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+    tasks = ["a" if v > 0 else "b" for v in x[:, 0]]
+    s = (rng.random((200, 2)) < 0.5).astype(float)
+    prior = TaskPrior().fit(tasks, s)
+    off = logit(prior.prior(tasks, 200)).astype(np.float32)
+    # No epoch can improve on a zero learning rate: the net stays at zero, the prediction is the prior.
+    net, _, _ = fit_trunk(x, s, x, s, TrainParams(lr=0.0, max_epochs=2, patience=1, widths=(8,), dropouts=(0.0,)),
+                          seed=0, o_tr=off, o_va=off)
+    pre = Preprocessor().fit(x)
+    r = TrunkRouter("prefill_trunk_residual", ["mean_01"], temperature=False, offset=prior).fit(pre, [net])
+    inputs = RouterInputs(n=200, prefill={"mean_01": x}, tasks=tasks)
+    assert np.allclose(r.predict_proba(inputs), np.clip(prior.prior(tasks, 200), 1e-4, 1 - 1e-4), atol=1e-5)
+    save_router(Storage(), str(tmp_path), r, {"targets": ["t0", "t1"]})
+    loaded, manifest = load_router(Storage(), str(tmp_path))
+    assert manifest["uses_tasks"] and np.allclose(loaded.predict_proba(inputs), r.predict_proba(inputs), atol=1e-6)
+
+
+def test_choice_prefers_the_simpler_router_within_one_standard_error():
+    swing = 0.01 * np.array([1.0, -1.0] * 5)  # the parts' luck, opposite for the two: a noisy difference
+
+    def scored(per):
+        return Scored(float(per.mean()), per, None)
+
+    close = {"simple": scored(0.500 + swing), "complex": scored(0.503 - swing)}
+    assert close["complex"].mean > close["simple"].mean
+    winner, info = choose(close, {"simple": 0, "complex": 1})
+    assert winner == "simple" and info["best"] == "complex" and info["candidates"]["simple"]["within_noise"]
+    winner, _ = choose(dict(close, clear_winner=scored(np.full(10, 0.6))), {"simple": 0, "complex": 1, "clear_winner": 2})
+    assert winner == "clear_winner"
+
+
+def test_cv_scores_judge_blends_on_rows_they_were_not_fitted_on():
+    rng = np.random.default_rng(2)
+    n, K = 120, 3
+    scores = (rng.random((n, K)) < 0.5).astype(float)
+    costs = np.tile([1.0, 2.0, 4.0], (n, 1))
+    noise = rng.normal(size=(n, K, 1))
+    out = cv_scores({"oracle_like": scores * 0.8 + 0.1},
+                    {"noise_blend": (BlendRouter("prefill_stack", [_prior()]), noise)}, scores, costs, folds=2,
+                    repeats=3, seed=0)
+    assert len(out["noise_blend"].per_part) == 6 and out["oracle_like"].mean > out["noise_blend"].mean
+    assert (out["noise_blend"].oof != 0).all()  # every row predicted by a blend fitted without it
+
+
+def test_operating_point_is_the_last_tau_at_the_best_singles_accuracy():
+    # 3 targets, cost 1 < 2 < 4; the dear one is the best single (accuracy 0.75).
+    s = np.array([[1, 1, 1], [0, 1, 1], [0, 0, 1], [0, 0, 0]], dtype=float)
+    c = np.tile([1.0, 2.0, 4.0], (4, 1))
+    p = np.array([[0.9, 0.9, 0.95], [0.1, 0.9, 0.92], [0.1, 0.2, 0.9], [0.3, 0.3, 0.3]])
+    op = operating_point(p, s, c, best_single=2)
+    # tau 0.05 sends q0 to the cheap target and q1 to the middle one: still 0.75, at cost (1 + 2 + 4 + 1) / 4.
+    assert op["val_accuracy"] == pytest.approx(0.75) and op["val_mean_cost"] == pytest.approx(2.0)
+    assert op["val_saving_pct"] == pytest.approx(50.0) and 0.05 <= op["tau"] < 0.7
+    at = at_operating_point(p, s, c, op, 2)
+    assert at["accuracy"] == pytest.approx(0.75) and at["saving_pct"] == pytest.approx(50.0)
+
+
+def test_weighted_auc_is_scikit_learns_on_the_resampled_rows():
+    rng = np.random.default_rng(3)
+    p, y = np.round(rng.random(80), 1), rng.random(80) < 0.4
+    idx = rng.integers(0, 80, 80)
+    w = np.bincount(idx, minlength=80)[None].astype(float)
+    assert _weighted_aucs(p, y, w)[0] == pytest.approx(M.roc_auc(p[idx], y[idx]))
+
+
+def test_paired_bootstrap_intervals_hold_the_observed_difference():
+    rng = np.random.default_rng(4)
+    n, K = 300, 3
+    scores = (rng.random((n, K)) < 0.6).astype(float)
+    costs = np.tile([1.0, 2.0, 4.0], (n, 1))
+    probas = {"good": 0.6 * scores + 0.4 * rng.random((n, K)), "bad": rng.random((n, K))}
+    out = paired_bootstrap(probas, scores, costs, "good", n_boot=200, seed=1)
+    row = out["vs"]["bad"]
+    assert row["p_auccc_ci"][0] <= row["p_auccc_diff"] <= row["p_auccc_ci"][1]
+    assert row["p_auccc_ci"][0] > 0 and row["mean_auc_ci"][0] > 0  # a clearly better router: above 0
+    again = paired_bootstrap(probas, scores, costs, "good", n_boot=200, seed=1)
+    assert again == out  # seeded

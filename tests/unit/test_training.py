@@ -1,0 +1,71 @@
+"""The whole router bundle fitted in this process (no Ray) on a synthetic pool: the residual trunk,
+the blends, the choice of the served router and its operating point, saved and loaded back."""
+
+import numpy as np
+import pyarrow as pa
+
+from router_core.config import load_config
+from router_core.dataset import Dataset
+from router_core.model_index import FeatureRef, read_index
+from router_core.routers import load_router, predict_any, RouterInputs
+from router_core.schemas import OUTCOMES, QUERIES, Pool
+from router_core.selection import SERVABLE
+from router_core.storage import Storage
+from router_core.training import fit_bundle, fit_in_process, save_bundle
+
+SETS = ["train.n_trials=2", "train.seeds=2", "train.keep=2", "train.max_epochs=30", "train.patience=5",
+        "train.batch_size=64", "train.max_layers=1", "train.distil_width=16", "baselines.semantic_trials=1",
+        "baselines.knn_k=[5]", "train.cv_repeats=3"]
+
+
+def _pool_data(n=1200, seed=0):
+    """3 targets (cheap, mid, dear) and 4 tasks; whether a target is right depends on the task and on a
+    per-query difficulty that the prefill features carry (the sentence embeddings do not)."""
+    rng = np.random.default_rng(seed)
+    tasks = rng.choice(["a", "b", "c", "d"], n)
+    difficulty = rng.normal(size=n)
+    skill = {"a": [1.0, 1.5, 2.0], "b": [-1.0, 0.5, 1.0], "c": [0.0, 0.0, 1.5], "d": [-0.5, 1.0, 0.5]}
+    logit = np.array([skill[t] for t in tasks]) - 1.5 * difficulty[:, None] * np.array([1.0, 0.7, 0.4])
+    scores = (rng.random((n, 3)) < 1 / (1 + np.exp(-logit))).astype(float)
+    x = np.concatenate([difficulty[:, None], rng.normal(size=(n, 7))], axis=1).astype(np.float32)
+    split = np.where(rng.random(n) < 0.25, "test", "train")
+    qids = [f"q{i}" for i in range(n)]
+    queries = pa.table({"query_id": qids, "text": ["question " * (5 + i % 7) for i in range(n)],
+                        "split": split.tolist(), "task": tasks.tolist()}, schema=QUERIES)
+    names = ["cheap", "mid", "dear"]
+    outcomes = pa.table({"query_id": [q for q in qids for _ in names], "model": names * n,
+                         "score": scores.ravel().tolist(), "cost_usd": [None] * (3 * n),
+                         "output_tokens": [100] * (3 * n)}, schema=OUTCOMES)
+    pool = Pool.model_validate({"models": [{"name": m, "price_in_per_mtok": p, "price_out_per_mtok": 2 * p}
+                                           for m, p in zip(names, [0.1, 1.0, 10.0])]})
+    prefill = {"mean_04": x, "last_04": x[:, ::-1] + 0.1 * rng.normal(size=x.shape).astype(np.float32)}
+    return Dataset(queries, outcomes, pool), prefill, rng.normal(size=(n, 6)).astype(np.float32)
+
+
+def test_bundle_serves_the_router_validation_chooses_and_it_round_trips(tmp_path):
+    ds, prefill, sem = _pool_data()
+    cfg = load_config(None, SETS)
+    fman = {"columns": list(prefill), "encoder": {"identity": "synthetic"}, "settings_key": "k1"}
+    sman = {"columns": ["mean_06"], "encoder": {"identity": "synthetic-sem"}, "settings_key": "k2"}
+    bundle = fit_bundle(cfg, fit_in_process, ds, prefill, sem, np.ones(ds.queries.num_rows, bool), fman, sman, "test")
+    assert {"prefill_trunk_residual", "prefill_trunk_shrunk", "prefill_stack"} <= set(bundle.routers)
+    sel = bundle.selection
+    assert bundle.serve == sel["winner"] in SERVABLE and sel["candidates"][sel["winner"]]["within_noise"]
+    # The features carry each query's difficulty but not its task: the plain trunk cannot know which
+    # target a task favours, the residual trunk starts from the task prior and routes far better.
+    c = sel["candidates"]
+    assert c["prefill_trunk_residual"]["val_p_auccc"] > c["prefill_trunk"]["val_p_auccc"] + 0.02
+    op = bundle.operating_point
+    assert 0 <= op["tau"] <= 1  # iso-accuracy, or argmax when even that is below the best single target
+    assert op["val_accuracy"] >= op["best_single_val_accuracy"] - 1e-12 or op["tau"] == 0
+
+    refs = {"prefill": FeatureRef(uri="f", settings_key="k1", encoder={}),
+            "semantic": FeatureRef(uri="s", settings_key="k2", encoder={}, column="mean_06")}
+    out = str(tmp_path / "model")
+    save_bundle(Storage(), out, bundle, refs, {"dataset": "d", "features": "f", "config": {"select": {"pca_dim": 8}}})
+    index = read_index(Storage(), out)
+    assert index.serve == bundle.serve and index.operating_point == op
+    x = RouterInputs(n=20, prefill={c: v[:20] for c, v in prefill.items()}, tasks=ds.queries.column("task").to_pylist()[:20])
+    for name in SERVABLE & set(index.routers):
+        loaded, _ = load_router(Storage(), index.folder(out, name))
+        np.testing.assert_allclose(predict_any(loaded, x), predict_any(bundle.routers[name][0], x), atol=1e-6)
