@@ -273,7 +273,8 @@ def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndar
     logreg = PrefillLogReg(bc.logreg_c).fit(per_target, {c: prefill[c][tr] for c in cols}, scores[tr],
                                             {c: prefill[c][va] for c in cols}, scores[va])
     med = output_token_medians(outcome_matrix(ds.outcomes, qids, targets, "output_tokens")[tr])
-    mean_cost = mean_train_cost(ds, qids, targets, tr, med)
+    costs = all_costs(ds, qids, targets, med)  # (n, K) dollars per call: the baselines' and the choice's
+    mean_cost = np.nanmean(costs[tr], axis=0)
     routers["prefill_logreg"] = (logreg, dict(logreg.fit_info_, **trunk_fields))
     routers["semantic_knn"] = (knn, dict(knn.fit_info_, **sem_fields))
     for router in (ConstantRouter("best_single"), ConstantRouter("cheapest", int(np.argmin(mean_cost))),
@@ -283,7 +284,6 @@ def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndar
             routers[router.kind] = (router.fit(scores[tr]) if isinstance(router, ConstantRouter) else router, {})
     seconds["other_baselines"] = time.perf_counter() - t
 
-    costs = all_costs(ds, qids, targets, med)
     best_single = int(np.nanmean(scores[tr], axis=0).argmax())
     t = time.perf_counter()
     serving = serve_on_validation(cfg, routers, prior_any, prefill, sem, tasks if has_tasks else None, va, scores,
@@ -341,11 +341,6 @@ def all_costs(ds: Dataset, qids: list[str], targets: list[str], med: np.ndarray)
     """(n, K) dollars per call of every query: observed, else estimated from prices."""
     observed = outcome_matrix(ds.outcomes, qids, targets, "cost_usd")
     return call_costs(observed, ds.queries.column("text").to_pylist(), ds.pool, targets, med)[0]
-
-
-def mean_train_cost(ds: Dataset, qids: list[str], targets: list[str], tr: np.ndarray, med: np.ndarray) -> np.ndarray:
-    """Mean training cost per call of each target: observed, else estimated from prices."""
-    return np.nanmean(all_costs(ds, qids, targets, med)[tr], axis=0)
 
 
 def save_bundle(storage, out: str, bundle: Bundle, features: dict[str, FeatureRef], meta: dict) -> ModelIndex:
