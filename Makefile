@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # torch pinned to the CPU build that this machine's index carries (../shared/docs/STACK.md).
 TORCH  := torch>=2.13,<2.14
 
-.PHONY: setup demo test test-slow bench clean image
+.PHONY: setup demo test test-slow bench bench-compare clean image
 
 setup: $(STAMP)
 
@@ -36,6 +36,11 @@ clean:
 bench: $(STAMP)
 	PYTHONUNBUFFERED=1 $(PY) tests/bench/bench_extract.py $(BENCH_ARGS)
 	PYTHONUNBUFFERED=1 $(PY) tests/bench/bench_route.py $(ROUTE_BENCH_ARGS)
+
+# This checkout against an earlier revision, interleaved: make bench-compare BASE=cf96524
+BASE ?= HEAD~1
+bench-compare: $(STAMP)
+	PYTHONUNBUFFERED=1 $(PY) tests/bench/compare_revisions.py --base $(BASE) $(COMPARE_ARGS)
 
 # The cluster images (cluster/Dockerfile), tagged with the package version that cluster/*.yaml name.
 # Needs a Docker engine (none on the project's CI machines); IMAGE= to push to your own registry.
