@@ -1,13 +1,12 @@
-"""The Ray pieces: the encoder actor pool (Ray Data), the prediction tasks of ``route`` and the
-Ray Train workers that fit SharedTrunkNet members. Each loads its model once per process: the
-encoder in the actor's ``__init__``, the router on a worker's first prediction task."""
+"""The Ray pieces that run models: the encoder actor pool (Ray Data) and the prediction tasks of
+``route`` (the Ray Train workers that fit SharedTrunkNet members: jobs.train_workers). Each loads
+its model once per process: the encoder in the actor's ``__init__``, the router on a worker's
+first prediction task."""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -15,13 +14,13 @@ import pyarrow as pa
 from router_core import schemas
 from router_core.config import AppConfig, ExtractConfig
 from router_core.encoders import resolve_encoder
-from router_core.errors import ArtifactError, TrainingFailed
+from router_core.errors import ArtifactError
 from router_core.features import part_digests, part_name, verify_part, write_part
-from router_core.model import TrainParams
 from router_core.routers import RouterInputs, load_router, predict_any
-from router_core.storage import Storage, is_s3, join
+from router_core.storage import Storage, join
 
-from .runtime import default_cache_dir, ensure_ray, user_error
+from .progress import Progress, ProgressCounter
+from .runtime import default_cache_dir, ensure_ray, quiet_ray_data, user_error
 
 
 # -- extraction ---------------------------------------------------------------------------------
@@ -29,7 +28,7 @@ class ExtractActor:
     """One encoder per actor, loaded once; each call encodes a block and writes its part file."""
 
     def __init__(self, ecfg: dict, cache_dir: str | None, identity: str, parts_uri: str, storage: dict,
-                 threads: int | None, actors: int = 1):
+                 threads: int | None, actors: int = 1, progress=None):
         import torch
 
         from router_core.extraction import Encoder
@@ -45,6 +44,10 @@ class ExtractActor:
         self.encoder = Encoder(self.cfg, resolved.path, resolved.revision)
         self.parts_uri = parts_uri
         self.storage = Storage(**storage)
+        self.progress = progress  # a ProgressCounter actor: told rows and tokens after each forward batch
+
+    def _tell(self, rows: int, tokens: int) -> None:
+        self.progress.add.remote(rows, tokens)  # fire and forget: display only
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         # OpenMP's thread count is per calling thread, and Ray Data calls from another thread
@@ -53,7 +56,7 @@ class ExtractActor:
         qids = batch.column("query_id").to_pylist()
         texts = batch.column("text").to_pylist()
         hashes = batch.column("text_hash").to_pylist()
-        res = self.encoder.extract(texts)
+        res = self.encoder.extract(texts, self._tell if self.progress is not None else None)
         ok = np.array([e is None for e in res.errors])
         part = None
         if ok.any():
@@ -95,36 +98,43 @@ def _peak_rss_mb() -> float:
 
 
 def run_actor_pool(cfg: AppConfig, todo: pa.Table, identity: str, parts_uri: str, storage: Storage,
-                   on_result=None) -> pa.Table:
+                   on_result=None, memory_mb: float | None = None) -> pa.Table:
     """Encode ``todo`` (query_id, text, text_hash) in blocks of ``extract.rows_per_task`` over the
-    actor pool; ``on_result(batch)`` sees each finished call's rows. Returns every call's rows."""
+    actor pool; ``on_result(batch)`` sees each finished call's rows. Returns every call's rows.
+    Each actor asks the scheduler for ``memory_mb``; rows, tokens/s and an ETA are shown meanwhile."""
     ray = ensure_ray(cfg)
+    quiet_ray_data(ray)
     ecfg = cfg.extract
     k = ecfg.rows_per_task
+    counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
     ds = ray.data.from_arrow([todo.slice(i, k) for i in range(0, todo.num_rows, k)])
     out = ds.map_batches(
         ExtractActor,
         fn_constructor_kwargs=dict(ecfg=ecfg.model_dump(), cache_dir=ecfg.cache_dir, identity=identity,
                                    parts_uri=parts_uri, storage=storage.settings(), threads=ecfg.torch_threads,
-                                   actors=ecfg.actors),
+                                   actors=ecfg.actors, progress=counter),
         batch_size=k,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=ecfg.actors),
         num_cpus=ecfg.actor_num_cpus,
         num_gpus=ecfg.actor_num_gpus or None,
         resources=ecfg.actor_resources or None,
+        **({"memory": int(memory_mb * 2**20)} if memory_mb else {}),
     )
     results = []
     try:
-        for batch in out.iter_batches(batch_format="pyarrow", batch_size=None):
-            if on_result is not None:
-                on_result(batch)
-            results.append(batch)
+        with Progress("extract", todo.num_rows, lambda: ray.get(counter.read.remote(), timeout=10)):
+            for batch in out.iter_batches(batch_format="pyarrow", batch_size=None):
+                if on_result is not None:
+                    on_result(batch)
+                results.append(batch)
     except Exception as e:  # noqa: BLE001 - an actor's user-facing error, as one line
         err = user_error(e)
         if err is None or err is e:
             raise
         raise err from None
+    finally:
+        ray.kill(counter)
     return pa.concat_tables(results)
 
 
@@ -157,91 +167,3 @@ def predict_parts(parts: list[tuple[str, dict, np.ndarray | None]], storage_kw: 
         at += t.num_rows
         probas.append(predict_any(router, RouterInputs(n=t.num_rows, prefill=x, tasks=part_tasks)).astype(np.float32))
     return np.concatenate(probas) if probas else np.zeros((0, 0), np.float32)
-
-
-# -- training (Ray Train) -------------------------------------------------------------------------
-def _worker_loop(config: dict) -> None:
-    """Runs on every Ray Train worker: fit one net per seed on this worker's slice of each batch."""
-    import ray
-    import ray.train
-    import ray.train.torch
-    from safetensors.numpy import load_file, save_file
-
-    from router_core.model import fit_trunk
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    x_tr, s_tr, x_va, s_va, *offsets = ray.get(config["data"])  # offsets (train, val): a residual net
-    params = TrainParams(**config["params"])
-    wrap = (lambda net: ray.train.torch.prepare_model(net)) if world > 1 else None
-    losses, states = [], {}
-    # A restarted worker group (a worker was lost) resumes after the last member checkpointed.
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            states = dict(load_file(str(Path(d) / "members.safetensors")))
-            losses = json.loads((Path(d) / "losses.json").read_text())
-    for seed in config["seeds"][len(losses):]:
-        net, val, epochs = fit_trunk(x_tr, s_tr, x_va, s_va, params, seed, rank, world, wrap, *offsets)
-        losses.append(val)
-        for k, v in net.state_dict().items():
-            states[f"seed{seed}.{k}"] = v.detach().cpu().numpy()
-        metrics = {"val_loss": float(np.min(losses)), "val_losses": json.dumps(losses), "members": len(losses)}
-        if rank == 0:  # one checkpoint per finished member: the members so far and their losses
-            with tempfile.TemporaryDirectory() as d:
-                save_file(states, str(Path(d) / "members.safetensors"))
-                (Path(d) / "losses.json").write_text(json.dumps(losses))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
-            ray.train.report(metrics)
-
-
-def ray_train_fit(cfg: AppConfig, storage: Storage):
-    """The data-parallel fit that router_core.training takes: ``fit(data, params, seeds, name) ->
-    (metrics, member states)``, each call one ``TorchTrainer.fit`` over ``train.num_workers`` workers."""
-    import ray
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    tc = cfg.train
-    ensure_ray(cfg)
-
-    def fit(data: tuple, params: TrainParams, seeds: list[int], name: str) -> tuple[dict, dict]:
-        with tempfile.TemporaryDirectory() as tmp:
-            store, fs = tc.storage_path or tmp, None
-            if is_s3(store):  # through our S3 settings (endpoint, region), as every other read
-                store, fs = store[len("s3://"):], storage.s3_filesystem()
-            trainer = TorchTrainer(
-                _worker_loop,
-                train_loop_config={"data": ray.put(data), "params": params.__dict__, "seeds": seeds},
-                torch_config=TorchConfig(timeout_s=tc.collective_timeout_s),  # a lost peer fails the step
-                scaling_config=ray.train.ScalingConfig(
-                    num_workers=tc.num_workers, use_gpu=tc.use_gpu,
-                    resources_per_worker={"CPU": tc.cpus_per_worker, **tc.worker_resources}),
-                run_config=ray.train.RunConfig(storage_path=store, storage_filesystem=fs, name=f"trunk-{name}",
-                                               failure_config=ray.train.FailureConfig(max_failures=tc.max_failures)),
-            )
-            try:
-                result = trainer.fit()
-                error = result.error
-            except Exception as e:  # noqa: BLE001 - Ray Train raises its TrainingFailedError here
-                error = e
-            if error is not None:
-                raise TrainingFailed(f"training {name} failed after {tc.max_failures} restart(s) of its workers "
-                                     f"({_first_line(error)}); no model was written") from None
-            from safetensors.numpy import load_file
-
-            with result.checkpoint.as_directory() as d:
-                states = load_file(str(Path(d) / "members.safetensors"))
-                losses = json.loads((Path(d) / "losses.json").read_text())
-            if len(losses) != len(seeds):
-                raise TrainingFailed(f"training {name} ended with {len(losses)} of {len(seeds)} members; "
-                                     "no model was written")
-            return dict(result.metrics, val_losses=json.dumps(losses)), states
-
-    return fit
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [x for x in str(e).strip().splitlines() if x.strip()]
-    return (lines[-1] if lines else type(e).__name__)[:300]

@@ -16,14 +16,15 @@ import pyarrow.compute as pc
 
 from router_core.config import AppConfig, ExtractConfig
 from router_core.encoders import encoder_fingerprint, resolve_encoder
-from router_core.extraction import ExtractStats, feature_column, resolve_layers, settings_identity, settings_key, text_hashes
+from router_core.extraction import (ExtractStats, feature_column, memory_estimate_mb, resolve_layers, settings_identity,
+                                   settings_key, text_hashes)
 from router_core.features import PARTS, Cache, Located, full_hit, load_features, read_manifest, request_of
 from router_core.queries import PreparedQueries, prepare_queries
 from router_core.storage import Storage, join
 
 from .actors import run_actor_pool
 from .common import storage_from
-from .runtime import code_version, concrete_extract, default_cache_dir, ray_get
+from .runtime import code_version, concrete_extract, default_cache_dir, ensure_ray, ray_get
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class ExtractRun:
     seconds: float
     manifest: dict = field(default_factory=dict)
     actor_peak_rss_mb: float = 0.0  # the largest peak RSS of any actor process
+    actor_memory_mb: float = 0.0  # what each actor asked the scheduler for
     located: Located | None = None  # where the accepted queries' features are (for ``route``)
 
     @property
@@ -68,11 +70,27 @@ def prepare(storage: Storage, uri: str) -> PreparedQueries:
     return prepare_queries(storage, uri, hash_texts)
 
 
-def encoder_shape(path: str, ecfg: ExtractConfig) -> tuple[list[int], int]:
+def encoder_shape(path: str, ecfg: ExtractConfig) -> tuple[list[int], int, float]:
+    """(hidden-state indices read, hidden size, memory an actor needs in MiB) of the encoder at ``path``."""
     from transformers import AutoConfig
 
     conf = AutoConfig.from_pretrained(path, revision=ecfg.revision)
-    return resolve_layers(ecfg.layers, conf.num_hidden_layers + 1), conf.hidden_size
+    memory = ecfg.actor_memory_mb or memory_estimate_mb(conf, ecfg)
+    return resolve_layers(ecfg.layers, conf.num_hidden_layers + 1), conf.hidden_size, memory
+
+
+def schedulable_memory_mb(memory_mb: float) -> float:
+    """``memory_mb``, or the largest node's memory when no node has that much (with a warning: the
+    actor would never be scheduled otherwise)."""
+    import ray
+
+    nodes = [n.get("Resources", {}).get("memory", 0) / 2**20 for n in ray.nodes() if n.get("Alive")]
+    largest = max(nodes, default=0)
+    if largest and memory_mb > largest:
+        log.warning("extract: an actor needs ~%.0f MiB but the largest node offers %.0f MiB: asking for that; "
+                    "lower extract.token_budget or kv_budget_tokens, or set extract.actor_memory_mb", memory_mb, largest)
+        return largest
+    return memory_mb
 
 
 def encode(cfg: AppConfig, prepared: PreparedQueries, out: str) -> ExtractRun:
@@ -89,9 +107,9 @@ def encode(cfg: AppConfig, prepared: PreparedQueries, out: str) -> ExtractRun:
         log.info("extract: %d input rows: all %d accepted rows already extracted", n_in, kept.num_rows)
         located, m = hit
         return ExtractRun(out, n_in, kept.num_rows, 0, rejects, m.get("rows", 0), ExtractStats(),
-                          time.perf_counter() - t0, m, 0.0, located)
+                          time.perf_counter() - t0, m, located=located)
     resolved = resolve_encoder(ecfg.encoder, ecfg.cache_dir or default_cache_dir(), ecfg.revision)
-    layers, dim = encoder_shape(resolved.path, ecfg)
+    layers, dim, memory = encoder_shape(resolved.path, ecfg)
     identity = settings_identity(ecfg, resolved.identity, layers)
     header = {"encoder": {"spec": ecfg.encoder, "identity": resolved.identity, "revision": resolved.revision,
                           "fingerprint": fingerprint},
@@ -106,7 +124,7 @@ def encode(cfg: AppConfig, prepared: PreparedQueries, out: str) -> ExtractRun:
     if not todo.num_rows:  # every row cached (an older manifest, or another request): nothing to write
         located = Located.of(cache.old_parts, found)
         return ExtractRun(out, n_in, kept.num_rows, 0, rejects, sum(e["rows"] for _, e in cache.old_parts), stats,
-                          time.perf_counter() - t0, cache.manifest, 0.0, located)
+                          time.perf_counter() - t0, cache.manifest, located=located)
     cache.begin()
 
     def record(batch: pa.Table) -> None:  # each finished actor call: its part counts from now on
@@ -115,7 +133,10 @@ def encode(cfg: AppConfig, prepared: PreparedQueries, out: str) -> ExtractRun:
 
     # Sorting by text puts queries that share a prefix into the same actor call.
     todo = todo.take(pc.sort_indices(todo, [("text", "ascending")]))
-    results = run_actor_pool(cfg, todo, resolved.identity, join(out, PARTS), storage, record)
+    ensure_ray(cfg)
+    memory = schedulable_memory_mb(memory)
+    log.info("extract: %d rows over %d actor(s), each asking for %.0f MiB", todo.num_rows, ecfg.actors, memory)
+    results = run_actor_pool(cfg, todo, resolved.identity, join(out, PARTS), storage, record, memory)
     errs = results.column("error").to_pylist()
     for qid, err in zip(results.column("query_id").to_pylist(), errs):
         if err is not None:
@@ -132,7 +153,7 @@ def encode(cfg: AppConfig, prepared: PreparedQueries, out: str) -> ExtractRun:
     stats.seconds = float(pc.sum(calls.column("call_seconds_max")).as_py())
     located = cache.finish(kept, found)
     run = ExtractRun(out, n_in, kept.num_rows - todo.num_rows, extracted, rejects, cache.manifest["rows"], stats,
-                     time.perf_counter() - t0, cache.manifest, peak, located)
+                     time.perf_counter() - t0, cache.manifest, peak, memory, located)
     if not run.reconciles():
         raise RuntimeError(f"extract counts do not reconcile: {run}")  # a bug, not user input
     return run

@@ -39,5 +39,6 @@ def print_extract(run: ExtractRun) -> None:
               f" ({s.prefix_groups} shared prefixes), padding waste {100 * s.padding_waste:.1f}%")
         print(f"  speed:  {s.seconds:.1f} s in encoder calls, {rate:,.0f} query tokens/s;"
               f" {run.seconds:.1f} s wall")
+        print(f"  memory: actor peak {run.actor_peak_rss_mb:,.0f} MiB of the {run.actor_memory_mb:,.0f} MiB it asked for")
     if run.rejected:
         print(f"  rejects: {join(run.out, REJECTS)}")

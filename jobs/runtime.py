@@ -78,3 +78,14 @@ def concrete_extract(cfg):
 
     dtype = choose_dtype(cfg.extract.dtype, cfg.extract.device)
     return cfg if dtype == cfg.extract.dtype else cfg.model_copy(update={"extract": cfg.extract.model_copy(update={"dtype": dtype})})
+
+
+def quiet_ray_data(ray) -> None:
+    """Ray Data's block progress bars and execution logs off unless debug logging was asked for
+    (``-v``): the stage prints progress in rows and tokens (jobs.progress)."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        return
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)

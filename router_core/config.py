@@ -65,6 +65,8 @@ class ExtractConfig(Strict):
     actors: int = Field(1, ge=1, description="actor pool size")
     actor_num_cpus: float = Field(0.5, gt=0, description="CPUs reserved per actor")
     actor_num_gpus: float = Field(0, ge=0, description="GPUs per actor (1 on GPU nodes)")
+    actor_memory_mb: float | None = Field(None, gt=0, description="memory each actor asks the scheduler for; None = "
+                                          "estimated from the encoder and the token budgets (extraction.memory_estimate_mb)")
     actor_resources: dict[str, float] = Field(
         {}, description="custom Ray resources per actor, e.g. {encoder: 1} to place actors on the nodes that declare it")
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads per actor; None = all cores")
@@ -95,6 +97,10 @@ class TrainConfig(Strict):
     max_epochs: int = Field(200, ge=1)
     patience: int = Field(15, ge=1)
     batch_size: int = Field(512, ge=8)
+    max_concurrent: int = Field(1, ge=1, description="Optuna trials fitted at once (each its own Ray Train run "
+                                "of num_workers workers): rounds of this many, so 16 trials at 8 take two trials' time")
+    in_process: bool = Field(False, description="fit the members in the driver process, not on Ray Train: for small "
+                             "data on one machine (no worker-group start per fit, ~10-20 s each; no restart of lost workers)")
     num_workers: int = Field(2, ge=1, description="Ray Train data-parallel workers")
     cpus_per_worker: float = Field(0.5, gt=0)
     worker_resources: dict[str, float] = Field(

@@ -20,6 +20,7 @@ import copy
 import hashlib
 import inspect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -182,6 +183,39 @@ def _chunked(best, start: int, end: int):
 
 # -- the encoder -------------------------------------------------------------------------------
 
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def memory_estimate_mb(conf, cfg: ExtractConfig, base_mb: float = 1000.0) -> float:
+    """Peak resident memory (MiB) of one process encoding with ``cfg``, from the model's config
+    (``transformers`` PretrainedConfig of a decoder LM): what an actor should ask the scheduler for.
+
+    The terms, in bytes of the compute dtype: the whole model's weights (loaded before the unread
+    layers are dropped); one forward batch of ``token_budget`` slots (every kept hidden state, the
+    MLP's intermediate, attention scores of up to ``max_length`` keys per token); the shared-prefix
+    KV cache repeated over a suffix batch (``kv_budget_tokens`` tokens, every run layer); the
+    float16 features of one actor call; and ``base_mb`` for Python, torch and transformers. On a
+    GPU the forward batch and the KV cache are in device memory and are not counted."""
+    b = DTYPE_BYTES[cfg.dtype] if cfg.dtype in DTYPE_BYTES else 4
+    d, n_layers = conf.hidden_size, conf.num_hidden_layers
+    heads = conf.num_attention_heads
+    kv_heads = getattr(conf, "num_key_value_heads", None) or heads
+    head_dim = getattr(conf, "head_dim", None) or d // heads
+    inter = getattr(conf, "intermediate_size", None) or 4 * d
+    per_layer = d * heads * head_dim * 2 + d * kv_heads * head_dim * 2 + 3 * d * inter
+    weights = (conf.vocab_size * d + n_layers * per_layer) * b
+    run = n_layers if cfg.layers == "all" else min(n_layers, max(resolve_layers(cfg.layers, n_layers + 1)) + 1)
+    t = cfg.token_budget
+    keys = min(cfg.max_length, t)
+    forward = (run + 1) * t * d * b + 3 * t * inter * b + 2 * heads * t * keys * b + 2 * t * d * 4
+    kv = cfg.kv_budget_tokens * run * 2 * kv_heads * head_dim * b if cfg.prefix_sharing else 0
+    if cfg.device.startswith("cuda"):  # activations and KV live in GPU memory; the host loads the weights
+        forward = kv = 0
+    n_cols = len(cfg.pooling) * (len(cfg.layers) if isinstance(cfg.layers, list) else n_layers + 1)
+    out = cfg.rows_per_task * n_cols * d * 2 * 2  # the call's features, and their Arrow copy
+    return base_mb + (weights + forward + kv + out) / 2**20
+
+
 @dataclass
 class ExtractStats:
     queries: int = 0
@@ -317,8 +351,9 @@ class Encoder:
                          use_cache=past is not None, output_hidden_states=True, **kwargs)
         return out, lens
 
-    def extract(self, texts: list[str]) -> ExtractResult:
-        """Features of every text; failures are reported per text, never raised."""
+    def extract(self, texts: list[str], progress: Callable[[int, int], None] | None = None) -> ExtractResult:
+        """Features of every text; failures are reported per text, never raised. ``progress(rows,
+        tokens)`` is told after each forward batch how many queries (and their tokens) it finished."""
         torch = self.torch
         t0 = time.perf_counter()
         n = len(texts)
@@ -346,9 +381,13 @@ class Encoder:
                 stats.forward_batches += 1
                 stats.padded_slots += len(rows) * max(blens)
                 stats.computed_tokens += sum(blens)
+                if progress is not None:
+                    progress(len(rows), sum(blens))
             # Shared prefixes: run once, reuse the KV cache for every member's suffix.
             for g in groups:
-                self._extract_group(g, ids, feats, stats)
+                self._extract_group(g, ids, feats, stats, progress)
+            if progress is not None and len(ok) < n:  # the failed texts are done too
+                progress(n - len(ok), 0)
         stats.prefix_groups = len(groups)
         stats.seconds = time.perf_counter() - t0
         n_tok = np.array([len(x) if x is not None else 0 for x in ids], dtype=np.int32)
@@ -389,7 +428,7 @@ class Encoder:
                     s = s + prefix_tail[layer][from_prefix]
                 feats[feature_column("tail", layer)][idx] = (s / tail_n).cpu().numpy().astype(FEATURE_DTYPE)
 
-    def _extract_group(self, g: PrefixGroup, ids, feats, stats: ExtractStats) -> None:
+    def _extract_group(self, g: PrefixGroup, ids, feats, stats: ExtractStats, progress=None) -> None:
         P = g.prefix_len
         prefix = ids[g.members[0]][:P]
         cache = self._new_cache()
@@ -417,6 +456,8 @@ class Encoder:
             stats.forward_batches += 1
             stats.padded_slots += len(rows) * max(blens)
             stats.computed_tokens += sum(blens)
+            if progress is not None:
+                progress(len(rows), sum(len(ids[r]) for r in rows))
 
     def _new_cache(self):
         from transformers import DynamicCache

@@ -35,14 +35,18 @@ def _read_all(storage, out) -> pa.Table:
     return storage.read_table(join(out, "parts"))
 
 
-def test_job_output_equals_core_and_counts_reconcile(ray_local, encoder_cache, real_queries, tmp_path):
+def test_job_output_equals_core_and_counts_reconcile(ray_local, encoder_cache, real_queries, tmp_path, caplog):
     bad = [{"query_id": "empty", "text": "   "}, {"query_id": "null", "text": None},
            {"query_id": real_queries[0]["query_id"], "text": "a duplicate id"}]
     src = _write_queries(tmp_path / "q.parquet", real_queries + bad)
     out = str(tmp_path / "feats")
     cfg = _cfg(encoder_cache)
-    run = run_extract(cfg, src, out)
+    with caplog.at_level("INFO", logger="jobs.progress"):
+        run = run_extract(cfg, src, out)
     assert (run.input_rows, run.reused, run.extracted, run.rejected) == (53, 0, 50, 3)
+    # Progress in rows and tokens, counted by the actors as they go: the last line says all 50.
+    lines = [r.getMessage() for r in caplog.records if r.name == "jobs.progress"]
+    assert lines and lines[-1].startswith("extract: 50/50 rows (100%)") and "tokens/s" in lines[-1], lines
     rejects = Storage().read_table(join(out, "rejects.parquet")).to_pylist()
     assert sorted(r["query_id"] for r in rejects) == sorted(["empty", "null", real_queries[0]["query_id"]])
 
@@ -145,6 +149,8 @@ def test_a_batch_of_one_megabyte_queries_is_truncated_not_fatal(ray_local, encod
     assert all(by_id[f"huge{i}"] == (128, True) for i in range(6))
     assert all(not by_id[q["query_id"]][1] and by_id[q["query_id"]][0] < 64 for q in short)
     assert run.actor_peak_rss_mb < 4096  # one actor, bounded by the token budget, not by the texts
+    # What the actor asked the scheduler for covers what it used.
+    assert run.actor_peak_rss_mb <= run.actor_memory_mb, (run.actor_peak_rss_mb, run.actor_memory_mb)
 
 
 def test_a_full_cache_hit_writes_nothing_and_needs_no_encoder(ray_local, encoder_cache, real_queries, tmp_path,

@@ -88,3 +88,22 @@ def test_auto_dtype_is_bfloat16_only_where_it_is_native():
     assert choose_dtype("auto", "cpu", {"amx_bf16"}) == "bfloat16"
     assert choose_dtype("auto", "cuda:0", set()) == "bfloat16"
     assert choose_dtype("float16", "cpu", {"amx_bf16"}) == "float16"  # an explicit choice stays
+
+
+def test_memory_estimate_grows_with_the_budgets_and_leaves_gpu_activations_out():
+    from types import SimpleNamespace
+
+    from router_core.config import ExtractConfig
+    from router_core.extraction import memory_estimate_mb
+
+    conf = SimpleNamespace(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                           head_dim=64, intermediate_size=1536, vocab_size=49152)
+    base = ExtractConfig(dtype="float32")
+    est = memory_estimate_mb(conf, base)
+    weights_mb = 134.5e6 * 4 / 2**20  # SmolLM2-135M's parameters in float32
+    assert est > 1000 + weights_mb
+    assert memory_estimate_mb(conf, base.model_copy(update={"token_budget": 16384})) > est
+    assert memory_estimate_mb(conf, base.model_copy(update={"prefix_sharing": False})) < est
+    assert memory_estimate_mb(conf, base.model_copy(update={"dtype": "bfloat16"})) < est
+    gpu = memory_estimate_mb(conf, base.model_copy(update={"device": "cuda", "dtype": "bfloat16"}))
+    assert gpu < 1000 + weights_mb

@@ -1,0 +1,98 @@
+"""Progress of a long stage in the user's units (rows, tokens), whatever Ray prints about blocks:
+a line redrawn in place on a terminal, a log line every ``every_s`` seconds otherwise."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("jobs.progress")
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def describe(label: str, rows: int, total: int, tokens: int, seconds: float) -> str:
+    """'extract: 1,024/3,178 rows (32%), 1,520 tokens/s, 41s elapsed, ETA 1m27s'."""
+    rows = min(rows, total)
+    text = f"{label}: {rows:,}/{total:,} rows ({100 * rows / max(total, 1):.0f}%)"
+    if seconds > 0 and tokens:
+        text += f", {tokens / seconds:,.0f} tokens/s"
+    text += f", {_duration(seconds)} elapsed"
+    if 0 < rows < total and seconds > 0:
+        text += f", ETA {_duration(seconds * (total - rows) / rows)}"
+    return text
+
+
+class Progress:
+    """Polls ``read() -> (rows, tokens)`` from a thread while a stage runs; use as a with-block.
+
+    On a terminal (stderr a tty) the line is redrawn every second; in a log, one line every
+    ``every_s`` seconds and when a change is seen after a quiet spell. The final line is always
+    logged, so a log shows where the stage ended."""
+
+    def __init__(self, label: str, total: int, read: Callable[[], tuple[int, int]], every_s: float = 30.0,
+                 stream=None):
+        self.label, self.total, self.read, self.every_s = label, total, read, every_s
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._stop = threading.Event()
+        self._t0 = time.perf_counter()
+        self._last = (0, 0)
+
+    def __enter__(self) -> "Progress":
+        self._t0 = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, name=f"progress-{self.label}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> tuple[int, int]:
+        try:
+            self._last = self.read()
+        except Exception:  # noqa: BLE001 - progress is display only; the stage reports its own errors
+            pass
+        return self._last
+
+    def line(self) -> str:
+        rows, tokens = self._last
+        return describe(self.label, rows, self.total, tokens, time.perf_counter() - self._t0)
+
+    def _run(self) -> None:
+        next_log = self._t0 + self.every_s
+        while not self._stop.wait(1.0 if self.tty else min(5.0, self.every_s)):
+            self._poll()
+            if self.tty:
+                self.stream.write("\r" + self.line() + "\033[K")
+                self.stream.flush()
+            elif time.perf_counter() >= next_log:
+                log.info("%s", self.line())
+                next_log = time.perf_counter() + self.every_s
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._poll()
+        if self.tty:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+        if exc[0] is None:
+            log.info("%s", self.line())
+
+
+class ProgressCounter:
+    """Rows and tokens the extraction actors have finished (a Ray actor of no CPU; display only)."""
+
+    def __init__(self):
+        self.rows = self.tokens = 0
+
+    def add(self, rows: int, tokens: int) -> None:
+        self.rows += rows
+        self.tokens += tokens
+
+    def read(self) -> tuple[int, int]:
+        return self.rows, self.tokens

@@ -1,0 +1,37 @@
+"""Progress lines of long stages (jobs.progress): rows, tokens/s, elapsed and ETA."""
+
+import io
+import logging
+import time
+
+from jobs.progress import Progress, describe
+
+
+def test_describe_says_rows_rate_and_eta():
+    line = describe("extract", 1024, 4096, 61_440, 40.0)
+    assert line == "extract: 1,024/4,096 rows (25%), 1,536 tokens/s, 40s elapsed, ETA 2m00s"
+    assert describe("extract", 0, 10, 0, 0.0) == "extract: 0/10 rows (0%), 0s elapsed"
+    assert "ETA" not in describe("extract", 10, 10, 5, 3700.0) and "1h01m elapsed" in describe("extract", 10, 10, 5, 3700.0)
+    assert describe("extract", 12, 10, 5, 1.0).startswith("extract: 10/10 rows (100%)")  # a retried call counts twice
+
+
+def test_progress_logs_periodic_lines_and_the_last_one(caplog):
+    done = [0]
+    with caplog.at_level(logging.INFO, logger="jobs.progress"):
+        with Progress("extract", 30, lambda: (done[0], 10 * done[0]), every_s=0.2, stream=io.StringIO()):
+            for _ in range(3):
+                time.sleep(0.6)
+                done[0] += 10
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) >= 2 and lines[-1].startswith("extract: 30/30 rows (100%)")
+
+
+def test_progress_redraws_one_line_on_a_terminal():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    with Progress("extract", 5, lambda: (5, 50), stream=out):
+        time.sleep(1.3)
+    assert "\rextract: 5/5 rows (100%)" in out.getvalue() and out.getvalue().endswith("\r\033[K")
