@@ -17,9 +17,9 @@ from router_core.dataset import load_dataset
 from router_core.features import load_features, read_manifest
 from router_core.model_index import FeatureRef, ModelIndex
 from router_core.storage import join
-from router_core.training import Bundle, fit_bundle, save_bundle
+from router_core.training import Bundle, fit_bundle, fit_in_process, save_bundle
 
-from .actors import ray_train_fit
+from .train_workers import ray_train_fit
 from .common import storage_from
 from .encoding import semantic_embeddings
 from .runtime import code_version
@@ -36,7 +36,8 @@ class TrainRun:
 
 
 def run_train(cfg: AppConfig, data: str, features: str, out: str, fit=None) -> TrainRun:
-    """``fit``: the members' fit (router_core.training.Fit); None = data-parallel on Ray Train."""
+    """``fit``: the members' fit (router_core.training.Fit); None = data-parallel on Ray Train, or in this
+    process with ``train.in_process``."""
     t0 = time.perf_counter()
     storage = storage_from(cfg)
     ds = load_dataset(storage, data)
@@ -48,7 +49,8 @@ def run_train(cfg: AppConfig, data: str, features: str, out: str, fit=None) -> T
     t = time.perf_counter()
     sem, sem_present, sman = semantic_embeddings(cfg, data, sem_uri, ds.queries)
     sem_seconds = time.perf_counter() - t
-    bundle = fit_bundle(cfg, fit or ray_train_fit(cfg, storage), ds, fs.columns, sem, fs.present & sem_present, fman, sman,
+    fit = fit or (fit_in_process if cfg.train.in_process else ray_train_fit(cfg, storage))
+    bundle = fit_bundle(cfg, fit, ds, fs.columns, sem, fs.present & sem_present, fman, sman,
                         code_version())
     bundle.seconds = {"semantic_embeddings": sem_seconds, **bundle.seconds,
                       "total": time.perf_counter() - t0}

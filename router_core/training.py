@@ -22,6 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -134,16 +135,26 @@ def tune_trunk(cfg: AppConfig, fit: Fit, name: str, space, design, reference: di
 
     tc = cfg.train
 
-    def objective(trial) -> float:
-        p = space(trial)
-        metrics, _ = fit(arrays(design, p, tr, va, scores)[2], _params_of(p, tc), [tc.seed], f"{name}-trial{trial.number}")
-        log.info("train %s: trial %d/%d val_loss %.4f %s", name, trial.number + 1, n_trials, metrics["val_loss"], p)
-        return metrics["val_loss"]
+    def run(trial, p: dict) -> float:
+        return fit(arrays(design, p, tr, va, scores)[2], _params_of(p, tc), [tc.seed], f"{name}-trial{trial.number}")[0]["val_loss"]
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=tc.seed))
     study.enqueue_trial(reference)  # the reference setting first: the search can only improve on it
-    study.optimize(objective, n_trials=n_trials)
+    # Trials in rounds of train.max_concurrent: asked together, fitted at once (each fit is its own
+    # Ray Train run, so they spread over the cluster), told in trial order. The result depends on the
+    # seed and the concurrency only, never on which fit finishes first; concurrency 1 is plain TPE.
+    k, done = tc.max_concurrent, 0
+    with ThreadPoolExecutor(max_workers=k) as pool:
+        while done < n_trials:
+            trials = [study.ask() for _ in range(min(k, n_trials - done))]
+            settings = [space(t) for t in trials]
+            futures = [pool.submit(run, t, p) for t, p in zip(trials, settings)]
+            for t, p, f in zip(trials, settings, futures):
+                loss = f.result()
+                study.tell(t, loss)
+                done += 1
+                log.info("train %s: trial %d/%d val_loss %.4f %s", name, t.number + 1, n_trials, loss, p)
     best = dict(study.best_params)
     router, ensemble = fit_ensemble(cfg, fit, name, best, *arrays(design, best, tr, va, scores), n_targets)
     trials = [{"number": t.number, "params": t.params, "val_loss": t.value} for t in study.trials]

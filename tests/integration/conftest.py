@@ -110,8 +110,10 @@ def small_lr(ray_local, encoder_cache, tmp_path_factory):
     return data, feats
 
 
+# Two trials fitted at once (train.max_concurrent): two Ray Train runs side by side on the 2 CPUs.
 TRAIN_SETS = ["train.n_trials=2", "train.seeds=3", "train.keep=2", "train.max_epochs=8", "train.patience=3",
-              "train.batch_size=32", "train.max_layers=2", "baselines.semantic_trials=1", "baselines.knn_k=[3,5]"]
+              "train.batch_size=32", "train.max_layers=2", "baselines.semantic_trials=1", "baselines.knn_k=[3,5]",
+              "train.max_concurrent=2"]
 
 
 @pytest.fixture(scope="session")
