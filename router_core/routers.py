@@ -374,7 +374,7 @@ class PrefillLogReg(Router):
     kind = "prefill_logreg"
     needs = ("prefill",)
 
-    def __init__(self, cs=(0.001, 0.01, 0.1, 1.0), max_iter: int = 300):
+    def __init__(self, cs=(0.001, 0.01, 0.1, 1.0), max_iter: int = 1000):
         self.cs, self.max_iter = tuple(cs), max_iter
 
     def fit(self, columns: list[str], x_tr: dict[str, np.ndarray], s_tr: np.ndarray, x_va: dict[str, np.ndarray],
@@ -395,19 +395,23 @@ class PrefillLogReg(Router):
             mv = ~np.isnan(s_va[:, k])
             zv = (x_va[col][mv] - mu) / sd
             best = None
-            for c in self.cs:
+            # The C path from strong to weak regularisation, each fit starting from the previous one's
+            # solution: on nearly separable rows (a target rarely right, hundreds of dimensions) a cold
+            # start at large C does not converge within max_iter.
+            lr = LogisticRegression(max_iter=self.max_iter, warm_start=True)
+            for c in sorted(self.cs):
                 if yy[ww > 0].min() == yy[ww > 0].max():  # one class only: a constant
                     break
-                lr = LogisticRegression(C=c, max_iter=self.max_iter).fit(zz, yy, sample_weight=ww)
+                lr.set_params(C=c).fit(zz, yy, sample_weight=ww)
                 loss = bce(lr.predict_proba(zv)[:, 1:2], s_va[mv, k : k + 1]) if mv.any() else 0.0
                 if best is None or loss < best[0]:
-                    best = (loss, c, lr)
+                    best = (loss, c, lr.coef_[0].copy(), float(lr.intercept_[0]))
             mean[k], scale[k] = mu, sd
             if best is None:
                 icpt[k] = np.log(max(y.mean(), 1e-4) / max(1 - y.mean(), 1e-4))
                 chosen.append(None)
             else:
-                coef[k], icpt[k] = best[2].coef_[0], best[2].intercept_[0]
+                coef[k], icpt[k] = best[2], best[3]
                 chosen.append(best[1])
         self.columns_, self.mean_, self.scale_, self.coef_, self.intercept_ = list(columns), mean, scale, coef, icpt
         self.fit_info_ = {"C": chosen}

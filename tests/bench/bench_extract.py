@@ -1,12 +1,13 @@
 """Extraction benchmark: ``make bench`` (not part of the tests).
 
 On the same N real RouterBench prompts, in one process and one run, prints tokens/s of:
-  (1) a plain transformers loop: fixed batches of 16 in input order (the usual baseline);
-  (2) the core with length-sorted token-budget batches, prefix sharing off;
-  (2p) the core with shared-prefix KV reuse (the default);
-  (3) the Ray job end to end (one actor, the same threads), prefix sharing on, and (3n) off;
-plus padding waste, peak memory, this CPU's measured matmul throughput in the same dtype and the
-extraction's share of it, bfloat16's speed and accuracy cost, and the job's memory at two corpus
+  - a plain transformers loop: fixed batches of 16 in input order (the usual baseline; float32);
+  - per dtype (float32, and bfloat16 where this CPU has it natively, or --dtypes), with prefix
+    sharing off and on: the core in this process (length-sorted token-budget batches, shared-prefix
+    KV reuse), and the Ray job end to end (one actor, the same threads) on the same settings;
+plus the job/core ratio, padding waste, peak memory (and the actor's against what it asked the
+scheduler for), this CPU's measured matmul throughput in each dtype and the extraction's share of
+it, the features' differences between paths and dtypes, and the job's memory at two corpus
 sizes. Results are printed as a table with ratios and written to out/bench/extract.json.
 """
 
@@ -32,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from jobs.common import format_table  # noqa: E402
 from router_core.config import AppConfig, ExtractConfig  # noqa: E402
-from router_core.encoders import resolve_encoder  # noqa: E402
+from router_core.encoders import choose_dtype, resolve_encoder  # noqa: E402
 from router_core.extraction import Encoder, padding_waste  # noqa: E402
 
 
@@ -134,6 +135,7 @@ def main() -> None:
     ap.add_argument("--memory-sizes", default="500,5000", help="corpus sizes for the job's memory check")
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--dtypes", help="compute dtypes to run (default: float32, and bfloat16 where the CPU has it natively)")
     ap.add_argument("--out", default=str(REPO / "out" / "bench" / "extract.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -148,31 +150,34 @@ def main() -> None:
           f"{enc.n_hidden} hidden states x {enc.hidden_size}, {len(texts)} prompts, {args.threads} threads",
           flush=True)
 
-    peak_fp32 = matmul_flops(torch.float32)
-    peak_bf16 = matmul_flops(torch.bfloat16)
-    rows, results = [], {}
+    native_bf16 = choose_dtype("auto", "cpu") == "bfloat16"
+    dtypes = [d.strip() for d in (args.dtypes or ("float32,bfloat16" if native_bf16 else "float32")).split(",")]
+    if "bfloat16" not in dtypes:
+        print("bfloat16 left out: this CPU has no native bfloat16 (no avx512_bf16 / AMX), where it is emulated "
+              "several times slower; --dtypes float32,bfloat16 runs it anyway", flush=True)
+    peaks = {d: matmul_flops(getattr(torch, d)) for d in dtypes}
+    results: dict[str, dict] = {}
+    feats: dict[str, dict] = {}
 
-    def record(name, r, mem):
-        r = {k: v for k, v in r.items() if k != "features"}
-        r.update(tok_s=r["tokens"] / r["seconds"], peak_rss_mb=mem)
-        r["flops_frac"] = 2 * n_matmul * r["computed"] / r["seconds"] / (peak_bf16 if "bf16" in name else peak_fp32)
+    def record(name, dtype, r, mem):
+        feats[name] = r.pop("features", None)
+        r.update(tok_s=r["tokens"] / r["seconds"], peak_rss_mb=mem, dtype=dtype)
+        r["flops_frac"] = 2 * n_matmul * r["computed"] / r["seconds"] / peaks[dtype]
         results[name] = r
         print(f"  done {name}: {r['tok_s']:.0f} tok/s", flush=True)
 
-    with PeakRSS() as m:
-        plain = plain_loop(enc, texts)
-    record("(1) plain loop, fixed batches", plain, m.peak_mb)
-    with PeakRSS() as m:
-        sorted_ = core_run(enc, texts, prefix=False)
-    record("(2) core, sorted token budget", sorted_, m.peak_mb)
-    with PeakRSS() as m:
-        shared = core_run(enc, texts, prefix=True)
-    record("(2p) core + shared prefixes", shared, m.peak_mb)
-    bf = Encoder(ecfg.model_copy(update={"dtype": "bfloat16"}), resolved.path)
-    with PeakRSS() as m:
-        shared_bf16 = core_run(bf, texts, prefix=True)
-    record("(2p) core + shared prefixes, bf16", shared_bf16, m.peak_mb)
-    del bf
+    if "float32" in dtypes:
+        with PeakRSS() as m:
+            plain = plain_loop(enc, texts)
+        record("plain loop, fixed batches, float32", "float32", plain, m.peak_mb)
+    for dtype in dtypes:
+        e = enc if dtype == "float32" else Encoder(ecfg.model_copy(update={"dtype": dtype}), resolved.path)
+        for prefix in (False, True):
+            with PeakRSS() as m:
+                r = core_run(e, texts, prefix=prefix)
+            record(f"core, {'shared prefixes' if prefix else 'no prefix sharing'}, {dtype}", dtype, r, m.peak_mb)
+        if e is not enc:
+            del e
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
@@ -181,58 +186,72 @@ def main() -> None:
     ray.init(num_cpus=args.threads, include_dashboard=False, _node_ip_address="127.0.0.1",
              configure_logging=False, log_to_driver=False)
     ray_start = time.perf_counter() - t
-    cfg = AppConfig.model_validate({"extract": {"cache_dir": cache, "torch_threads": args.threads,
-                                                "rows_per_task": 512}})
     memory = {}
     with tempfile.TemporaryDirectory() as work:
-        with PeakRSS() as m:
-            job, run = job_run(cfg, texts, work, "job")
-        record("(3) Ray job end to end", job, m.peak_mb)
-        results["(3) Ray job end to end"]["actor_peak_rss_mb"] = run.actor_peak_rss_mb
-        # The same job with prefix sharing off: like for like against (2).
-        plain_cfg = cfg.model_copy(update={"extract": cfg.extract.model_copy(update={"prefix_sharing": False})})
-        with PeakRSS() as m:
-            job_plain, run = job_run(plain_cfg, texts, work, "job-plain")
-        record("(3n) Ray job, no prefix sharing", job_plain, m.peak_mb)
+        for dtype in dtypes:
+            for prefix in (False, True):
+                cfg = AppConfig.model_validate({"extract": {"cache_dir": cache, "torch_threads": args.threads,
+                                                            "rows_per_task": 512, "dtype": dtype,
+                                                            "prefix_sharing": prefix}})
+                with PeakRSS() as m:
+                    job, run = job_run(cfg, texts, work, f"job-{dtype}-{prefix}")
+                name = f"Ray job, {'shared prefixes' if prefix else 'no prefix sharing'}, {dtype}"
+                record(name, dtype, job, m.peak_mb)
+                results[name].update(actor_peak_rss_mb=run.actor_peak_rss_mb, actor_memory_mb=run.actor_memory_mb,
+                                     encoder_seconds=run.stats.seconds)
         # Memory against corpus size: same settings with a 16-token cap so 5,000 queries fit the run.
-        capped = cfg.model_copy(update={"extract": cfg.extract.model_copy(update={"max_length": 16})})
+        capped = AppConfig.model_validate({"extract": {"cache_dir": cache, "torch_threads": args.threads,
+                                                       "rows_per_task": 512, "dtype": "float32", "max_length": 16}})
         pool = load_prompts(3178, Path(args.data))
-        for size in [int(s) for s in args.memory_sizes.split(",")]:
+        for size in [int(s) for s in args.memory_sizes.split(",") if s]:
             corpus = [pool[i % len(pool)] + f"\nVariant {i // len(pool)}." for i in range(size)]
             with PeakRSS() as m:
                 r, run = job_run(capped, corpus, work, f"mem{size}")
             memory[size] = {"driver_peak_rss_mb": m.peak_mb, "actor_peak_rss_mb": run.actor_peak_rss_mb,
-                            "seconds": r["seconds"], "tok_s": r["tok_s"] if "tok_s" in r else r["tokens"] / r["seconds"]}
+                            "seconds": r["seconds"], "tok_s": r["tokens"] / r["seconds"]}
             print(f"  done memory check at {size} queries", flush=True)
     ray.shutdown()
 
-    base = results["(1) plain loop, fixed batches"]["tok_s"]
+    base_name = "plain loop, fixed batches, float32"
+    base = results[base_name]["tok_s"] if base_name in results else None
+    rows = []
     for name, r in results.items():
-        rows.append([name, f"{r['tok_s']:.0f}", f"{r['tok_s'] / base:.2f}x", r["computed"],
-                     f"{100 * r['waste']:.1f}%", f"{100 * r['flops_frac']:.0f}%", f"{r['peak_rss_mb']:.0f}"])
+        core = results.get(name.replace("Ray job", "core")) if name.startswith("Ray job") else None
+        rows.append([name, f"{r['tok_s']:.0f}", f"{r['tok_s'] / base:.2f}x" if base else "-",
+                     f"{r['tok_s'] / core['tok_s']:.2f}x" if core else "-", r["computed"],
+                     f"{100 * r['waste']:.1f}%", f"{100 * r['flops_frac']:.0f}%", f"{r['peak_rss_mb']:.0f}",
+                     f"{r['actor_peak_rss_mb']:.0f} / {r['actor_memory_mb']:.0f}" if "actor_memory_mb" in r else "-",
+                     f"{r['encoder_seconds'] / core['seconds']:.2f}x" if core else "-",
+                     f"{r['seconds'] - r['encoder_seconds']:.1f}" if core else "-"])
     print()
-    print(format_table(["run", "query tok/s", "vs (1)", "tokens run", "padding", "of matmul peak",
-                        "peak RSS MB"], rows))
-    r2, r2p, r3 = (results[k]["tok_s"] for k in ("(2) core, sorted token budget", "(2p) core + shared prefixes",
-                                                   "(3) Ray job end to end"))
-    d_prefix = max_diff(shared["features"], sorted_["features"])
-    d_bf16 = max_diff(shared_bf16["features"], shared["features"])
+    print(format_table(["run", "query tok/s", "vs plain loop", "job / core", "tokens run", "padding",
+                        "of matmul peak", "peak RSS MB", "actor RSS / asked MB", "actor encode / core",
+                        "job fixed s"], rows))
+    print("job / core: end to end; actor encode / core: seconds inside the actor's encoder calls against the core's "
+          "(the per-token cost); job fixed s: the rest (actor start, model load, read, hash, write), paid once per job")
     print()
-    print(f"matmul peak measured here: fp32 {peak_fp32 / 1e9:.0f} GFLOP/s, bf16 {peak_bf16 / 1e9:.0f} GFLOP/s "
-          f"(2048^3, median of 5); FLOPs counted as 2 x {n_matmul / 1e6:.0f}M x tokens run")
-    r3n = results["(3n) Ray job, no prefix sharing"]["tok_s"]
-    print(f"ratios: (2)/(1) = {r2 / base:.2f}x   (2p)/(2) = {r2p / r2:.2f}x   (3n)/(2) = {r3n / r2:.2f}x   "
-          f"(3)/(2p) = {r3 / r2p:.2f}x   (3)/(2) = {r3 / r2:.2f}x   ray.init {ray_start:.1f} s (not counted)")
-    print(f"shared prefixes vs plain: max abs diff {d_prefix[0]:.3g}, max relative {d_prefix[1]:.2e}")
-    print(f"bfloat16 vs float32:      max abs diff {d_bf16[0]:.3g}, max relative {d_bf16[1]:.2e}")
+    print("matmul peak measured here: " + ", ".join(f"{d} {p / 1e9:.0f} GFLOP/s" for d, p in peaks.items())
+          + f" (2048^3, median of 5); FLOPs counted as 2 x {n_matmul / 1e6:.0f}M x tokens run; "
+          f"ray.init {ray_start:.1f} s (not counted)")
+    diffs = {}
+    for dtype in dtypes:
+        a, b = feats.get(f"core, shared prefixes, {dtype}"), feats.get(f"core, no prefix sharing, {dtype}")
+        if a is not None and b is not None:
+            diffs[f"prefix_vs_plain_{dtype}"] = d = max_diff(a, b)
+            print(f"shared prefixes vs plain, {dtype}: max abs diff {d[0]:.3g}, max relative {d[1]:.2e}")
+    if len(dtypes) > 1 and "float32" in dtypes:
+        for dtype in dtypes[1:]:
+            diffs[f"{dtype}_vs_float32"] = d = max_diff(feats[f"core, shared prefixes, {dtype}"],
+                                                         feats["core, shared prefixes, float32"])
+            print(f"{dtype} vs float32: max abs diff {d[0]:.3g}, max relative {d[1]:.2e}")
     print("job memory vs corpus size (16-token cap): " + "; ".join(
         f"{k} queries: driver {v['driver_peak_rss_mb']:.0f} MB, actor {v['actor_peak_rss_mb']:.0f} MB"
         for k, v in memory.items()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
-        "n_prompts": len(texts), "threads": args.threads, "matmul_gflops": {"fp32": peak_fp32 / 1e9, "bf16": peak_bf16 / 1e9},
-        "runs": results, "prefix_vs_plain_diff": d_prefix, "bf16_vs_fp32_diff": d_bf16, "memory": memory,
-        "ray_init_seconds": ray_start}, indent=2, default=float))
+        "n_prompts": len(texts), "threads": args.threads, "matmul_gflops": {d: p / 1e9 for d, p in peaks.items()},
+        "runs": results, "feature_diffs": diffs, "memory": memory, "ray_init_seconds": ray_start}, indent=2,
+        default=float))
     print(f"wrote {args.out}")
 
 
