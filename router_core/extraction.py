@@ -186,7 +186,7 @@ def _chunked(best, start: int, end: int):
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
-def memory_estimate_mb(conf, cfg: ExtractConfig, base_mb: float = 1000.0) -> float:
+def memory_estimate_mb(conf, cfg: ExtractConfig, base_mb: float = 1300.0) -> float:
     """Peak resident memory (MiB) of one process encoding with ``cfg``, from the model's config
     (``transformers`` PretrainedConfig of a decoder LM): what an actor should ask the scheduler for.
 

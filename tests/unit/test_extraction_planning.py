@@ -101,9 +101,9 @@ def test_memory_estimate_grows_with_the_budgets_and_leaves_gpu_activations_out()
     base = ExtractConfig(dtype="float32")
     est = memory_estimate_mb(conf, base)
     weights_mb = 134.5e6 * 4 / 2**20  # SmolLM2-135M's parameters in float32
-    assert est > 1000 + weights_mb
+    assert est > 1300 + weights_mb
     assert memory_estimate_mb(conf, base.model_copy(update={"token_budget": 16384})) > est
     assert memory_estimate_mb(conf, base.model_copy(update={"prefix_sharing": False})) < est
     assert memory_estimate_mb(conf, base.model_copy(update={"dtype": "bfloat16"})) < est
     gpu = memory_estimate_mb(conf, base.model_copy(update={"device": "cuda", "dtype": "bfloat16"}))
-    assert gpu < 1000 + weights_mb
+    assert gpu < 1300 + weights_mb
