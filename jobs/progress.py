@@ -33,8 +33,7 @@ class Progress:
     """Polls ``read() -> (rows, tokens)`` from a thread while a stage runs; use as a with-block.
 
     On a terminal (stderr a tty) the line is redrawn every second; in a log, one line every
-    ``every_s`` seconds and when a change is seen after a quiet spell. The final line is always
-    logged, so a log shows where the stage ended."""
+    ``every_s`` seconds. The final line is always logged, so a log shows where the stage ended."""
 
     def __init__(self, label: str, total: int, read: Callable[[], tuple[int, int]], every_s: float = 30.0,
                  stream=None):
@@ -51,12 +50,11 @@ class Progress:
         self._thread.start()
         return self
 
-    def _poll(self) -> tuple[int, int]:
+    def _poll(self) -> None:
         try:
             self._last = self.read()
         except Exception:  # noqa: BLE001 - progress is display only; the stage reports its own errors
             pass
-        return self._last
 
     def line(self) -> str:
         rows, tokens = self._last

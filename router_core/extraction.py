@@ -204,15 +204,15 @@ def memory_estimate_mb(conf, cfg: ExtractConfig, base_mb: float = 1300.0) -> flo
     inter = getattr(conf, "intermediate_size", None) or 4 * d
     per_layer = d * heads * head_dim * 2 + d * kv_heads * head_dim * 2 + 3 * d * inter
     weights = (conf.vocab_size * d + n_layers * per_layer) * b
-    run = n_layers if cfg.layers == "all" else min(n_layers, max(resolve_layers(cfg.layers, n_layers + 1)) + 1)
+    layers = resolve_layers(cfg.layers, n_layers + 1)
+    run = min(n_layers, max(layers) + 1)  # decoder layers run (Encoder._trim keeps one past the deepest read)
     t = cfg.token_budget
     keys = min(cfg.max_length, t)
     forward = (run + 1) * t * d * b + 3 * t * inter * b + 2 * heads * t * keys * b + 2 * t * d * 4
     kv = cfg.kv_budget_tokens * run * 2 * kv_heads * head_dim * b if cfg.prefix_sharing else 0
     if cfg.device.startswith("cuda"):  # activations and KV live in GPU memory; the host loads the weights
         forward = kv = 0
-    n_cols = len(cfg.pooling) * (len(cfg.layers) if isinstance(cfg.layers, list) else n_layers + 1)
-    out = cfg.rows_per_task * n_cols * d * 2 * 2  # the call's features, and their Arrow copy
+    out = cfg.rows_per_task * len(cfg.pooling) * len(layers) * d * 2 * 2  # the call's features, and their Arrow copy
     return base_mb + (weights + forward + kv + out) / 2**20
 
 

@@ -20,7 +20,6 @@ FLOPs counted: 2 x (parameters in matmuls) x tokens run, plus attention's 4 x la
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -52,14 +51,13 @@ def make_kit(a) -> None:
     for f in KIT_FILES + (("model.safetensors",) if a.weights else ()):
         if (src / f).exists():
             shutil.copy2(src / f, out / "model" / f)
-    csv.field_size_limit(2**31 - 1)
-    with open(Path(a.data) / "routerbench-subset" / "routerbench_wide.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    idx = np.random.default_rng(0).choice(len(rows), size=min(a.n, len(rows)), replace=False)
-    (out / "prompts.json").write_text(json.dumps([rows[i]["prompt"] for i in idx]))
-    (out / "kit.json").write_text(json.dumps({"encoder": a.encoder, "weights": bool(a.weights), "prompts": len(idx)}))
+    from tests.bench.bench_extract import load_prompts  # here, not on the device (it needs psutil)
+
+    prompts = load_prompts(a.n, Path(a.data))  # the same seeded sample as make bench
+    (out / "prompts.json").write_text(json.dumps(prompts))
+    (out / "kit.json").write_text(json.dumps({"encoder": a.encoder, "weights": bool(a.weights), "prompts": len(prompts)}))
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(f"kit in {out}: {a.encoder} ({'with' if a.weights else 'without'} weights), {len(idx)} prompts, "
+    print(f"kit in {out}: {a.encoder} ({'with' if a.weights else 'without'} weights), {len(prompts)} prompts, "
           f"{size / 2**20:.1f} MiB")
 
 
