@@ -20,7 +20,7 @@ from router_core.routers import RouterInputs, load_router, predict_any
 from router_core.storage import Storage, join
 
 from .progress import Progress, ProgressCounter
-from .runtime import default_cache_dir, ensure_ray, quiet_ray_data, user_error
+from .runtime import default_cache_dir, ensure_ray, quiet_model_loading, quiet_ray_data, user_error, verbose
 
 
 # -- extraction ---------------------------------------------------------------------------------
@@ -28,11 +28,14 @@ class ExtractActor:
     """One encoder per actor, loaded once; each call encodes a block and writes its part file."""
 
     def __init__(self, ecfg: dict, cache_dir: str | None, identity: str, parts_uri: str, storage: dict,
-                 threads: int | None, actors: int = 1, progress=None):
+                 threads: int | None, actors: int = 1, progress=None,
+                 quiet: bool = False):
         import torch
 
         from router_core.extraction import Encoder
 
+        if quiet:
+            quiet_model_loading()
         # Ray sets OMP_NUM_THREADS=1 for a fractional-CPU actor; an encoder wants the cores it shares.
         self.threads = threads or max(1, (os.cpu_count() or 1) // max(1, actors))
         self.torch = torch
@@ -112,7 +115,7 @@ def run_actor_pool(cfg: AppConfig, todo: pa.Table, identity: str, parts_uri: str
         ExtractActor,
         fn_constructor_kwargs=dict(ecfg=ecfg.model_dump(), cache_dir=ecfg.cache_dir, identity=identity,
                                    parts_uri=parts_uri, storage=storage.settings(), threads=ecfg.torch_threads,
-                                   actors=ecfg.actors, progress=counter),
+                                   actors=ecfg.actors, progress=counter, quiet=not verbose()),
         batch_size=k,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=ecfg.actors),

@@ -80,11 +80,25 @@ def concrete_extract(cfg):
     return cfg if dtype == cfg.extract.dtype else cfg.model_copy(update={"extract": cfg.extract.model_copy(update={"dtype": dtype})})
 
 
+def verbose() -> bool:
+    """Debug logging was asked for (``-v``): libraries may then print their own progress."""
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def quiet_model_loading() -> None:
+    """transformers' per-load bars ("Loading weights", "Writing model shards") off: a stage prints
+    its own progress. Called in the driver and in each actor that loads a model, unless ``-v``."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def quiet_ray_data(ray) -> None:
     """Ray Data's block progress bars and execution logs off unless debug logging was asked for
     (``-v``): the stage prints progress in rows and tokens (jobs.progress)."""
-    if logging.getLogger().isEnabledFor(logging.DEBUG):
+    if verbose():
         return
+    quiet_model_loading()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

@@ -70,7 +70,7 @@ def resolve_encoder(spec: str, cache_dir: str, revision: str | None = None) -> R
         if gguf.is_dir():  # shipped as a Hugging Face folder: usable as it is
             return ResolvedEncoder(spec, str(gguf), f"{package}/{filename}@sha256:{_folder_identity(gguf)}")
         digest = sha256_file(gguf)
-        folder = Path(cache_dir) / "encoders" / f"{spec}-{digest[:16]}"
+        folder = Path(cache_dir) / "encoders" / f"{spec}-{digest[:16]}-{CONVERSION}"
         if not (folder / "model.safetensors").exists():
             convert_gguf(gguf, folder)
         return ResolvedEncoder(spec, str(folder), f"{package}/{filename}@sha256:{digest}")
@@ -106,6 +106,12 @@ def encoder_fingerprint(spec: str, revision: str | None = None) -> str | None:
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest() if stats else None
 
 
+# The converted folder's layout; a new one converts again beside the old (the identity, the GGUF's
+# hash, and the weights are the same). 2: no GGUF quantization_config in config.json (transformers
+# 5.24 carried it over, and a load of the plain folder then attached a GGUF quantizer and warned).
+CONVERSION = "c2"
+
+
 def convert_gguf(gguf: Path, folder: Path) -> None:
     """De-quantise a GGUF causal LM once and save the base model (no LM head) as safetensors.
 
@@ -118,7 +124,10 @@ def convert_gguf(gguf: Path, folder: Path) -> None:
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        base = AutoModel.from_config(lm.config)
+        conf = lm.config
+        if hasattr(conf, "quantization_config"):  # the weights below are de-quantised: a plain model
+            del conf.quantization_config
+        base = AutoModel.from_config(conf)
         prefix = lm.base_model_prefix + "."
         state = {k[len(prefix):]: v for k, v in lm.state_dict().items() if k.startswith(prefix)}
         base.load_state_dict(state, strict=True)

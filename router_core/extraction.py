@@ -190,20 +190,26 @@ def memory_estimate_mb(conf, cfg: ExtractConfig, base_mb: float = 1300.0) -> flo
     """Peak resident memory (MiB) of one process encoding with ``cfg``, from the model's config
     (``transformers`` PretrainedConfig of a decoder LM): what an actor should ask the scheduler for.
 
-    The terms, in bytes of the compute dtype: the whole model's weights (loaded before the unread
-    layers are dropped); one forward batch of ``token_budget`` slots (every kept hidden state, the
-    MLP's intermediate, attention scores of up to ``max_length`` keys per token); the shared-prefix
-    KV cache repeated over a suffix batch (``kv_budget_tokens`` tokens, every run layer); the
-    float16 features of one actor call; and ``base_mb`` for Python, torch and transformers. On a
-    GPU the forward batch and the KV cache are in device memory and are not counted."""
-    b = DTYPE_BYTES[cfg.dtype] if cfg.dtype in DTYPE_BYTES else 4
+    The terms: the whole model's weights in the compute dtype (loaded before the unread layers are
+    dropped), plus once more in the checkpoint's dtype where it differs (the load converts from
+    it); one forward batch of ``token_budget`` slots (every kept hidden state, the MLP's
+    intermediate, attention scores of up to ``max_length`` keys per token); the shared-prefix KV
+    cache repeated over a suffix batch (``kv_budget_tokens`` tokens, every run layer); the float16
+    features of one actor call; and ``base_mb`` for Python, torch and transformers. On a CPU the
+    activations count at 4 bytes whatever the dtype (norms and softmax compute in float32: a
+    bfloat16 actor measured 3.8 GiB where bfloat16 bytes gave 2.9). On a GPU the forward batch and
+    the KV cache are in device memory and are not counted."""
+    w = DTYPE_BYTES.get(cfg.dtype, 4)
+    stored = DTYPE_BYTES.get(str(getattr(conf, "dtype", None) or getattr(conf, "torch_dtype", None)).removeprefix("torch."), w)
+    b = w if cfg.device.startswith("cuda") else 4  # activations and cache
     d, n_layers = conf.hidden_size, conf.num_hidden_layers
     heads = conf.num_attention_heads
     kv_heads = getattr(conf, "num_key_value_heads", None) or heads
     head_dim = getattr(conf, "head_dim", None) or d // heads
     inter = getattr(conf, "intermediate_size", None) or 4 * d
     per_layer = d * heads * head_dim * 2 + d * kv_heads * head_dim * 2 + 3 * d * inter
-    weights = (conf.vocab_size * d + n_layers * per_layer) * b
+    params = conf.vocab_size * d + n_layers * per_layer
+    weights = params * (w + (stored if stored != w else 0))
     layers = resolve_layers(cfg.layers, n_layers + 1)
     run = min(n_layers, max(layers) + 1)  # decoder layers run (Encoder._trim keeps one past the deepest read)
     t = cfg.token_budget
@@ -449,8 +455,7 @@ class Encoder:
         max_rows = max(1, min(self.cfg.max_batch_size, self.cfg.kv_budget_tokens // max(P, 1)))
         for b in budget_batches(suffix_lens, self.cfg.token_budget, max_rows):
             rows = [g.members[j] for j in b]
-            past = copy.deepcopy(cache)
-            past.batch_repeat_interleave(len(rows))
+            past = _shared_cache(cache, len(rows))
             out, blens = self._forward([ids[r][P:] for r in rows], past=past, past_len=P)
             self._pool(out.hidden_states, rows, blens, feats, prefix_sum, P, prefix_tail)
             stats.forward_batches += 1
@@ -463,3 +468,19 @@ class Encoder:
         from transformers import DynamicCache
 
         return DynamicCache(config=self.model.config)
+
+
+def _shared_cache(cache, rows: int):
+    """A cache for ``rows`` suffixes that all continue ``cache``'s one prefix row, sharing its
+    tensors: each layer's keys and values are broadcast views (no copy); the forward's append
+    (a concatenation) writes new tensors and leaves the prefix's as they were. Layer objects are
+    copied shallowly so their bookkeeping (e.g. a sliding window's token count) carries over."""
+    past = copy.copy(cache)
+    past.layers = []
+    for layer in cache.layers:
+        lay = copy.copy(layer)
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            lay.keys = layer.keys.expand(rows, *layer.keys.shape[1:])
+            lay.values = layer.values.expand(rows, *layer.values.shape[1:])
+        past.layers.append(lay)
+    return past

@@ -14,8 +14,9 @@ def encoder(encoder_cache):
     import torch
 
     torch.set_num_threads(2)
+    # float32: the paths' equalities below hold to float16 storage there (bfloat16 rounds per path).
     cfg = ExtractConfig(layers=[0, 1, 15, 30], pooling=["mean", "last", "tail"], tail_tokens=64,  # > the winogrande suffixes: tails reach into the shared prefix
-                        cache_dir=encoder_cache)
+                        cache_dir=encoder_cache, dtype="float32")
     r = resolve_encoder(cfg.encoder, encoder_cache)
     return Encoder(cfg, r.path)
 
@@ -129,7 +130,7 @@ def test_layers_past_the_deepest_read_are_not_run_and_change_nothing(encoder_cac
     with open(shared_file("routerbench-subset/routerbench_wide.csv"), newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r["eval_name"] == "winogrande"][:5]
     texts = [r["prompt"] for r in rows] + ["What is the capital of France?", "Write a haiku about rain."]
-    cfg = ExtractConfig(layers=[0, 8, 16], pooling=["mean", "last"], cache_dir=encoder_cache)
+    cfg = ExtractConfig(layers=[0, 8, 16], pooling=["mean", "last"], cache_dir=encoder_cache, dtype="float32")
     path = resolve_encoder(cfg.encoder, encoder_cache).path
     trimmed, full = Encoder(cfg, path), Encoder(cfg, path, trim=False)
     assert (trimmed.run_layers, full.run_layers) == (17, 30) and len(trimmed.model.layers) == 17

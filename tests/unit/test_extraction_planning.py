@@ -1,5 +1,7 @@
 """Known answers for the batching and prefix planners (pure, no model)."""
 
+import pytest
+
 from router_core.extraction import budget_batches, padding_waste, prefix_groups, settings_key, text_hash
 
 
@@ -97,13 +99,17 @@ def test_memory_estimate_grows_with_the_budgets_and_leaves_gpu_activations_out()
     from router_core.extraction import memory_estimate_mb
 
     conf = SimpleNamespace(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-                           head_dim=64, intermediate_size=1536, vocab_size=49152)
+                           head_dim=64, intermediate_size=1536, vocab_size=49152, dtype="float32")
     base = ExtractConfig(dtype="float32")
     est = memory_estimate_mb(conf, base)
     weights_mb = 134.5e6 * 4 / 2**20  # SmolLM2-135M's parameters in float32
     assert est > 1300 + weights_mb
     assert memory_estimate_mb(conf, base.model_copy(update={"token_budget": 16384})) > est
     assert memory_estimate_mb(conf, base.model_copy(update={"prefix_sharing": False})) < est
-    assert memory_estimate_mb(conf, base.model_copy(update={"dtype": "bfloat16"})) < est
+    # bfloat16 from a float32 checkpoint: both copies of the weights at load, activations in float32
+    bf16 = memory_estimate_mb(conf, base.model_copy(update={"dtype": "bfloat16"}))
+    assert bf16 - est == pytest.approx(134.5e6 * 2 / 2**20, rel=0.01)
+    conf.dtype = "bfloat16"  # a bfloat16 checkpoint loads without converting
+    assert memory_estimate_mb(conf, base.model_copy(update={"dtype": "bfloat16"})) == pytest.approx(est - weights_mb / 2, rel=0.01)
     gpu = memory_estimate_mb(conf, base.model_copy(update={"device": "cuda", "dtype": "bfloat16"}))
     assert gpu < 1300 + weights_mb
