@@ -57,6 +57,11 @@ def run_pipeline(cfg: AppConfig) -> dict:
         raise DataError(f"{paths['data']}: no queries with split {pc.route_split!r} to route")
     queries_uri = join(out, f"{pc.route_split}_queries.parquet")
     storage.write_table(test, queries_uri)
+    # The routes of an earlier pipeline run under OUT came from the model this run has just replaced,
+    # as the report did: they are replaced too, so the demo can be run again (route alone refuses).
+    if storage.exists(paths["routes"]):
+        log.info("pipeline: replacing an earlier run's routes under %s", paths["routes"])
+        storage.delete(paths["routes"])
     rt = stage("route", route.run_route, cfg, queries_uri, paths["model"], paths["routes"], pc.policy)
     route.print_route(rt)
     b, op = rt.tally["always_best_single"], ev.report.get("operating_point")

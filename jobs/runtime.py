@@ -24,13 +24,23 @@ def ensure_ray(cfg: AppConfig):
 
     if ray.is_initialized():
         return ray
+    # The workers' own lines (Ray Train's controller and workers, model loads) stay in Ray's logs
+    # unless -v: the stages print progress, and errors come back as exceptions.
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=verbose())
     else:
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 configure_logging=False)
-    log.info("ray: %s", ray.cluster_resources())
+                 configure_logging=False, log_to_driver=verbose())
+    log.info("ray: %s%s", ray.cluster_resources(), "" if verbose() else
+             f"; workers' logs under {_session_logs(ray)} (-v to show them here)")
     return ray
+
+
+def _session_logs(ray) -> str:
+    try:
+        return ray._private.worker._global_node.get_logs_dir_path()
+    except AttributeError:  # a Ray whose internals moved: the usual place
+        return "/tmp/ray/session_latest/logs"
 
 
 def user_error(e: BaseException) -> RouterError | None:

@@ -125,6 +125,9 @@ class TrainConfig(Strict):
                        "of the best cross-validated validation P-AUCCC (router_core.selection), or a router name")
     cv_folds: int = Field(2, ge=2, description="parts of the validation split in the choice of the served router")
     cv_repeats: int = Field(5, ge=1, description="seeded repeats of that partition")
+    accuracy_tolerance: float = Field(0.005, ge=0.0, le=1.0, description="route's default operating point: the "
+                                      "cheapest threshold whose expected validation accuracy is at most this much "
+                                      "below always calling the best single target's (0.005 = half a point)")
 
 
 class BaselinesConfig(Strict):
@@ -154,7 +157,7 @@ class Policy(Strict):
         "threshold", description="threshold: cheapest within tau of the best; utility: argmax p - lam x cost; "
         "budget: most expected accuracy within budget_usd for the batch")
     tau: float | None = Field(None, ge=0, le=1, description="threshold: 0 = the most probable target, 1 = the cheapest; "
-                              "None = the model's operating point, chosen on validation by train (iso-accuracy)")
+                              "None = the model's operating point, chosen on validation by train (train.accuracy_tolerance)")
     lam: float = Field(0.0, ge=0, description="utility: accuracy traded per dollar")
     budget_usd: float | None = Field(None, description="budget: total dollars for a batch (> 0)")
 

@@ -45,7 +45,7 @@ class PreparedQueries:
     src: str
     keep: list[int]  # accepted row indices
     rejects: list[dict]
-    kept: pa.Table  # query_id, text, text_hash of the accepted rows, in input order
+    kept: pa.Table  # query_id, text (task where given), text_hash of the accepted rows, in input order
 
 
 def prepare_queries(storage: Storage, uri: str,
@@ -53,7 +53,9 @@ def prepare_queries(storage: Storage, uri: str,
     """Read and check ``uri``; ``hash_texts`` may spread the hashing of a large batch over workers."""
     queries, src = read_queries(storage, uri)
     keep, rejects, _ = check_queries(queries, src, check_split=False)  # only id and text matter here
-    kept = queries.select(["query_id", "text"])
+    # The task column travels with the rows where given: a router that reads it (a mix with the task
+    # prior) must see at route time what it saw in evaluation.
+    kept = queries.select(["query_id", "text"] + (["task"] if "task" in queries.column_names else []))
     if len(keep) < queries.num_rows:
         kept = kept.take(pa.array(keep, pa.int64()))
     kept = kept.append_column("text_hash", hash_texts(kept.column("text")))

@@ -137,3 +137,23 @@ def test_routed_probabilities_are_the_routers_own(trained, tmp_path):
     got = np.stack([routes.column(f"p:{t}").to_numpy() for t in index.targets], axis=1)
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert np.ptp(got, axis=0).max() > 1e-3  # not one row repeated
+
+
+def test_a_router_that_reads_tasks_gets_them_at_route_time(trained, tmp_path):
+    """The mix with the task prior, routed with the task column: what evaluate scored (tasks read),
+    not the global prior (route once dropped the column with everything but id and text)."""
+    data, feats, model, _ = trained
+    q = load_dataset(Storage(), data).queries.select(["query_id", "text", "task"]).take(list(range(0, 60, 2)))
+    pq.write_table(q, tmp_path / "q.parquet")
+    out = tmp_path / "out"
+    assert main(["route", "--queries", str(tmp_path / "q.parquet"), "--model", model, "--out", str(out),
+                 "--router", "prefill_trunk_mix"]) == 0
+    index = read_index(Storage(), model)
+    router, manifest = load_router(Storage(), index.folder(model, "prefill_trunk_mix"))
+    assert manifest["uses_tasks"] and router.w_[0, 1] > 0  # it leans on the prior: tasks change it
+    fs = load_features(Storage(), feats, q, prefill_columns(router))
+    routes = pq.read_table(out / "routes")
+    got = np.stack([routes.column(f"p:{t}").to_numpy() for t in index.targets], axis=1)
+    tasks = q.column("task").to_pylist()
+    np.testing.assert_allclose(got, predict_any(router, RouterInputs(n=30, prefill=fs.columns, tasks=tasks)), atol=1e-5)
+    assert np.abs(got - predict_any(router, RouterInputs(n=30, prefill=fs.columns))).max() > 1e-3

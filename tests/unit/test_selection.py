@@ -109,17 +109,24 @@ def test_cv_scores_judge_blends_on_rows_they_were_not_fitted_on():
     assert (out["noise_blend"].oof != 0).all()  # every row predicted by a blend fitted without it
 
 
-def test_operating_point_is_the_last_tau_at_the_best_singles_accuracy():
-    # 3 targets, cost 1 < 2 < 4; the dear one is the best single (accuracy 0.75).
+def test_operating_point_is_the_cheapest_tau_within_the_tolerance_of_expected_accuracy():
+    # 3 targets, cost 1 < 2 < 4; the dear one is the best single.
     s = np.array([[1, 1, 1], [0, 1, 1], [0, 0, 1], [0, 0, 0]], dtype=float)
     c = np.tile([1.0, 2.0, 4.0], (4, 1))
     p = np.array([[0.9, 0.9, 0.95], [0.1, 0.9, 0.92], [0.1, 0.2, 0.9], [0.3, 0.3, 0.3]])
-    op = operating_point(p, s, c, best_single=2)
-    # tau 0.05 sends q0 to the cheap target and q1 to the middle one: still 0.75, at cost (1 + 2 + 4 + 1) / 4.
+    # Expected accuracy of always the dear one: (0.95 + 0.92 + 0.9 + 0.3) / 4. tau 0.05 sends q0 to the
+    # cheap target (0.9) and q1 to the middle one (0.9), q3 to the cheap one (a tie): 0.0175 expected
+    # below, measured the same 0.75, at cost (1 + 2 + 4 + 1) / 4. The next gap (0.7) loses far more.
+    op = operating_point(p, s, c, best_single=2, tolerance=0.02)
+    assert op["val_expected_accuracy"] == pytest.approx((0.9 + 0.9 + 0.9 + 0.3) / 4)
     assert op["val_accuracy"] == pytest.approx(0.75) and op["val_mean_cost"] == pytest.approx(2.0)
     assert op["val_saving_pct"] == pytest.approx(50.0) and 0.05 <= op["tau"] < 0.7
     at = at_operating_point(p, s, c, op, 2)
     assert at["accuracy"] == pytest.approx(0.75) and at["saving_pct"] == pytest.approx(50.0)
+    # A tighter tolerance stops at gap 0.02 (q1 to the middle target, 0.005 expected below) and keeps
+    # q0 on the dear one; tau halfway to the next gap.
+    tight = operating_point(p, s, c, best_single=2, tolerance=0.01)
+    assert tight["tau"] == pytest.approx(0.035) and tight["val_mean_cost"] == pytest.approx((4 + 2 + 4 + 1) / 4)
 
 
 def test_weighted_auc_is_scikit_learns_on_the_resampled_rows():
