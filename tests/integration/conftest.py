@@ -106,7 +106,8 @@ def small_lr(ray_local, encoder_cache, tmp_path_factory):
     data, feats = str(root / "data"), str(root / "features")
     save_dataset(Storage(), data, Dataset(q, o, full.pool))
     assert main(["extract", "--data", data, "--out", feats, "--set", f"extract.cache_dir={encoder_cache}",
-                 "--set", "extract.layers=[0,8,16,24,30]", "--set", "extract.max_length=256"]) == 0
+                 "--set", "extract.layers=[0,8,16,24,30]", "--set", "extract.max_length=256",
+                 "--set", "extract.dtype=float32"]) == 0  # one dtype on every machine: reruns compare to it
     return data, feats
 
 

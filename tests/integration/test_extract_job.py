@@ -20,7 +20,9 @@ LAYERS = [0, 12, 30]
 
 
 def _cfg(encoder_cache, **extract) -> AppConfig:
-    base = dict(layers=LAYERS, cache_dir=encoder_cache, rows_per_task=16, torch_threads=2)
+    # float32: the job (blocks of 16 rows) and the core (one call) batch the queries differently, and
+    # only in float32 do their features agree to float16 storage (bfloat16 rounds per batch).
+    base = dict(layers=LAYERS, cache_dir=encoder_cache, rows_per_task=16, torch_threads=2, dtype="float32")
     base.update(extract)
     return AppConfig.model_validate({"extract": base})
 

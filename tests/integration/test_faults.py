@@ -182,7 +182,8 @@ def test_route_survives_an_s3_restart_mid_job_and_a_failed_run_reruns(trained, m
 def _extract_cmd(data: str, out: str, cache: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "jobs.cli", "extract", "--data", data, "--out", out,
             "--set", f"extract.cache_dir={cache}", "--set", "extract.layers=[0,8,16,24,30]",
-            "--set", "extract.max_length=256", "--set", "extract.rows_per_task=8", "--set", "ray.num_cpus=2", *extra]
+            "--set", "extract.max_length=256", "--set", "extract.rows_per_task=8", "--set", "ray.num_cpus=2",
+            "--set", "extract.dtype=float32", *extra]  # small_lr's settings: its features are the reference
 
 
 def _feature_rows(out: str) -> list[tuple[str, str]]:
