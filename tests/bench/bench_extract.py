@@ -141,7 +141,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cache = os.environ.get("PREFILL_ROUTER_CACHE", str(REPO / ".cache" / "encoders-for-tests"))
     texts = load_prompts(args.n, Path(args.data))
-    ecfg = ExtractConfig(cache_dir=cache)
+    ecfg = ExtractConfig(cache_dir=cache, dtype="float32")  # the float32 rows; "auto" is bfloat16 on some CPUs
     resolved = resolve_encoder(ecfg.encoder, cache)
     enc = Encoder(ecfg, resolved.path)
     n_params = sum(p.numel() for p in enc.model.parameters())
