@@ -97,7 +97,8 @@ def verbose() -> bool:
 
 def quiet_model_loading() -> None:
     """transformers' per-load bars ("Loading weights", "Writing model shards") off: a stage prints
-    its own progress. Called in the driver and in each actor that loads a model, unless ``-v``."""
+    its own progress. Called in each actor that loads a model, unless ``-v``; the CLI keeps the
+    driver's off through HF_HUB_DISABLE_PROGRESS_BARS (set before transformers is imported)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -108,7 +109,6 @@ def quiet_ray_data(ray) -> None:
     (``-v``): the stage prints progress in rows and tokens (jobs.progress)."""
     if verbose():
         return
-    quiet_model_loading()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

@@ -84,7 +84,7 @@ def choose(scored: dict[str, Scored], complexity: dict[str, int]) -> tuple[str, 
 
 
 def operating_point(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, best_single: int,
-                    tolerance: float = 0.005) -> dict:
+                    tolerance: float) -> dict:
     """The threshold policy's tau at which ``route`` runs by default: the largest tau (the cheapest
     routes) at which the router's own *expected* accuracy on these rows, the mean of its
     probability for the target each row is sent to, is at most ``tolerance`` below the expected
@@ -147,7 +147,7 @@ class Serving:
 
 
 def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.ndarray, best_single: int,
-                   folds: int, repeats: int, seed: int, l2: float = 10.0, tolerance: float = 0.005) -> Serving:
+                   folds: int, repeats: int, seed: int, tolerance: float, l2: float = 10.0) -> Serving:
     """Blends of the fitted ``routers`` (name -> router) with ``prior`` (the task prior, the global
     mean without tasks), every candidate scored by cross-validated P-AUCCC on the validation rows
     ``x_va`` (RouterInputs, rows measured on every target) with their ``scores`` and ``costs``; the
