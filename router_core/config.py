@@ -112,6 +112,8 @@ class TrainConfig(Strict):
     collective_timeout_s: int = Field(120, ge=5, description="how long a worker waits in a gradient all-reduce "
                                       "for a peer that may be lost (Ray's default, 1800 s, stalls a restart)")
     use_gpu: bool = False
+    pairwise: float = Field(0.0, ge=0.0, description="weight of a pairwise term beside the BCE in every trunk's "
+                            "loss: the order of one query's targets (router_core.model.pairwise_loss)")
     max_layers: int = Field(4, ge=1, description="most feature columns a trial may concatenate")
     temperature: bool = Field(True, description="fit a temperature on the validation split (ECE before/after)")
     extra_inputs: list[Literal["semantic", "task_prior"]] = Field(

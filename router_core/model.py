@@ -81,6 +81,22 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) 
     return (loss * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+def pairwise_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The within-query order of the targets: for every pair (i, j) of one query's measured targets
+    with score_i > score_j, softplus(-(z_i - z_j)) weighted by score_i - score_j; the mean over the
+    pairs' weights. BCE learns each target's P(correct) apart, and a router ranks targets by small
+    differences of large logits; this term scores those differences directly."""
+    w = (targets[:, :, None] - targets[:, None, :]).clamp_min(0.0) * mask[:, :, None] * mask[:, None, :]
+    d = logits[:, :, None] - logits[:, None, :]
+    return (nn.functional.softplus(-d) * w).sum() / w.sum().clamp_min(1e-6)
+
+
+def trunk_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, pairwise: float = 0.0) -> torch.Tensor:
+    """masked_bce, plus ``pairwise`` x pairwise_loss when it is > 0."""
+    loss = masked_bce(logits, targets, mask)
+    return loss + pairwise * pairwise_loss(logits, targets, mask) if pairwise > 0 else loss
+
+
 @dataclass
 class TrainParams:
     lr: float = 1e-3
@@ -90,6 +106,7 @@ class TrainParams:
     patience: int = 15
     widths: tuple[int, ...] = (256, 128)
     dropouts: tuple[float, ...] = (0.3, 0.2)
+    pairwise: float = 0.0  # weight of pairwise_loss beside the BCE (0 = BCE alone)
 
 
 def split_targets(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -132,11 +149,11 @@ def fit_trunk(x_tr: np.ndarray, s_tr: np.ndarray, x_va: np.ndarray, s_va: np.nda
         for i in range(0, len(xt), params.batch_size):
             idx = perm[i : i + params.batch_size][rank::world]
             opt.zero_grad()
-            masked_bce(model(xt[idx]) + (ot[idx] if ot.ndim else ot), yt[idx], mt[idx]).backward()
+            trunk_loss(model(xt[idx]) + (ot[idx] if ot.ndim else ot), yt[idx], mt[idx], params.pairwise).backward()
             opt.step()
         net.eval()
         with torch.no_grad():
-            val = float(masked_bce(net(xv) + ov, yv, mv))
+            val = float(trunk_loss(net(xv) + ov, yv, mv, params.pairwise))
         if val < best - 1e-6:
             best, since = val, 0
             best_state = {k: v.clone() for k, v in net.state_dict().items()}

@@ -105,7 +105,8 @@ def split_masks(splits: list[str | None], qids: list[str], seed: int, val_frac: 
 def _params_of(p: dict, tc) -> TrainParams:
     return TrainParams(lr=p["lr"], weight_decay=p["weight_decay"], batch_size=tc.batch_size,
                        max_epochs=tc.max_epochs, patience=tc.patience,
-                       widths=(p["width1"], p["width2"]), dropouts=(p["dropout"], p["dropout"] * 2 / 3))
+                       widths=(p["width1"], p["width2"]), dropouts=(p["dropout"], p["dropout"] * 2 / 3),
+                       pairwise=tc.pairwise)
 
 
 def common_space(trial) -> dict:

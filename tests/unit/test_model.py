@@ -1,7 +1,8 @@
 import numpy as np
 import torch
 
-from router_core.model import Preprocessor, SharedTrunkNet, TrainParams, fit_trunk, masked_bce, predict_proba
+from router_core.model import (Preprocessor, SharedTrunkNet, TrainParams, fit_trunk, masked_bce, pairwise_loss,
+                                predict_proba, trunk_loss)
 
 
 def test_masked_bce_ignores_unmeasured_pairs():
@@ -12,6 +13,24 @@ def test_masked_bce_ignores_unmeasured_pairs():
     masked = masked_bce(logits, torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0, 0.0]]))
     assert float(full) < 1e-3 and float(masked) < 1e-3
     assert float(masked_bce(logits, torch.tensor([[1.0, 1.0]]), torch.ones(1, 2))) > 4
+
+
+def test_pairwise_loss_scores_the_order_of_measured_targets_only():
+    y = torch.tensor([[1.0, 0.0, 0.5]])
+    m = torch.ones(1, 3)
+    # Two pairs ordered by score: (0 > 1, weight 1), (0 > 2, 0.5), (2 > 1, 0.5).
+    z = torch.tensor([[0.3, -0.2, 0.1]])
+    sp = torch.nn.functional.softplus
+    by_hand = (sp(-(z[0, 0] - z[0, 1])) + 0.5 * sp(-(z[0, 0] - z[0, 2])) + 0.5 * sp(-(z[0, 2] - z[0, 1]))) / 2.0
+    assert torch.allclose(pairwise_loss(z, y, m), by_hand)
+    # A shift of every logit of a query leaves the order, and the loss, unchanged; BCE moves.
+    assert torch.allclose(pairwise_loss(z + 5, y, m), pairwise_loss(z, y, m))
+    # Reversed order costs more; an unmeasured target takes part in no pair.
+    assert pairwise_loss(-z, y, m) > pairwise_loss(z, y, m)
+    only = pairwise_loss(z, y, torch.tensor([[1.0, 1.0, 0.0]]))
+    assert torch.allclose(only, sp(-(z[0, 0] - z[0, 1])))
+    assert torch.equal(trunk_loss(z, y, m, 0.0), masked_bce(z, y, m))
+    assert torch.allclose(trunk_loss(z, y, m, 2.0), masked_bce(z, y, m) + 2 * pairwise_loss(z, y, m))
 
 
 def test_net_overfits_one_batch():
