@@ -384,6 +384,7 @@ class Encoder:
                 rows = [plain[j] for j in b]
                 out, blens = self._forward([ids[r] for r in rows])
                 self._pool(out.hidden_states, rows, blens, feats)
+                del out  # its hidden states would stay alive through the next batch's forward
                 stats.forward_batches += 1
                 stats.padded_slots += len(rows) * max(blens)
                 stats.computed_tokens += sum(blens)
@@ -458,6 +459,9 @@ class Encoder:
             past = _shared_cache(cache, len(rows))
             out, blens = self._forward([ids[r][P:] for r in rows], past=past, past_len=P)
             self._pool(out.hidden_states, rows, blens, feats, prefix_sum, P, prefix_tail)
+            # Freed before the next batch: kept, this batch's hidden states and its whole KV cache
+            # (rows x (prefix + suffix) per layer) would live through the next forward, doubling the peak.
+            del out, past
             stats.forward_batches += 1
             stats.padded_slots += len(rows) * max(blens)
             stats.computed_tokens += sum(blens)

@@ -5,7 +5,8 @@ written by this module (``python -m tests.integration.test_feature_reference --w
 extraction core's later changes; a change that alters features for the same settings fails here
 and must change the settings identity instead (so old caches are refused, not silently mixed).
 On the machine kind that wrote it (same torch, same CPU capability) the features must be equal
-bit for bit; elsewhere within one float16 step, as BLAS kernels differ.
+bit for bit; elsewhere within one float16 step plus 1e-4 of each column's largest value, as the
+kernels differ.
 """
 
 import json
@@ -21,6 +22,11 @@ from tests.conftest import REPO, shared_file
 
 REF = REPO / "tests" / "data" / "features_reference.npz"
 META = REF.with_suffix(".json")
+# Across CPU kinds the float32 kernels round differently, and 30 layers carry it: an AVX2 machine
+# against the AVX512 reference differed by at most 4e-5 of a column's largest value (up to 73 float16
+# steps on its mid-size entries). A real change (a token more or less, another pooling) moves
+# features by far more than this.
+CROSS_KIND = 1e-4
 SETTINGS = dict(layers=[0, 1, 15, 29, 30], pooling=["mean", "last", "tail"], tail_tokens=32, token_budget=2048)
 
 
@@ -70,9 +76,10 @@ def test_features_equal_the_committed_reference(encoder_cache):
         a, b = res.features[c], ref[c]
         if exact:
             np.testing.assert_array_equal(a, b, err_msg=c)
-        else:  # at most one float16 step apart
+        else:  # one float16 step, plus float32 rounding carried through the layers (CROSS_KIND)
             step = np.spacing(np.abs(b)).astype(np.float32)
-            assert (np.abs(a.astype(np.float32) - b.astype(np.float32)) <= step + 1e-6).all(), c
+            room = step + CROSS_KIND * float(np.abs(b.astype(np.float32)).max())
+            assert (np.abs(a.astype(np.float32) - b.astype(np.float32)) <= room).all(), c
     np.testing.assert_array_equal(res.n_tokens, np.array(meta["n_tokens"], dtype=np.int32))
 
 
