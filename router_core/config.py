@@ -60,7 +60,8 @@ class ExtractConfig(Strict):
     prefix_sharing: bool = Field(True, description="run shared prefixes once and reuse their KV cache")
     min_prefix_tokens: int = Field(32, ge=1, description="shortest prefix worth sharing")
     min_prefix_group: int = Field(4, ge=2, description="fewest queries that share a prefix")
-    kv_budget_tokens: int = Field(32768, ge=256, description="cached prefix tokens held per suffix batch")
+    kv_budget_tokens: int = Field(8192, ge=256, description="cached prefix tokens held per suffix batch (rows x "
+                                  "prefix; 8192 ran 1.32x faster than 32768 on RouterBench's preambles: docs/extraction.md)")
     rows_per_task: int = Field(512, ge=1, description="queries per actor call (= per part file)")
     actors: int = Field(1, ge=1, description="actor pool size")
     actor_num_cpus: float = Field(0.5, gt=0, description="CPUs reserved per actor")

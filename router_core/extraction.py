@@ -194,7 +194,7 @@ def memory_estimate_mb(conf, cfg: ExtractConfig, base_mb: float = 1300.0) -> flo
     dropped), plus once more in the checkpoint's dtype where it differs (the load converts from
     it); one forward batch of ``token_budget`` slots (every kept hidden state, the MLP's
     intermediate, attention scores of up to ``max_length`` keys per token); the shared-prefix KV
-    cache repeated over a suffix batch (``kv_budget_tokens`` tokens, every run layer); the float16
+    cache repeated over a suffix batch (``kv_budget_tokens`` + ``token_budget`` tokens, every run layer); the float16
     features of one actor call; and ``base_mb`` for Python, torch and transformers. On a CPU the
     activations count at 4 bytes whatever the dtype (norms and softmax compute in float32: a
     bfloat16 actor measured 3.8 GiB where bfloat16 bytes gave 2.9). On a GPU the forward batch and
@@ -215,7 +215,9 @@ def memory_estimate_mb(conf, cfg: ExtractConfig, base_mb: float = 1300.0) -> flo
     t = cfg.token_budget
     keys = min(cfg.max_length, t)
     forward = (run + 1) * t * d * b + 3 * t * inter * b + 2 * heads * t * keys * b + 2 * t * d * 4
-    kv = cfg.kv_budget_tokens * run * 2 * kv_heads * head_dim * b if cfg.prefix_sharing else 0
+    # Each suffix row's cache holds the prefix and its own suffix: rows x prefix <= kv_budget_tokens,
+    # rows x suffix <= token_budget.
+    kv = (cfg.kv_budget_tokens + t) * run * 2 * kv_heads * head_dim * b if cfg.prefix_sharing else 0
     if cfg.device.startswith("cuda"):  # activations and KV live in GPU memory; the host loads the weights
         forward = kv = 0
     out = cfg.rows_per_task * len(cfg.pooling) * len(layers) * d * 2 * 2  # the call's features, and their Arrow copy
