@@ -3,9 +3,9 @@
     python -m tests.bench.probe_loss --data OUT/data --features OUT/features --model OUT/model \
         --weights 0,0.3,1,3 --seeds 3
 
-Refits the trained model's prefill_trunk setting (or, with --design all_mean_pca200, every
-mean-pooled layer concatenated with a scaler and PCA-200 fitted on train, its other settings kept) (its columns and best_params, from MODEL) in this
-process, once per pairwise weight and seed (train.seeds members, train.keep kept, as train does),
+Refits the trained model's prefill_trunk setting (its columns and best_params, from MODEL; with
+--design all_mean_pca200, every mean-pooled layer concatenated with a scaler and PCA-200 fitted on
+train, its other settings kept) in this process, once per pairwise weight and seed (train.seeds members, train.keep kept, as train does),
 and scores each on the validation and the test split: P-AUCCC and mean AUC of the trunk, and of its
 mix with the task prior (the mix weight chosen on validation, as train's *_mix). Test is reported,
 never used to choose. Prints a table of means and standard deviations over seeds; --out writes JSON.
@@ -25,16 +25,14 @@ from router_core.config import load_config
 from router_core.dataset import load_dataset, outcome_matrix
 from router_core.evaluation import output_token_medians
 from router_core.features import load_features, read_manifest
-from router_core.routers import RouterInputs, TaskPrior, load_router
+from router_core.routers import MixRouter, RouterInputs, TaskPrior, load_router
 from router_core.training import all_costs, arrays, fit_ensemble, fit_in_process, split_masks
 
-GRID = np.round(np.linspace(0.0, 1.0, 11), 2)
-
-
 def _mix(p: np.ndarray, prior: np.ndarray, va: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> float:
+    """The mix weight train's *_mix would choose on these validation rows (its grid, its ties)."""
     rows = va & ~np.isnan(scores).any(axis=1)
-    areas = [M.p_auccc(a * p[rows] + (1 - a) * prior[rows], scores[rows], costs[rows]) for a in GRID]
-    return float(GRID[int(np.argmax(areas))])
+    areas = {a: M.p_auccc(a * p[rows] + (1 - a) * prior[rows], scores[rows], costs[rows]) for a in MixRouter.GRID}
+    return float(max(MixRouter.GRID, key=lambda g: (round(areas[g], 12), g)))
 
 
 def probe(data: str, features: str, model: str, weights: list[float], seeds: int, overrides: list[str],
@@ -73,9 +71,9 @@ def probe(data: str, features: str, model: str, weights: list[float], seeds: int
             p = router.predict_proba(RouterInputs(n=len(qids), prefill={c: fs.columns[c] for c in cols}))
             a = _mix(p, prior, va, scores, costs)
             row = {"seed": seed, "design": design, "pairwise": w, "seconds": time.perf_counter() - t, "mix_a": a}
+            mixed = a * p + (1 - a) * prior
             for name, m in (("val", va), ("test", te)):
                 full = m & ~np.isnan(scores).any(axis=1)
-                mixed = a * p + (1 - a) * prior
                 row[f"{name}_p_auccc"] = M.p_auccc(p[full], scores[full], costs[full])
                 row[f"{name}_mix_p_auccc"] = M.p_auccc(mixed[full], scores[full], costs[full])
                 row[f"{name}_prior_p_auccc"] = M.p_auccc(prior[full], scores[full], costs[full])
