@@ -1,6 +1,7 @@
 """Extraction benchmark: ``make bench`` (not part of the tests).
 
-On the same N real RouterBench prompts, in one process and one run, prints tokens/s of:
+On two real corpora (N RouterBench prompts, which share few-shot preambles, and M LLMRouter-9
+questions, which share only the chat template's head), in one process and one run, prints tokens/s of:
   - a plain transformers loop: fixed batches of 16 in input order (the usual baseline; float32);
   - per dtype (float32, and bfloat16 where this CPU has it natively, or --dtypes), with prefix
     sharing off and on: the core in this process (length-sorted token-budget batches, shared-prefix
@@ -57,13 +58,21 @@ class PeakRSS:
         self.peak_mb = self.peak / 2**20
 
 
-def load_prompts(n: int, data: Path) -> list[str]:
+CORPORA = {  # name: (file under the data folder, text column)
+    "routerbench": ("routerbench-subset/routerbench_wide.csv", "prompt"),
+    "llmrouter": ("llmrouter-9/scores_wide.csv", "question"),
+}
+
+
+def load_prompts(n: int, data: Path, corpus: str = "routerbench") -> list[str]:
+    """N texts of a corpus drawn at random (seed 0)."""
     csv.field_size_limit(2**31 - 1)
-    with open(data / "routerbench-subset" / "routerbench_wide.csv", newline="", encoding="utf-8") as f:
+    path, column = CORPORA[corpus]
+    with open(data / path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     rng = np.random.default_rng(0)
     idx = rng.choice(len(rows), size=min(n, len(rows)), replace=False)
-    return [rows[i]["prompt"] for i in idx]
+    return [rows[i][column] for i in idx]
 
 
 def matmul_flops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
@@ -132,6 +141,7 @@ def max_diff(a: dict, b: dict) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=500, help="RouterBench prompts (default 500)")
+    ap.add_argument("--n-questions", type=int, default=500, help="LLMRouter-9 questions (default 500; 0 leaves them out)")
     ap.add_argument("--memory-sizes", default="500,5000", help="corpus sizes for the job's memory check")
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -140,14 +150,17 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cache = os.environ.get("PREFILL_ROUTER_CACHE", str(REPO / ".cache" / "encoders-for-tests"))
-    texts = load_prompts(args.n, Path(args.data))
+    corpora = {"routerbench": load_prompts(args.n, Path(args.data), "routerbench")}
+    if args.n_questions:
+        corpora["llmrouter"] = load_prompts(args.n_questions, Path(args.data), "llmrouter")
     ecfg = ExtractConfig(cache_dir=cache, dtype="float32")  # the float32 rows; "auto" is bfloat16 on some CPUs
     resolved = resolve_encoder(ecfg.encoder, cache)
     enc = Encoder(ecfg, resolved.path)
     n_params = sum(p.numel() for p in enc.model.parameters())
     n_matmul = n_params - enc.model.get_input_embeddings().weight.numel()  # the lookup is no matmul
     print(f"encoder {ecfg.encoder}: {n_params / 1e6:.1f}M parameters ({n_matmul / 1e6:.1f}M in matmuls), "
-          f"{enc.n_hidden} hidden states x {enc.hidden_size}, {len(texts)} prompts, {args.threads} threads",
+          f"{enc.n_hidden} hidden states x {enc.hidden_size}, "
+          + ", ".join(f"{len(t)} {c} texts" for c, t in corpora.items()) + f", {args.threads} threads",
           flush=True)
 
     native_bf16 = choose_dtype("auto", "cpu") == "bfloat16"
@@ -166,18 +179,20 @@ def main() -> None:
         results[name] = r
         print(f"  done {name}: {r['tok_s']:.0f} tok/s", flush=True)
 
-    if "float32" in dtypes:
-        with PeakRSS() as m:
-            plain = plain_loop(enc, texts)
-        record("plain loop, fixed batches, float32", "float32", plain, m.peak_mb)
-    for dtype in dtypes:
-        e = enc if dtype == "float32" else Encoder(ecfg.model_copy(update={"dtype": dtype}), resolved.path)
-        for prefix in (False, True):
+    for corpus, texts in corpora.items():
+        if "float32" in dtypes:
             with PeakRSS() as m:
-                r = core_run(e, texts, prefix=prefix)
-            record(f"core, {'shared prefixes' if prefix else 'no prefix sharing'}, {dtype}", dtype, r, m.peak_mb)
-        if e is not enc:
-            del e
+                plain = plain_loop(enc, texts)
+            record(f"{corpus}: plain loop, fixed batches, float32", "float32", plain, m.peak_mb)
+        for dtype in dtypes:
+            e = enc if dtype == "float32" else Encoder(ecfg.model_copy(update={"dtype": dtype}), resolved.path)
+            for prefix in (False, True):
+                with PeakRSS() as m:
+                    r = core_run(e, texts, prefix=prefix)
+                record(f"{corpus}: core, {'shared prefixes' if prefix else 'no prefix sharing'}, {dtype}", dtype, r,
+                       m.peak_mb)
+            if e is not enc:
+                del e
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
@@ -188,17 +203,18 @@ def main() -> None:
     ray_start = time.perf_counter() - t
     memory = {}
     with tempfile.TemporaryDirectory() as work:
-        for dtype in dtypes:
-            for prefix in (False, True):
-                cfg = AppConfig.model_validate({"extract": {"cache_dir": cache, "torch_threads": args.threads,
-                                                            "rows_per_task": 512, "dtype": dtype,
-                                                            "prefix_sharing": prefix}})
-                with PeakRSS() as m:
-                    job, run = job_run(cfg, texts, work, f"job-{dtype}-{prefix}")
-                name = f"Ray job, {'shared prefixes' if prefix else 'no prefix sharing'}, {dtype}"
-                record(name, dtype, job, m.peak_mb)
-                results[name].update(actor_peak_rss_mb=run.actor_peak_rss_mb, actor_memory_mb=run.actor_memory_mb,
-                                     encoder_seconds=run.stats.seconds)
+        for corpus, texts in corpora.items():
+            for dtype in dtypes:
+                for prefix in (False, True):
+                    cfg = AppConfig.model_validate({"extract": {"cache_dir": cache, "torch_threads": args.threads,
+                                                                "rows_per_task": 512, "dtype": dtype,
+                                                                "prefix_sharing": prefix}})
+                    with PeakRSS() as m:
+                        job, run = job_run(cfg, texts, work, f"job-{corpus}-{dtype}-{prefix}")
+                    name = f"{corpus}: Ray job, {'shared prefixes' if prefix else 'no prefix sharing'}, {dtype}"
+                    record(name, dtype, job, m.peak_mb)
+                    results[name].update(actor_peak_rss_mb=run.actor_peak_rss_mb, actor_memory_mb=run.actor_memory_mb,
+                                         encoder_seconds=run.stats.seconds)
         # Memory against corpus size: same settings with a 16-token cap so 5,000 queries fit the run.
         capped = AppConfig.model_validate({"extract": {"cache_dir": cache, "torch_threads": args.threads,
                                                        "rows_per_task": 512, "dtype": "float32", "max_length": 16}})
@@ -212,11 +228,11 @@ def main() -> None:
             print(f"  done memory check at {size} queries", flush=True)
     ray.shutdown()
 
-    base_name = "plain loop, fixed batches, float32"
-    base = results[base_name]["tok_s"] if base_name in results else None
     rows = []
     for name, r in results.items():
-        core = results.get(name.replace("Ray job", "core")) if name.startswith("Ray job") else None
+        base_name = name.split(": ")[0] + ": plain loop, fixed batches, float32"
+        base = results[base_name]["tok_s"] if base_name in results else None
+        core = results.get(name.replace("Ray job", "core")) if ": Ray job" in name else None
         rows.append([name, f"{r['tok_s']:.0f}", f"{r['tok_s'] / base:.2f}x" if base else "-",
                      f"{r['tok_s'] / core['tok_s']:.2f}x" if core else "-", r["computed"],
                      f"{100 * r['waste']:.1f}%", f"{100 * r['flops_frac']:.0f}%", f"{r['peak_rss_mb']:.0f}",
@@ -234,22 +250,24 @@ def main() -> None:
           + f" (2048^3, median of 5); FLOPs counted as 2 x {n_matmul / 1e6:.0f}M x tokens run; "
           f"ray.init {ray_start:.1f} s (not counted)")
     diffs = {}
-    for dtype in dtypes:
-        a, b = feats.get(f"core, shared prefixes, {dtype}"), feats.get(f"core, no prefix sharing, {dtype}")
-        if a is not None and b is not None:
-            diffs[f"prefix_vs_plain_{dtype}"] = d = max_diff(a, b)
-            print(f"shared prefixes vs plain, {dtype}: max abs diff {d[0]:.3g}, max relative {d[1]:.2e}")
-    if len(dtypes) > 1 and "float32" in dtypes:
-        for dtype in dtypes[1:]:
-            diffs[f"{dtype}_vs_float32"] = d = max_diff(feats[f"core, shared prefixes, {dtype}"],
-                                                         feats["core, shared prefixes, float32"])
-            print(f"{dtype} vs float32: max abs diff {d[0]:.3g}, max relative {d[1]:.2e}")
+    for corpus in corpora:
+        for dtype in dtypes:
+            a = feats.get(f"{corpus}: core, shared prefixes, {dtype}")
+            b = feats.get(f"{corpus}: core, no prefix sharing, {dtype}")
+            if a is not None and b is not None:
+                diffs[f"{corpus}_prefix_vs_plain_{dtype}"] = d = max_diff(a, b)
+                print(f"{corpus}, shared prefixes vs plain, {dtype}: max abs diff {d[0]:.3g}, max relative {d[1]:.2e}")
+        if len(dtypes) > 1 and "float32" in dtypes:
+            for dtype in dtypes[1:]:
+                diffs[f"{corpus}_{dtype}_vs_float32"] = d = max_diff(feats[f"{corpus}: core, shared prefixes, {dtype}"],
+                                                                      feats[f"{corpus}: core, shared prefixes, float32"])
+                print(f"{corpus}, {dtype} vs float32: max abs diff {d[0]:.3g}, max relative {d[1]:.2e}")
     print("job memory vs corpus size (16-token cap): " + "; ".join(
         f"{k} queries: driver {v['driver_peak_rss_mb']:.0f} MB, actor {v['actor_peak_rss_mb']:.0f} MB"
         for k, v in memory.items()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
-        "n_prompts": len(texts), "threads": args.threads, "matmul_gflops": {d: p / 1e9 for d, p in peaks.items()},
+        "n_texts": {c: len(t) for c, t in corpora.items()}, "threads": args.threads, "matmul_gflops": {d: p / 1e9 for d, p in peaks.items()},
         "runs": results, "feature_diffs": diffs, "memory": memory, "ray_init_seconds": ray_start}, indent=2,
         default=float))
     print(f"wrote {args.out}")

@@ -47,10 +47,15 @@ def test_shape_and_layer_zero_is_the_embedding(encoder):
 
 def test_features_do_not_depend_on_the_batch(encoder):
     q = "Which planet is known as the red planet?"
-    alone = encoder.extract([q])
     others = ["Hi", "Explain, step by step, how a bill becomes a law in the United States of America, "
               "naming each chamber and the role of the president in the process.", q, "2+2?"]
-    batched = encoder.extract(others)
+    saved = encoder.cfg  # the plain path: these four would share the chat template's head
+    encoder.cfg = saved.model_copy(update={"prefix_sharing": False})
+    try:
+        alone = encoder.extract([q])
+        batched = encoder.extract(others)
+    finally:
+        encoder.cfg = saved
     assert batched.stats.forward_batches == 1  # really padded together
     for c in encoder.columns:
         ok, err = _close(alone.features[c][0], batched.features[c][2])
@@ -80,6 +85,30 @@ def test_shared_prefix_path_equals_plain_path(encoder):
     finally:
         encoder.cfg = saved
     assert plain.stats.computed_tokens == plain.stats.tokens
+    for c in encoder.columns:
+        ok, err = _close(shared.features[c], plain.features[c])
+        assert ok, (c, err)
+
+
+def test_chat_template_head_is_shared_without_a_preamble(encoder):
+    """Questions with no preamble in common still share the chat template's head (the system turn
+    and the user tag, 28 SmolLM2 tokens): it runs once, and the features equal the plain path's."""
+    import csv
+
+    csv.field_size_limit(2**31 - 1)
+    with open(shared_file("llmrouter-9/scores_wide.csv"), newline="", encoding="utf-8") as f:
+        texts = [r["question"] for r in csv.DictReader(f) if len(r["question"]) < 400][:6]
+    saved = encoder.cfg
+    try:
+        encoder.cfg = saved.model_copy(update={"min_prefix_tokens": 16})
+        shared = encoder.extract(texts)
+        encoder.cfg = saved.model_copy(update={"prefix_sharing": False})
+        plain = encoder.extract(texts)
+    finally:
+        encoder.cfg = saved
+    assert shared.stats.prefix_groups == 1 and plain.stats.prefix_groups == 0
+    saved_tokens = shared.stats.tokens - shared.stats.computed_tokens  # the head, run once instead of six times
+    assert saved_tokens % 5 == 0 and 16 <= saved_tokens // 5 <= 32, saved_tokens
     for c in encoder.columns:
         ok, err = _close(shared.features[c], plain.features[c])
         assert ok, (c, err)
