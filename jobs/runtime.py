@@ -24,6 +24,8 @@ def ensure_ray(cfg: AppConfig):
 
     if ray.is_initialized():
         return ray
+    if not verbose():  # Ray 2.60's notice that a local cluster has token auth on (its default): nothing is wrong
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     # The workers' own lines (Ray Train's controller and workers, model loads) stay in Ray's logs
     # unless -v: the stages print progress, and errors come back as exceptions.
     if address:
@@ -113,3 +115,5 @@ def quiet_ray_data(ray) -> None:
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Its one warning there says the bars are off, which is this function's choice.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
