@@ -17,15 +17,22 @@ def _duration(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
-def describe(label: str, rows: int, total: int, tokens: int, seconds: float) -> str:
-    """'extract: 1,024/3,178 rows (32%), 1,520 tokens/s, 41s elapsed, ETA 1m27s'."""
+def describe(label: str, rows: int, total: int, tokens: int, seconds: float,
+             since: tuple[int, int, float] | None = None) -> str:
+    """'extract: 1,024/3,178 rows (32%), 1,520 tokens/s, 41s elapsed, ETA 1m27s'.
+
+    ``since`` = (rows, tokens, seconds) when the first rows were done: the rate and the ETA then
+    count the work after it, not the start-up before it (actor start, model load)."""
     rows = min(rows, total)
     text = f"{label}: {rows:,}/{total:,} rows ({100 * rows / max(total, 1):.0f}%)"
-    if seconds > 0 and tokens:
-        text += f", {tokens / seconds:,.0f} tokens/s"
+    r, t, s = rows, tokens, seconds
+    if since is not None and rows > since[0] and seconds > since[2]:
+        r, t, s = rows - since[0], tokens - since[1], seconds - since[2]
+    if s > 0 and t:
+        text += f", {t / s:,.0f} tokens/s"
     text += f", {_duration(seconds)} elapsed"
-    if 0 < rows < total and seconds > 0:
-        text += f", ETA {_duration(seconds * (total - rows) / rows)}"
+    if 0 < rows < total and s > 0 and r > 0:
+        text += f", ETA {_duration(s * (total - rows) / r)}"
     return text
 
 
@@ -43,6 +50,7 @@ class Progress:
         self._stop = threading.Event()
         self._t0 = time.perf_counter()
         self._last = (0, 0)
+        self._first: tuple[int, int, float] | None = None  # (rows, tokens, seconds) at the first poll with rows done
 
     def __enter__(self) -> "Progress":
         self._t0 = time.perf_counter()
@@ -54,11 +62,13 @@ class Progress:
         try:
             self._last = self.read()
         except Exception:  # noqa: BLE001 - progress is display only; the stage reports its own errors
-            pass
+            return
+        if self._first is None and self._last[0] > 0:
+            self._first = (*self._last, time.perf_counter() - self._t0)
 
     def line(self) -> str:
         rows, tokens = self._last
-        return describe(self.label, rows, self.total, tokens, time.perf_counter() - self._t0)
+        return describe(self.label, rows, self.total, tokens, time.perf_counter() - self._t0, self._first)
 
     def _run(self) -> None:
         next_log = self._t0 + self.every_s

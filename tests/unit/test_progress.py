@@ -13,6 +13,10 @@ def test_describe_says_rows_rate_and_eta():
     assert describe("extract", 0, 10, 0, 0.0) == "extract: 0/10 rows (0%), 0s elapsed"
     assert "ETA" not in describe("extract", 10, 10, 5, 3700.0) and "1h01m elapsed" in describe("extract", 10, 10, 5, 3700.0)
     assert describe("extract", 12, 10, 5, 1.0).startswith("extract: 10/10 rows (100%)")  # a retried call counts twice
+    # Rate and ETA from the first rows done on (the start-up before them is not the stage's speed).
+    line = describe("extract", 1024, 4096, 61_440, 40.0, since=(512, 30_720, 30.0))
+    assert line == "extract: 1,024/4,096 rows (25%), 3,072 tokens/s, 40s elapsed, ETA 1m00s"
+    assert describe("extract", 512, 4096, 30_720, 30.0, since=(512, 30_720, 30.0)).endswith("ETA 3m30s")
 
 
 def test_progress_logs_periodic_lines_and_the_last_one(caplog):
