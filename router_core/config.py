@@ -57,6 +57,8 @@ class ExtractConfig(Strict):
     layers: Literal["all"] | list[int] = Field("all", description="hidden_states indices, 0 = embeddings (identity)")
     token_budget: int = Field(8192, ge=64, description="padded tokens per forward batch")
     max_batch_size: int = Field(64, ge=1)
+    max_padding: float = Field(0.25, gt=0, le=1, description="a row padded by more than this share of its batch's "
+                               "width starts a new batch (1 = only token_budget and max_batch_size cut)")
     prefix_sharing: bool = Field(True, description="run shared prefixes once and reuse their KV cache")
     min_prefix_tokens: int = Field(16, ge=1, description="shortest prefix worth sharing (16: the chat template's head, "
                                    "28 SmolLM2 tokens, is shared even where queries have no preamble in common)")

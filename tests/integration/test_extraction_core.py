@@ -49,8 +49,9 @@ def test_features_do_not_depend_on_the_batch(encoder):
     q = "Which planet is known as the red planet?"
     others = ["Hi", "Explain, step by step, how a bill becomes a law in the United States of America, "
               "naming each chamber and the role of the president in the process.", q, "2+2?"]
-    saved = encoder.cfg  # the plain path: these four would share the chat template's head
-    encoder.cfg = saved.model_copy(update={"prefix_sharing": False})
+    saved = encoder.cfg  # the plain path (these four would share the chat template's head), and
+    # max_padding 1 so that "Hi" is padded to the long query's width in the same batch.
+    encoder.cfg = saved.model_copy(update={"prefix_sharing": False, "max_padding": 1.0})
     try:
         alone = encoder.extract([q])
         batched = encoder.extract(others)

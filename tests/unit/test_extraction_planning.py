@@ -27,6 +27,18 @@ def test_length_sorting_wastes_less_padding_than_input_order():
     assert 1 - r1 / s1 < 0.05 < 0.4 < 1 - r2 / s2
 
 
+def test_a_row_padded_by_more_than_max_padding_starts_a_new_batch():
+    lengths = [466, 300, 250, 167, 160, 20, 18]  # a long tail: the budget alone takes them all
+    loose = budget_batches(lengths, token_budget=8192, max_batch=64)
+    tight = budget_batches(lengths, token_budget=8192, max_batch=64, max_padding=0.25)
+    assert len(loose) == 1 and sorted(i for b in tight for i in b) == list(range(len(lengths)))
+    for b in tight:
+        w = max(lengths[i] for i in b)
+        assert all(w - lengths[i] <= max(8, 0.25 * w) for i in b)
+    assert padding_waste(lengths, tight)[1] < 0.5 * padding_waste(lengths, loose)[1]
+    assert budget_batches([20, 13, 12], 8192, 64, max_padding=0.25) == [[0, 1, 2]]  # 8 tokens or fewer: kept together
+
+
 def test_prefix_groups_find_two_preambles_and_leave_loners():
     sys = list(range(1000, 1010))  # a short system turn every query starts with
     a = sys + list(range(100, 160))  # preamble A: 70 tokens with the system turn
