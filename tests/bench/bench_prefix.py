@@ -35,6 +35,7 @@ from router_core.dataset import load_dataset  # noqa: E402
 from router_core.encoders import resolve_encoder  # noqa: E402
 from router_core.extraction import Encoder  # noqa: E402
 from router_core.storage import Storage  # noqa: E402
+from tests.bench.bench_extract import max_diff  # noqa: E402
 
 
 def main() -> None:
@@ -72,12 +73,7 @@ def main() -> None:
     rows = []
     for v in a.variants:
         med = statistics.median(times[v])
-        diff, rel = 0.0, 0.0
-        for c in feats[v]:
-            a_, b_ = feats[v][c].astype(np.float32), feats[base][c].astype(np.float32)
-            err = np.abs(a_ - b_).max(axis=-1)
-            diff = max(diff, float(err.max()))
-            rel = max(rel, float((err / (np.abs(b_).max(axis=-1) + 1e-3)).max()))
+        diff, rel = max_diff(feats[v], feats[base])
         rows.append([v, f"{med:.1f}", f"{stats[v].tokens / med:,.0f}", f"{statistics.median(times[base]) / med:.2f}x",
                      f"{stats[v].computed_tokens:,}", stats[v].prefix_groups, stats[v].forward_batches, f"{diff:.3g}",
                      f"{rel:.2g}"])
