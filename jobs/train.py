@@ -89,4 +89,6 @@ def print_train(run: TrainRun) -> None:
     if op:
         print(f"  operating point: tau {op['tau']:.4f}, on validation accuracy {op['val_accuracy']:.4f} vs "
               f"{op['best_single_val_accuracy']:.4f} always calling {run.index.best_single}, "
-              f"{op['val_saving_pct']:.1f}% cheaper")
+              f"{op['val_saving_pct']:.1f}% cheaper"
+              + (f" (guarded: the expected accuracy alone would have routed {op['unguarded']['val_saving_pct']:.1f}% "
+                 f"cheaper at measured {op['unguarded']['val_accuracy']:.4f})" if op.get("guarded") else ""))

@@ -134,6 +134,10 @@ class TrainConfig(Strict):
     accuracy_tolerance: float = Field(0.005, ge=0.0, le=1.0, description="route's default operating point: the "
                                       "cheapest threshold whose expected validation accuracy is at most this much "
                                       "below always calling the best single target's (0.005 = half a point)")
+    accuracy_guard_z: float | None = Field(1.645, ge=0.0, description="route's default operating point, guarded: it also "
+                                    "stops before the first threshold whose *measured* validation accuracy, row by row "
+                                    "against the best single target, is below -accuracy_tolerance by more than this "
+                                    "many standard errors (1.645 = one-sided 95%); null = no guard")
 
 
 class BaselinesConfig(Strict):

@@ -105,12 +105,19 @@ def at_operating_point(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray,
     these rows, against always calling the ``reference`` target (the best single on train; None =
     the best on these rows)."""
     ref = int(scores.mean(axis=0).argmax()) if reference is None else reference
-    acc, cost = M.route_value(threshold_routes(proba, costs, float(point["tau"])), scores, costs)
     ref_acc, ref_cost = float(scores[:, ref].mean()), float(costs[:, ref].mean())
-    return {"tau": float(point["tau"]), "accuracy": acc, "mean_cost": cost, "reference_index": ref,
-            "reference_accuracy": ref_acc, "reference_mean_cost": ref_cost,
-            "saving_pct": 100.0 * (1 - cost / ref_cost) if ref_cost > 0 else 0.0,
-            "accuracy_change_points": 100.0 * (acc - ref_acc), "validation": point}
+
+    def at(tau: float) -> dict:
+        acc, cost = M.route_value(threshold_routes(proba, costs, tau), scores, costs)
+        return {"tau": tau, "accuracy": acc, "mean_cost": cost,
+                "saving_pct": 100.0 * (1 - cost / ref_cost) if ref_cost > 0 else 0.0,
+                "accuracy_change_points": 100.0 * (acc - ref_acc)}
+
+    out = dict(at(float(point["tau"])), reference_index=ref, reference_accuracy=ref_acc,
+               reference_mean_cost=ref_cost, validation=point)
+    if point.get("guarded"):  # where the expected-accuracy rule alone would have routed these rows
+        out["without_guard"] = at(float(point["unguarded"]["tau"]))
+    return out
 
 
 def reliability(proba: np.ndarray, scores: np.ndarray, bins: int = 10) -> list[tuple[float, float, int]]:

@@ -84,7 +84,7 @@ def choose(scored: dict[str, Scored], complexity: dict[str, int]) -> tuple[str, 
 
 
 def operating_point(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, best_single: int,
-                    tolerance: float) -> dict:
+                    tolerance: float, guard_z: float | None = None) -> dict:
     """The threshold policy's tau at which ``route`` runs by default: the largest tau (the cheapest
     routes) at which the router's own *expected* accuracy on these rows, the mean of its
     probability for the target each row is sent to, is at most ``tolerance`` below the expected
@@ -95,28 +95,48 @@ def operating_point(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, be
     difference with a standard error of 1-2 points, so "the cheapest tau at measured iso-accuracy"
     chases noise (it saved 24-53% on validation and lost 0.4-2.3 points on test, docs/study.md),
     and "the last tau before the first dip" stops at the first unlucky row (3% saved). The
-    calibrated probabilities carry no label noise; what they miss is their own bias, which the
-    validation rows (out of fold for a blend) keep small. The measured accuracy is recorded too."""
+    calibrated probabilities carry no label noise; what they miss is their own bias.
+
+    That bias is the guard's business (``guard_z``, None = none): the probabilities that decide a
+    route are the ones most likely overstated for the target chosen (the winner's curse), and on
+    LLMRouter-9 the expected rule alone lost 3.86 points on test (docs/study.md). So the walk also
+    stops before the first tau at which the *measured* accuracy is significantly worse than
+    tolerance allows: the per-row difference d = correct(routed) - correct(best single) has
+    mean(d) + guard_z * SE(d) < -tolerance. Noise alone seldom trips it (a one-sided test at each
+    tau); a real overshoot of a few points on a few hundred rows does. ``unguarded`` records where
+    the expected rule alone would have stopped, so a report can show both."""
     rows = np.arange(len(scores))
     ref_acc, ref_cost = float(scores[:, best_single].mean()), float(costs[:, best_single].mean())
     ref_exp = float(proba[:, best_single].mean())
+    ref_row = scores[:, best_single].astype(float)
     gaps = np.unique(np.round(proba.max(axis=1, keepdims=True) - proba, 12))
-    chosen, nxt = None, None
-    for tau in gaps:
+    points, stop, guard_tau = [], len(gaps), None  # per tau: (tau, expected, accuracy, cost)
+    for j, tau in enumerate(gaps):
         r = threshold_routes(proba, costs, float(tau))
         expected = float(proba[rows, r].mean())
-        if chosen is not None and expected < ref_exp - tolerance - 1e-12:
-            nxt = float(tau)
+        if points and expected < ref_exp - tolerance - 1e-12:
+            stop = j
             break
-        chosen = (float(tau), expected, float(scores[rows, r].mean()), float(costs[rows, r].mean()))
-    tau, expected, acc, cost = chosen
-    if nxt is not None and tau > 0:
-        tau = (tau + nxt) / 2
-    return {"policy": "threshold", "rule": "expected accuracy within tolerance of the best single",
-            "tolerance": float(tolerance), "tau": float(min(tau, 1.0)), "val_expected_accuracy": expected,
-            "best_single_val_expected_accuracy": ref_exp, "val_accuracy": acc, "val_mean_cost": cost,
-            "best_single_val_accuracy": ref_acc, "best_single_val_mean_cost": ref_cost,
-            "val_saving_pct": 100.0 * (1 - cost / ref_cost) if ref_cost > 0 else 0.0, "val_rows": int(len(scores))}
+        d = scores[rows, r].astype(float) - ref_row
+        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+        if points and guard_z is not None and guard_tau is None and d.mean() + guard_z * se < -tolerance - 1e-12:
+            guard_tau = j  # the first tau the measured accuracy rules out
+        points.append((float(tau), expected, float(scores[rows, r].mean()), float(costs[rows, r].mean())))
+
+    def placed(last: int, nxt: int) -> dict:
+        tau, expected, acc, cost = points[last]
+        if nxt < len(gaps) and tau > 0:
+            tau = (tau + float(gaps[nxt])) / 2
+        return {"tau": float(min(tau, 1.0)), "val_expected_accuracy": expected, "val_accuracy": acc,
+                "val_mean_cost": cost, "val_saving_pct": 100.0 * (1 - cost / ref_cost) if ref_cost > 0 else 0.0}
+
+    unguarded = placed(len(points) - 1, stop)
+    chosen = unguarded if guard_tau is None else placed(guard_tau - 1, guard_tau)
+    return {"policy": "threshold", "rule": "expected accuracy within tolerance of the best single"
+            + ("" if guard_z is None else ", measured accuracy not significantly below it"),
+            "tolerance": float(tolerance), "guard_z": guard_z, "guarded": guard_tau is not None, **chosen,
+            "best_single_val_expected_accuracy": ref_exp, "best_single_val_accuracy": ref_acc,
+            "best_single_val_mean_cost": ref_cost, "val_rows": int(len(scores)), "unguarded": unguarded}
 
 
 # What route can serve (routers on prefill features, the task column optional), simplest first;
@@ -147,7 +167,8 @@ class Serving:
 
 
 def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.ndarray, best_single: int,
-                   folds: int, repeats: int, seed: int, tolerance: float, l2: float = 10.0) -> Serving:
+                   folds: int, repeats: int, seed: int, tolerance: float, l2: float = 10.0,
+                   guard_z: float | None = None) -> Serving:
     """Blends of the fitted ``routers`` (name -> router) with ``prior`` (the task prior, the global
     mean without tasks), every candidate scored by cross-validated P-AUCCC on the validation rows
     ``x_va`` (RouterInputs, rows measured on every target) with their ``scores`` and ``costs``; the
@@ -177,5 +198,5 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
     fitted = {k: type(b)(b.kind, b.components, b.per_target, b.l2).fit(z, scores, costs) for k, (b, z) in blends.items()}
     for k, b in fitted.items():
         b.fit_info_ = dict(b.fit_info_, val_p_auccc_cv=scored[k].mean)
-    op = operating_point(scored[winner].oof, scores, costs, best_single, tolerance)
+    op = operating_point(scored[winner].oof, scores, costs, best_single, tolerance, guard_z)
     return Serving(winner, fitted, info, op)

@@ -329,7 +329,8 @@ def serve_on_validation(cfg: AppConfig, routers: dict, prior_any: TaskPrior, pre
                         tasks=[tasks[i] for i in np.flatnonzero(rows)] if tasks is not None else None)
     fitted = {k: r for k, (r, _) in routers.items()}
     serving = choose_serving(fitted, prior_any, x_va, scores[rows], costs[rows], best_single, tc.cv_folds,
-                             tc.cv_repeats, tc.seed, tolerance=tc.accuracy_tolerance)
+                             tc.cv_repeats, tc.seed, tolerance=tc.accuracy_tolerance,
+                             guard_z=tc.accuracy_guard_z)
     for name, b in serving.blends.items():
         routers[name] = (b, {"blend": b.fit_info_, "features_settings_key": routers["prefill_trunk"][1]["features_settings_key"],
                              "encoder": routers["prefill_trunk"][1]["encoder"]})
@@ -342,7 +343,7 @@ def serve_on_validation(cfg: AppConfig, routers: dict, prior_any: TaskPrior, pre
         serving.winner = tc.serve
         serving.selection["forced"] = tc.serve
         serving.operating_point = operating_point(predict_any(routers[tc.serve][0], x_va), scores[rows], costs[rows],
-                                                  best_single, tc.accuracy_tolerance)
+                                                  best_single, tc.accuracy_tolerance, tc.accuracy_guard_z)
     log.info("train: serving %s (validation P-AUCCC %.4f, best %s); operating point tau %.4f, val saving %.1f%%",
              serving.winner, serving.selection["candidates"].get(serving.winner, {}).get("val_p_auccc", float("nan")),
              serving.selection["best"], serving.operating_point["tau"], serving.operating_point["val_saving_pct"])

@@ -65,7 +65,10 @@ def study(datasets: dict[str, tuple[str, str]], seeds: int, out: str, overrides:
                   f"{rep['routers'][serve]['p_auccc']:.4f}, mean AUC {rep['routers'][serve]['mean_auc']:.4f}; "
                   f"strongest baseline {strongest} {rep['routers'][strongest]['p_auccc']:.4f}, difference interval "
                   f"{boot.get(strongest, {}).get('p_auccc_ci')}; default route saves {op.get('saving_pct', float('nan')):.1f}% "
-                  f"at {op.get('accuracy_change_points', float('nan')):+.2f} accuracy points", flush=True)
+                  f"at {op.get('accuracy_change_points', float('nan')):+.2f} accuracy points"
+                  + (f" (without the guard: {op['without_guard']['saving_pct']:.1f}% at "
+                     f"{op['without_guard']['accuracy_change_points']:+.2f})" if op.get("without_guard") else ""),
+                  flush=True)
         for run in runs:  # the served router, whichever it is in that seed, as one more row
             run["routers"]["served (default)"] = run["routers"][run["serving"]]
         routers = ["served (default)"] + ordered(r for r in runs[0]["routers"] if r != "served (default)")
@@ -76,6 +79,9 @@ def study(datasets: dict[str, tuple[str, str]], seeds: int, out: str, overrides:
                          "served": {r["seed"]: r["serving"] for r in runs},
                          "default_route": {k: _stats([(r["operating_point"] or {}).get(k) for r in runs])
                                            for k in ("saving_pct", "accuracy_change_points", "tau")},
+                         "without_guard": {k: _stats([_unguarded(r["operating_point"]).get(k) for r in runs])
+                                           for k in ("saving_pct", "accuracy_change_points", "tau")},
+                         "guarded_seeds": sum(bool((r["operating_point"] or {}).get("without_guard")) for r in runs),
                          "ci_above_zero": sum(bool(r["vs_strongest_baseline"].get("p_auccc_ci")) and
                                               r["vs_strongest_baseline"]["p_auccc_ci"][0] > 0 for r in runs),
                          "train_s_median": float(np.median([r["train_s"] for r in runs])),
@@ -85,6 +91,12 @@ def study(datasets: dict[str, tuple[str, str]], seeds: int, out: str, overrides:
     md = markdown(results)
     (Path(out) / "study.md").write_text(md)
     print(md)
+
+
+def _unguarded(op: dict | None) -> dict:
+    """The test figures where the expected-accuracy rule alone would have routed (the same point where
+    the guard did not stop it)."""
+    return (op or {}).get("without_guard") or (op or {})
 
 
 def task_free_copy(data: str, out: str) -> str:
@@ -122,7 +134,10 @@ def markdown(results: dict) -> str:
         d = r["default_route"]
         lines += ["", f"Served by seed: {', '.join(f'{k}: {v}' for k, v in r['served'].items())}. Default route on "
                   f"test: saving {_pm(d['saving_pct'])} % against always the best single (train's), accuracy change "
-                  f"{_pm(d['accuracy_change_points'])} points, tau {_pm(d['tau'])}. Paired bootstrap 95% interval of "
+                  f"{_pm(d['accuracy_change_points'])} points, tau {_pm(d['tau'])}; the guard stopped the walk in "
+                  f"{r['guarded_seeds']} of {r['seeds']} seeds (the expected rule alone: saving "
+                  f"{_pm(r['without_guard']['saving_pct'])} %, {_pm(r['without_guard']['accuracy_change_points'])} "
+                  f"points). Paired bootstrap 95% interval of "
                   f"the P-AUCCC difference to the strongest baseline above 0 in {r['ci_above_zero']} of {r['seeds']} seeds.",
                   ""]
     return "\n".join(lines)

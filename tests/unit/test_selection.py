@@ -129,6 +129,27 @@ def test_operating_point_is_the_cheapest_tau_within_the_tolerance_of_expected_ac
     assert tight["tau"] == pytest.approx(0.035) and tight["val_mean_cost"] == pytest.approx((4 + 2 + 4 + 1) / 4)
 
 
+def test_the_guard_stops_where_the_measured_accuracy_falls_significantly_below_the_tolerance():
+    # Two targets, cost 1 < 4; the dear one is right on every row. The router believes the cheap one
+    # nearly as good (0.94 vs 0.95: within tolerance, so the expected rule sends every row to it).
+    n = 200
+    c = np.tile([1.0, 4.0], (n, 1))
+    p = np.tile([0.94, 0.95], (n, 1))
+    half = np.c_[np.arange(n) % 2 == 0, np.ones(n)].astype(float)  # the cheap one right on half the rows
+    bare = operating_point(p, half, c, best_single=1, tolerance=0.02)
+    assert not bare["guarded"] and bare["val_saving_pct"] == pytest.approx(75.0)
+    op = operating_point(p, half, c, best_single=1, tolerance=0.02, guard_z=1.645)
+    assert op["guarded"] and op["tau"] == 0.0 and op["val_saving_pct"] == pytest.approx(0.0)
+    assert op["unguarded"]["val_saving_pct"] == pytest.approx(75.0) and op["unguarded"]["val_accuracy"] == 0.5
+    at = at_operating_point(p, half, c, op, 1)
+    assert at["saving_pct"] == 0.0 and at["without_guard"]["accuracy_change_points"] == pytest.approx(-50.0)
+    # One miss in 200 is within the tolerance's noise: the guard lets the cheap route through.
+    almost = np.c_[np.arange(n) != 7, np.ones(n)].astype(float)
+    ok = operating_point(p, almost, c, best_single=1, tolerance=0.02, guard_z=1.645)
+    assert not ok["guarded"] and ok["val_saving_pct"] == pytest.approx(75.0) and "without_guard" not in \
+        at_operating_point(p, almost, c, ok, 1)
+
+
 def test_weighted_auc_is_scikit_learns_on_the_resampled_rows():
     rng = np.random.default_rng(3)
     p, y = np.round(rng.random(80), 1), rng.random(80) < 0.4

@@ -59,6 +59,7 @@ def test_bundle_serves_the_router_validation_chooses_and_it_round_trips(tmp_path
     assert 0 <= op["tau"] <= 1  # within the tolerance of expected accuracy, or argmax (tau 0)
     assert op["tolerance"] == 0.005 and (op["tau"] == 0 or op["val_expected_accuracy"]
                                          >= op["best_single_val_expected_accuracy"] - op["tolerance"] - 1e-12)
+    assert op["guard_z"] == 1.645 and op["unguarded"]["val_saving_pct"] >= op["val_saving_pct"]  # the guard only stops sooner
 
     refs = {"prefill": FeatureRef(uri="f", settings_key="k1", encoder={}),
             "semantic": FeatureRef(uri="s", settings_key="k2", encoder={}, column="mean_06")}
