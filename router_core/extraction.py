@@ -205,7 +205,9 @@ def memory_estimate_mb(conf, cfg: ExtractConfig, base_mb: float = 1300.0) -> flo
     bfloat16 actor measured 3.8 GiB where bfloat16 bytes gave 2.9). On a GPU the forward batch and
     the KV cache are in device memory and are not counted."""
     w = DTYPE_BYTES.get(cfg.dtype, 4)
-    stored = DTYPE_BYTES.get(str(getattr(conf, "dtype", None) or getattr(conf, "torch_dtype", None)).removeprefix("torch."), w)
+    # transformers 5 names it dtype (reading its torch_dtype alias warns); 4.x kept torch_dtype as a plain attribute
+    named = getattr(conf, "dtype", None) or vars(conf).get("torch_dtype")
+    stored = DTYPE_BYTES.get(str(named).removeprefix("torch."), w)
     b = w if cfg.device.startswith("cuda") else 4  # activations and cache
     d, n_layers = conf.hidden_size, conf.num_hidden_layers
     heads = conf.num_attention_heads
