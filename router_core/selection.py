@@ -98,8 +98,7 @@ def operating_point(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, be
     calibrated probabilities carry no label noise; what they miss is their own bias.
 
     That bias is the guard's business (``guard_z``, None = none): the probabilities that decide a
-    route are the ones most likely overstated for the target chosen (the winner's curse), and on
-    LLMRouter-9 the expected rule alone lost 3.86 points on test (docs/study.md). So the walk also
+    route are the ones most likely overstated for the target chosen (the winner's curse). So the walk also
     stops before the first tau at which the *measured* accuracy is significantly worse than
     tolerance allows: the per-row difference d = correct(routed) - correct(best single) has
     mean(d) + guard_z * SE(d) < -tolerance. Noise alone seldom trips it (a one-sided test at each

@@ -34,11 +34,11 @@ def _stats(values: list) -> tuple[float | None, float | None]:
 
 
 def study(datasets: dict[str, tuple[str, str]], seeds: int, out: str, overrides: list[str], config: str | None,
-          in_process: bool = False):
+          in_process: bool = False, first_seed: int = 0):
     results = {}
     for name, (data, features) in datasets.items():
         runs = []
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             cfg = load_config(config, [*overrides, f"train.seed={seed}", f"baselines.random_seed={seed}",
                                        f"baselines.semantic_features={out}/{name.removesuffix('-task-free')}/semantic_features"])
             t0 = time.perf_counter()
@@ -147,6 +147,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", action="append", required=True, help="NAME=DATA:FEATURES")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1 (to add "
+                    "seeds to a run made before, e.g. the demo's seed 0)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--config")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
@@ -161,7 +163,7 @@ def main() -> None:
         ds[name] = (data, feats)
         if a.task_free:
             ds[f"{name}-task-free"] = (task_free_copy(data, f"{a.out}/{name}-task-free/data"), feats)
-    study(ds, a.seeds, a.out, a.overrides, a.config, a.in_process)
+    study(ds, a.seeds, a.out, a.overrides, a.config, a.in_process, a.first_seed)
 
 
 if __name__ == "__main__":
