@@ -189,6 +189,7 @@ def validate(
     unused = [m for m in ds.pool.names if m not in measured]
     if unused:
         warnings.append(f"pool.yaml: model(s) with no accepted outcome: {', '.join(unused)}")
+    warnings += split_shift_warnings(clean.queries)
     counts = {
         "queries_in": q.num_rows,
         "queries_ok": len(keep_q),
@@ -199,6 +200,29 @@ def validate(
         "models": len(measured),
     }
     return ValidationResult(clean, schemas.rejects_table(rejects), counts, warnings)
+
+
+def split_shift_warnings(q: pa.Table, ratio: float = 3.0, min_rows: int = 20) -> list[str]:
+    """A task whose test prompts are of another kind than its training prompts (median length in
+    characters ``ratio`` times apart either way, both sides with ``min_rows`` rows or more): the
+    validation split, drawn from train, cannot measure the routes there. LLMRouter-9's MMLU is one:
+    zero-shot test prompts (median 128 characters) against five-shot training ones (1,594), and
+    the default route lost 12-34 points on them while validation saw a few (docs/study.md)."""
+    if "task" not in q.column_names:
+        return []
+    lengths: dict[tuple[str, str], list[int]] = {}
+    for t, sp, text in zip(q.column("task").to_pylist(), q.column("split").to_pylist(), q.column("text").to_pylist()):
+        if t is not None and sp in ("train", "test"):
+            lengths.setdefault((t, sp), []).append(len(text))
+    out = []
+    for t in sorted({t for t, _ in lengths}):
+        tr, te = lengths.get((t, "train"), []), lengths.get((t, "test"), [])
+        if len(tr) >= min_rows and len(te) >= min_rows:
+            a, b = float(np.median(tr)), float(np.median(te))
+            if max(a, b) >= ratio * max(min(a, b), 1.0):
+                out.append(f"task {t!r}: its test prompts are unlike its training ones (median {b:,.0f} against "
+                           f"{a:,.0f} characters); validation, drawn from train, does not measure routes there")
+    return out
 
 
 def _split_order(s: str | None) -> tuple[int, str]:

@@ -119,3 +119,16 @@ def test_a_bulk_query_set_needs_only_id_and_text():
     assert out.column_names == QUERIES.names and out.column("split").null_count == 2
     with pytest.raises(DataError, match="set.parquet: missing column\\(s\\) split, task"):
         conform(t, QUERIES, "set.parquet")
+
+
+def test_a_task_whose_test_prompts_are_of_another_kind_than_its_training_ones_is_named():
+    from router_core.validation import split_shift_warnings
+
+    few_shot, zero_shot = "Q: ... A: ...\n" * 40 + "Q: which?", "Q: which?"
+    rows = ([("mmlu", "train", few_shot)] * 30 + [("mmlu", "test", zero_shot)] * 25
+            + [("gsm8k", "train", "a" * 200)] * 30 + [("gsm8k", "test", "b" * 180)] * 25
+            + [("math", "train", "c" * 300)] * 30 + [("math", "test", "d")] * 5)  # too few test rows to say
+    q = pa.table({"task": [r[0] for r in rows], "split": [r[1] for r in rows], "text": [r[2] for r in rows]})
+    (w,) = split_shift_warnings(q)
+    assert w.startswith("task 'mmlu'") and "median 9 against 569 characters" in w
+    assert split_shift_warnings(q.drop(["task"])) == []
