@@ -110,7 +110,7 @@ def at_operating_point(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray,
     def at(tau: float) -> dict:
         acc, cost = M.route_value(threshold_routes(proba, costs, tau), scores, costs)
         return {"tau": tau, "accuracy": acc, "mean_cost": cost,
-                "saving_pct": 100.0 * (1 - cost / ref_cost) if ref_cost > 0 else 0.0,
+                "saving_pct": M.saving_pct(cost, ref_cost),
                 "accuracy_change_points": 100.0 * (acc - ref_acc)}
 
     out = dict(at(float(point["tau"])), reference_index=ref, reference_accuracy=ref_acc,

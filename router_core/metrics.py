@@ -11,6 +11,11 @@ import numpy as np
 
 
 
+def saving_pct(cost: float, reference_cost: float) -> float:
+    """How much cheaper ``cost`` is than ``reference_cost``, in percent (0 where the reference is free)."""
+    return 100.0 * (1 - cost / reference_cost) if reference_cost > 0 else 0.0
+
+
 def route_value(routes: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> tuple[float, float]:
     """(accuracy, mean cost) of sending query i to target routes[i]."""
     rows = np.arange(len(routes))

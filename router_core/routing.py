@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .metrics import saving_pct
+
 
 def threshold_routes(proba: np.ndarray, cost: np.ndarray, tau: float) -> np.ndarray:
     """Cheapest target whose probability is within ``tau`` of the best: tau 0 = argmax, 1 = cheapest."""
@@ -85,7 +87,7 @@ def tally(routes: np.ndarray, proba: np.ndarray, cost: np.ndarray, targets: list
     def baseline(k: int) -> dict:
         c = float(cost[:, k].sum())
         return {"model": targets[k], "cost_usd": c, "expected_accuracy": float(proba[:, k].mean()) if n else 0.0,
-                "saving_pct": 100.0 * (1 - total / c) if c > 0 else 0.0}
+                "saving_pct": saving_pct(total, c)}
 
     return {
         "queries": n,

@@ -127,7 +127,7 @@ def operating_point(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, be
         if nxt < len(gaps) and tau > 0:
             tau = (tau + float(gaps[nxt])) / 2
         return {"tau": float(min(tau, 1.0)), "val_expected_accuracy": expected, "val_accuracy": acc,
-                "val_mean_cost": cost, "val_saving_pct": 100.0 * (1 - cost / ref_cost) if ref_cost > 0 else 0.0}
+                "val_mean_cost": cost, "val_saving_pct": M.saving_pct(cost, ref_cost)}
 
     unguarded = placed(len(points) - 1, stop)
     chosen = unguarded if guard_tau is None else placed(guard_tau - 1, guard_tau)
