@@ -116,11 +116,13 @@ def operating_point(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, be
         if points and expected < ref_exp - tolerance - 1e-12:
             stop = j
             break
-        d = scores[rows, r].astype(float) - ref_row
-        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
-        if points and guard_z is not None and guard_tau is None and d.mean() + guard_z * se < -tolerance - 1e-12:
-            guard_tau = j  # the first tau the measured accuracy rules out
-        points.append((float(tau), expected, float(scores[rows, r].mean()), float(costs[rows, r].mean())))
+        got = scores[rows, r]
+        if points and guard_z is not None and guard_tau is None:
+            d = got - ref_row
+            se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+            if d.mean() + guard_z * se < -tolerance - 1e-12:
+                guard_tau = j  # the first tau the measured accuracy rules out
+        points.append((float(tau), expected, float(got.mean()), float(costs[rows, r].mean())))
 
     def placed(last: int, nxt: int) -> dict:
         tau, expected, acc, cost = points[last]
