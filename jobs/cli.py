@@ -184,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
-    if not args.verbose:  # model loads print no bars of their own (read when huggingface_hub is imported)
+    if not args.verbose:  # model loads print no bars of their own (read when huggingface_hub is imported),
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")  # nor the GGUF conversion's plain tqdm bar (a 272-step line)
     stage = next(s for s in STAGES if s.name == args.command)
     try:
         cfg = load_config(args.config, args.overrides + _stage_overrides(args))
