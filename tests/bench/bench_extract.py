@@ -146,6 +146,10 @@ def main() -> None:
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--dtypes", help="compute dtypes to run (default: float32, and bfloat16 where the CPU has it natively)")
+    ap.add_argument("--prefix", choices=["both", "on", "off"], default="both",
+                    help="prefix sharing in the core and job runs (default both; 'on' times a large shared-prefix corpus "
+                         "without its slow unshared twin)")
+    ap.add_argument("--no-plain-loop", action="store_true", help="leave out the fixed-batch float32 baseline loop")
     ap.add_argument("--out", default=str(REPO / "out" / "bench" / "extract.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -168,6 +172,7 @@ def main() -> None:
     if "bfloat16" not in dtypes:
         print("bfloat16 left out: this CPU has no native bfloat16 (no avx512_bf16 / AMX), where it is emulated "
               "several times slower; --dtypes float32,bfloat16 runs it anyway", flush=True)
+    prefix_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.prefix]
     peaks = {d: matmul_flops(getattr(torch, d)) for d in dtypes}
     results: dict[str, dict] = {}
     feats: dict[str, dict] = {}
@@ -180,13 +185,13 @@ def main() -> None:
         print(f"  done {name}: {r['tok_s']:.0f} tok/s", flush=True)
 
     for corpus, texts in corpora.items():
-        if "float32" in dtypes:
+        if "float32" in dtypes and not args.no_plain_loop:
             with PeakRSS() as m:
                 plain = plain_loop(enc, texts)
             record(f"{corpus}: plain loop, fixed batches, float32", "float32", plain, m.peak_mb)
         for dtype in dtypes:
             e = enc if dtype == "float32" else Encoder(ecfg.model_copy(update={"dtype": dtype}), resolved.path)
-            for prefix in (False, True):
+            for prefix in prefix_modes:
                 with PeakRSS() as m:
                     r = core_run(e, texts, prefix=prefix)
                 record(f"{corpus}: core, {'shared prefixes' if prefix else 'no prefix sharing'}, {dtype}", dtype, r,
@@ -205,7 +210,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         for corpus, texts in corpora.items():
             for dtype in dtypes:
-                for prefix in (False, True):
+                for prefix in prefix_modes:
                     cfg = AppConfig.model_validate({"extract": {"cache_dir": cache, "torch_threads": args.threads,
                                                                 "rows_per_task": 512, "dtype": dtype,
                                                                 "prefix_sharing": prefix}})
