@@ -22,10 +22,9 @@ from jobs.common import storage_from
 from router_core import metrics as M
 from router_core.config import load_config
 from router_core.dataset import load_dataset, outcome_matrix
-from router_core.evaluation import output_token_medians
 from router_core.features import load_features, read_manifest
-from router_core.routers import MixRouter, PrefillLogReg, RouterInputs, TaskPrior
-from router_core.training import all_costs, split_masks
+from router_core.routers import MixRouter, PrefillLogReg, RouterInputs
+from tests.bench.probe_loss import seed_split
 
 
 def scores_for(data: str, features: str, columns: list[str] | None, seeds: int, overrides: list[str]) -> list[dict]:
@@ -38,21 +37,15 @@ def scores_for(data: str, features: str, columns: list[str] | None, seeds: int, 
     q = ds.queries
     qids, targets = q.column("query_id").to_pylist(), ds.pool.names
     scores = outcome_matrix(ds.outcomes, qids, targets)
-    splits, tasks = q.column("split").to_pylist(), q.column("task").to_pylist()
+    splits = q.column("split").to_pylist()
     te = np.array([s == "test" for s in splits]) & fs.present
     full_te = te & ~np.isnan(scores).any(axis=1)
     out = []
     for seed in range(seeds):
-        cfg = load_config(None, [*overrides, f"train.seed={seed}"])
-        tr, va = split_masks(splits, qids, seed, cfg.train.val_frac)
-        tr, va = tr & fs.present, va & fs.present
-        med = output_token_medians(outcome_matrix(ds.outcomes, qids, targets, "output_tokens")[tr])
-        costs = all_costs(ds, qids, targets, med)
-        prior = TaskPrior().fit([tasks[i] for i in np.flatnonzero(tr)], scores[tr]).predict_proba(
-            RouterInputs(n=len(qids), tasks=tasks))
+        tr, va, costs, prior = seed_split(ds, scores, fs.present, seed, overrides)
         row = {"seed": seed, "features": features}
         for col in cols:
-            lr = PrefillLogReg(cfg.baselines.logreg_c).fit([col] * len(targets), {col: fs.columns[col][tr]}, scores[tr],
+            lr = PrefillLogReg(cfg0.baselines.logreg_c).fit([col] * len(targets), {col: fs.columns[col][tr]}, scores[tr],
                                                            {col: fs.columns[col][va]}, scores[va])
             p = lr.predict_proba(RouterInputs(n=len(qids), prefill={col: fs.columns[col]}))
             full_va = va & ~np.isnan(scores).any(axis=1)

@@ -28,6 +28,20 @@ from router_core.features import load_features, read_manifest
 from router_core.routers import MixRouter, RouterInputs, TaskPrior, load_router
 from router_core.training import all_costs, arrays, fit_ensemble, fit_in_process, split_masks
 
+def seed_split(ds, scores: np.ndarray, present: np.ndarray, seed: int, overrides: list[str]):
+    """What train would use in seed ``seed``: its train and validation masks (rows with features),
+    every (query, target) cost, and the task prior fitted on its train rows, for every query."""
+    q = ds.queries
+    qids, targets, tasks = q.column("query_id").to_pylist(), ds.pool.names, q.column("task").to_pylist()
+    cfg = load_config(None, [*overrides, f"train.seed={seed}"])
+    tr, va = split_masks(q.column("split").to_pylist(), qids, seed, cfg.train.val_frac)
+    tr, va = tr & present, va & present
+    med = output_token_medians(outcome_matrix(ds.outcomes, qids, targets, "output_tokens")[tr])
+    prior = TaskPrior().fit([tasks[i] for i in np.flatnonzero(tr)], scores[tr]).predict_proba(
+        RouterInputs(n=len(qids), tasks=tasks))
+    return tr, va, all_costs(ds, qids, targets, med), prior
+
+
 def _mix(p: np.ndarray, prior: np.ndarray, va: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> float:
     """The mix weight train's *_mix would choose on these validation rows (its grid, its ties)."""
     rows = va & ~np.isnan(scores).any(axis=1)
@@ -51,17 +65,10 @@ def probe(data: str, features: str, model: str, weights: list[float], seeds: int
     qids, targets = q.column("query_id").to_pylist(), ds.pool.names
     scores = outcome_matrix(ds.outcomes, qids, targets)
     splits = q.column("split").to_pylist()
-    tasks = q.column("task").to_pylist()
     te = np.array([s == "test" for s in splits]) & fs.present
     rows_out = []
     for seed in range(seeds):
-        cfg_s = load_config(None, [*overrides, f"train.seed={seed}"])
-        tr, va = split_masks(splits, qids, seed, cfg_s.train.val_frac)
-        tr, va = tr & fs.present, va & fs.present
-        med = output_token_medians(outcome_matrix(ds.outcomes, qids, targets, "output_tokens")[tr])
-        costs = all_costs(ds, qids, targets, med)
-        prior = TaskPrior().fit([tasks[i] for i in np.flatnonzero(tr)], scores[tr]).predict_proba(
-            RouterInputs(n=len(qids), tasks=tasks))
+        tr, va, costs, prior = seed_split(ds, scores, fs.present, seed, overrides)
         x = np.concatenate([fs.columns[c] for c in cols], axis=1)
         _, pre, dat = arrays(lambda p: (cols, x), best, tr, va, scores)
         for w in weights:
