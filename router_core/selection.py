@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import metrics as M
-from .routers import BlendRouter, MixRouter
+from .routers import BlendRouter, MixMean, MixRouter
 from .routing import threshold_routes
 
 
@@ -143,14 +143,17 @@ def operating_point(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, be
 # What route can serve (routers on prefill features, the task column optional), simplest first;
 # the rest are scored for the record. Blends: (name, components by router name, per target).
 # Simplest = least able to route worse than the prior: a mix toward the prior (its worst case is the
-# prior itself) before a router on its own, before blends with more weights fitted on validation.
-COMPLEXITY = {"best_single": 0, "task_prior": 1, "prefill_trunk_mix": 2, "prefill_residual_mix": 2,
+# prior itself) before a router on its own, before blends with more weights fitted on validation. The
+# mean of the mixes comes before any one of them: it is the hedge when validation cannot tell them
+# apart (replayed on six RouterBench models, docs/study.md 2026-12-04).
+COMPLEXITY = {"best_single": 0, "task_prior": 1, "prefill_mix_mean": 1.5, "prefill_trunk_mix": 2, "prefill_residual_mix": 2,
               "prefill_logreg_mix": 2, "prefill_logreg": 3, "prefill_trunk_distilled": 4, "prefill_trunk": 5,
               "prefill_trunk_residual": 5, "prefill_logreg_shrunk": 6, "prefill_trunk_shrunk": 6,
               "prefill_residual_shrunk": 6, "prefill_trunk_platt": 6, "prefill_stack": 7}
 BLENDS = [("prefill_trunk_mix", ("prefill_trunk", "prior"), "mix"),
           ("prefill_residual_mix", ("prefill_trunk_residual", "prior"), "mix"),
           ("prefill_logreg_mix", ("prefill_logreg", "prior"), "mix"),
+          ("prefill_mix_mean", ("prefill_trunk", "prefill_logreg", "prefill_trunk_residual", "prior"), "mean"),
           ("prefill_trunk_platt", ("prefill_trunk",), True),
           ("prefill_trunk_shrunk", ("prefill_trunk", "prior"), False),
           ("prefill_residual_shrunk", ("prefill_trunk_residual", "prior"), False),
@@ -189,7 +192,8 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
     for name, parts, per_target in BLENDS:
         if all(p in pool for p in parts):
             comps = [pool[p] for p in parts]
-            b = MixRouter(name, comps) if per_target == "mix" else BlendRouter(name, comps, per_target, l2)
+            b = (MixRouter(name, comps) if per_target == "mix" else MixMean(name, comps) if per_target == "mean"
+                 else BlendRouter(name, comps, per_target, l2))
             blends[name] = (b, b.component_logits(x_va))
     scored = cv_scores(fixed, blends, scores, costs, folds, repeats, seed)
     winner, info = choose({k: v for k, v in scored.items() if k in SERVABLE}, COMPLEXITY)

@@ -62,7 +62,7 @@ def test_train_tunes_saves_and_reloads_an_ensemble(trained, tmp_path):
                                      "random", "oracle", "prefill_trunk_residual", "prefill_trunk_platt",
                                      "prefill_trunk_shrunk", "prefill_residual_shrunk", "prefill_logreg_shrunk",
                                      "prefill_stack", "prefill_trunk_mix", "prefill_residual_mix",
-                                     "prefill_logreg_mix"}
+                                     "prefill_logreg_mix", "prefill_mix_mean"}
     # What route serves: chosen on validation among the routers on prefill features, with its operating point.
     sel, op = index["selection"], index["operating_point"]
     assert index["serve"] == index["default"] == sel["winner"] and sel["winner"].startswith("prefill_")

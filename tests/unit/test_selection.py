@@ -63,6 +63,27 @@ def test_mix_toward_the_prior_chooses_its_weight_by_routing_quality(tmp_path):
     assert type(loaded) is MixRouter and np.allclose(loaded.predict_proba(x), good.predict_proba(x))
 
 
+def test_mean_of_mixes_is_the_mean_of_each_mix_and_round_trips(tmp_path):
+    from router_core.routers import MixMean, MixRouter
+
+    rng = np.random.default_rng(6)
+    n = 400
+    scores = (rng.random((n, 2)) < [0.3, 0.8]).astype(float)
+    costs = np.tile([1.0, 5.0], (n, 1))
+    prior = np.tile([0.3, 0.8], (n, 1))
+    informed = np.clip(0.5 * prior + 0.5 * scores, 0.01, 0.99)
+    z = logit(np.stack([informed, rng.random((n, 2)), prior], axis=2))  # a router that knows, one that is noise
+    mean = MixMean("prefill_mix_mean", [_prior(), _prior(), _prior()]).fit(z, scores, costs)
+    each = [MixRouter("m", [_prior(), _prior()]).fit(z[:, :, [j, 2]], scores, costs) for j in (0, 1)]
+    assert mean.fit_info_["a"] == [m.fit_info_["a"] for m in each] and mean.fit_info_["a"][0] > mean.fit_info_["a"][1]
+    assert np.allclose(mean.proba_of(z), (each[0].proba_of(z[:, :, [0, 2]]) + each[1].proba_of(z[:, :, [1, 2]])) / 2)
+    assert np.allclose(mean.w_.sum(axis=1), 1.0)  # still a mix in probability space
+    save_router(Storage(), str(tmp_path), mean, {"targets": ["t0", "t1"]})
+    loaded, _ = load_router(Storage(), str(tmp_path))
+    x = RouterInputs(n=3, tasks=["a", "b", None])
+    assert type(loaded) is MixMean and np.allclose(loaded.predict_proba(x), mean.predict_proba(x))
+
+
 def test_residual_trunk_starts_from_its_prior_and_round_trips(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(200, 4)).astype(np.float32)
