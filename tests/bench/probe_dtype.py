@@ -27,13 +27,18 @@ from router_core.routers import MixRouter, PrefillLogReg, RouterInputs
 from tests.bench.probe_loss import seed_split
 
 
-def scores_for(data: str, features: str, columns: list[str] | None, seeds: int, overrides: list[str]) -> list[dict]:
+def scores_for(data: str, features: str, columns: list[str] | None, seeds: int, overrides: list[str],
+               others: tuple[str, ...] = ()) -> list[dict]:
+    """Rows with features in ``features`` and in every folder of ``others`` (so two folders, one of
+    them partly extracted, are compared on the same queries)."""
     cfg0 = load_config(None, overrides)
     storage = storage_from(cfg0)
     ds = load_dataset(storage, data)
     fman = read_manifest(storage, features)
     cols = columns or fman["columns"]
     fs = load_features(storage, features, ds.queries, cols)
+    for other in others:
+        fs.present &= load_features(storage, other, ds.queries, cols).present
     q = ds.queries
     qids, targets = q.column("query_id").to_pylist(), ds.pool.names
     scores = outcome_matrix(ds.outcomes, qids, targets)
@@ -43,7 +48,7 @@ def scores_for(data: str, features: str, columns: list[str] | None, seeds: int, 
     out = []
     for seed in range(seeds):
         tr, va, costs, prior = seed_split(ds, scores, fs.present, seed, overrides)
-        row = {"seed": seed, "features": features}
+        row = {"seed": seed, "features": features, "rows": int(fs.present.sum()), "test_rows": int(full_te.sum())}
         for col in cols:
             lr = PrefillLogReg(cfg0.baselines.logreg_c).fit([col] * len(targets), {col: fs.columns[col][tr]}, scores[tr],
                                                            {col: fs.columns[col][va]}, scores[va])
@@ -72,9 +77,11 @@ def main(argv=None) -> None:
     if len(a.features) != 2:
         ap.error("give --features twice: the two folders to compare")
     cols = a.columns.split(",") if a.columns else None
-    runs = [scores_for(a.data, f, cols, a.seeds, a.set) for f in a.features]
-    cols = [k for k in runs[0][0] if k not in ("seed", "features")]
-    print(f"\n{a.features[0]} minus {a.features[1]}, paired by seed (mean ± std over {a.seeds} seeds; "
+    runs = [scores_for(a.data, f, cols, a.seeds, a.set, tuple(o for o in a.features if o != f)) for f in a.features]
+    cols = [k for k in runs[0][0] if k not in ("seed", "features", "rows", "test_rows")]
+    print(f"\n{runs[0][0]['rows']} queries with features in both folders ({runs[0][0]['test_rows']} test rows "
+          "measured on every target)")
+    print(f"{a.features[0]} minus {a.features[1]}, paired by seed (mean ± std over {a.seeds} seeds; "
           "each folder's own means after the slash):")
     print("| column | mean AUC | P-AUCCC | P-AUCCC, mixed with the task prior |")
     print("|---|---|---|---|")
