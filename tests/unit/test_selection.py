@@ -40,15 +40,19 @@ def test_blend_recovers_a_known_combination_and_round_trips(tmp_path):
     assert loaded.predict_proba(RouterInputs(n=2)).shape == (2, 2)
 
 
+def _two_targets(n: int = 400):
+    """A cheap target right 30% of the time and a dear one right 80%, their prior, and a router that
+    knows the outcomes (so it routes better than the prior)."""
+    rng = np.random.default_rng(6)
+    scores = (rng.random((n, 2)) < [0.3, 0.8]).astype(float)
+    prior = np.tile([0.3, 0.8], (n, 1))
+    return rng, n, scores, np.tile([1.0, 5.0], (n, 1)), prior, np.clip(0.5 * prior + 0.5 * scores, 0.01, 0.99)
+
+
 def test_mix_toward_the_prior_chooses_its_weight_by_routing_quality(tmp_path):
     from router_core.routers import MixRouter
 
-    rng = np.random.default_rng(6)
-    n = 400
-    scores = (rng.random((n, 2)) < [0.3, 0.8]).astype(float)
-    costs = np.tile([1.0, 5.0], (n, 1))
-    prior = np.tile([0.3, 0.8], (n, 1))
-    informed = np.clip(0.5 * prior + 0.5 * scores, 0.01, 0.99)  # knows the outcomes: routes better
+    rng, n, scores, costs, prior, informed = _two_targets()
     z = logit(np.stack([informed, prior], axis=2))
     good = MixRouter("prefill_trunk_mix", [_prior(), _prior()]).fit(z, scores, costs)
     assert good.fit_info_["a"] == 1.0
@@ -66,12 +70,7 @@ def test_mix_toward_the_prior_chooses_its_weight_by_routing_quality(tmp_path):
 def test_mean_of_mixes_is_the_mean_of_each_mix_and_round_trips(tmp_path):
     from router_core.routers import MixMean, MixRouter
 
-    rng = np.random.default_rng(6)
-    n = 400
-    scores = (rng.random((n, 2)) < [0.3, 0.8]).astype(float)
-    costs = np.tile([1.0, 5.0], (n, 1))
-    prior = np.tile([0.3, 0.8], (n, 1))
-    informed = np.clip(0.5 * prior + 0.5 * scores, 0.01, 0.99)
+    rng, n, scores, costs, prior, informed = _two_targets()
     z = logit(np.stack([informed, rng.random((n, 2)), prior], axis=2))  # a router that knows, one that is noise
     mean = MixMean("prefill_mix_mean", [_prior(), _prior(), _prior()]).fit(z, scores, costs)
     each = [MixRouter("m", [_prior(), _prior()]).fit(z[:, :, [j, 2]], scores, costs) for j in (0, 1)]
