@@ -144,9 +144,9 @@ def operating_point(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, be
 # the rest are scored for the record. Blends: (name, components by router name, per target).
 # Simplest = least able to route worse than the prior: a mix toward the prior (its worst case is the
 # prior itself) before a router on its own, before blends with more weights fitted on validation. The
-# mean of the mixes comes before any one of them: it is the hedge when validation cannot tell them
-# apart (replayed on six RouterBench models, docs/study.md 2026-12-04).
-COMPLEXITY = {"best_single": 0, "task_prior": 1, "prefill_mix_mean": 1.5, "prefill_trunk_mix": 2, "prefill_residual_mix": 2,
+# mean of the mixes ranks with the mixes (ties go to the better validation score): ranked before them
+# it gained on RouterBench and lost on RouteLLM-2 (docs/study.md 2026-12-04).
+COMPLEXITY = {"best_single": 0, "task_prior": 1, "prefill_mix_mean": 2, "prefill_trunk_mix": 2, "prefill_residual_mix": 2,
               "prefill_logreg_mix": 2, "prefill_logreg": 3, "prefill_trunk_distilled": 4, "prefill_trunk": 5,
               "prefill_trunk_residual": 5, "prefill_logreg_shrunk": 6, "prefill_trunk_shrunk": 6,
               "prefill_residual_shrunk": 6, "prefill_trunk_platt": 6, "prefill_stack": 7}
