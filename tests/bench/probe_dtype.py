@@ -23,40 +23,28 @@ from router_core import metrics as M
 from router_core.config import load_config
 from router_core.dataset import load_dataset, outcome_matrix
 from router_core.features import load_features, read_manifest
-from router_core.routers import MixRouter, PrefillLogReg, RouterInputs
-from tests.bench.probe_loss import seed_split
+from router_core.routers import PrefillLogReg, RouterInputs
+from tests.bench.probe_loss import _mix, seed_split
 
 
-def scores_for(data: str, features: str, columns: list[str] | None, seeds: int, overrides: list[str],
-               others: tuple[str, ...] = ()) -> list[dict]:
-    """Rows with features in ``features`` and in every folder of ``others`` (so two folders, one of
-    them partly extracted, are compared on the same queries)."""
-    cfg0 = load_config(None, overrides)
-    storage = storage_from(cfg0)
-    ds = load_dataset(storage, data)
-    fman = read_manifest(storage, features)
-    cols = columns or fman["columns"]
-    fs = load_features(storage, features, ds.queries, cols)
-    for other in others:
-        fs.present &= load_features(storage, other, ds.queries, cols).present
+def scores_for(ds, fs, label: str, cols: list[str], seeds: int, overrides: list[str]) -> list[dict]:
+    """Per seed, each column's per-target logistic regression and its mix, scored on the test split;
+    ``fs`` the folder's features (its ``present``: the rows both folders hold)."""
+    logreg_c = load_config(None, overrides).baselines.logreg_c
     q = ds.queries
     qids, targets = q.column("query_id").to_pylist(), ds.pool.names
     scores = outcome_matrix(ds.outcomes, qids, targets)
-    splits = q.column("split").to_pylist()
-    te = np.array([s == "test" for s in splits]) & fs.present
+    te = np.array([s == "test" for s in q.column("split").to_pylist()]) & fs.present
     full_te = te & ~np.isnan(scores).any(axis=1)
     out = []
     for seed in range(seeds):
         tr, va, costs, prior = seed_split(ds, scores, fs.present, seed, overrides)
-        row = {"seed": seed, "features": features, "rows": int(fs.present.sum()), "test_rows": int(full_te.sum())}
+        row = {"seed": seed, "features": label, "rows": int(fs.present.sum()), "test_rows": int(full_te.sum())}
         for col in cols:
-            lr = PrefillLogReg(cfg0.baselines.logreg_c).fit([col] * len(targets), {col: fs.columns[col][tr]}, scores[tr],
-                                                           {col: fs.columns[col][va]}, scores[va])
+            lr = PrefillLogReg(logreg_c).fit([col] * len(targets), {col: fs.columns[col][tr]}, scores[tr],
+                                             {col: fs.columns[col][va]}, scores[va])
             p = lr.predict_proba(RouterInputs(n=len(qids), prefill={col: fs.columns[col]}))
-            full_va = va & ~np.isnan(scores).any(axis=1)
-            areas = {a: M.p_auccc(a * p[full_va] + (1 - a) * prior[full_va], scores[full_va], costs[full_va])
-                     for a in MixRouter.GRID}
-            a = float(max(MixRouter.GRID, key=lambda g: (round(areas[g], 12), g)))
+            a = _mix(p, prior, va, scores, costs)
             mixed = a * p + (1 - a) * prior
             row[col] = {"mean_auc": M.mean_auc(p[te], scores[te]),
                         "p_auccc": M.p_auccc(p[full_te], scores[full_te], costs[full_te]),
@@ -77,8 +65,14 @@ def main(argv=None) -> None:
     if len(a.features) != 2:
         ap.error("give --features twice: the two folders to compare")
     cols = a.columns.split(",") if a.columns else None
-    runs = [scores_for(a.data, f, cols, a.seeds, a.set, tuple(o for o in a.features if o != f)) for f in a.features]
-    cols = [k for k in runs[0][0] if k not in ("seed", "features", "rows", "test_rows")]
+    storage = storage_from(load_config(None, a.set))
+    ds = load_dataset(storage, a.data)
+    cols = cols or read_manifest(storage, a.features[0])["columns"]
+    sets = [load_features(storage, f, ds.queries, cols) for f in a.features]
+    both = sets[0].present & sets[1].present  # a partly extracted folder is compared on its rows
+    for fs in sets:
+        fs.present = both
+    runs = [scores_for(ds, fs, f, cols, a.seeds, a.set) for f, fs in zip(a.features, sets)]
     print(f"\n{runs[0][0]['rows']} queries with features in both folders ({runs[0][0]['test_rows']} test rows "
           "measured on every target)")
     print(f"{a.features[0]} minus {a.features[1]}, paired by seed (mean ± std over {a.seeds} seeds; "
