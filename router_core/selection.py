@@ -192,8 +192,8 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
     for name, parts, per_target in BLENDS:
         if all(p in pool for p in parts):
             comps = [pool[p] for p in parts]
-            b = (MixRouter(name, comps) if per_target == "mix" else MixMean(name, comps) if per_target == "mean"
-                 else BlendRouter(name, comps, per_target, l2))
+            mix = {"mix": MixRouter, "mean": MixMean}.get(per_target)
+            b = mix(name, comps) if mix else BlendRouter(name, comps, per_target, l2)
             blends[name] = (b, b.component_logits(x_va))
     scored = cv_scores(fixed, blends, scores, costs, folds, repeats, seed)
     winner, info = choose({k: v for k, v in scored.items() if k in SERVABLE}, COMPLEXITY)
