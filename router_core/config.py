@@ -129,7 +129,12 @@ class TrainConfig(Strict):
                            "the correction to the task prior's logits (the global mean's without tasks)")
     serve: str = Field("auto", description="the router route serves: auto = the simplest within one standard error "
                        "of the best cross-validated validation P-AUCCC (router_core.selection), or a router name")
-    cv_folds: int = Field(2, ge=2, description="parts of the validation split in the choice of the served router")
+    cross_fit: int = Field(5, ge=0, description="the choice of the served router on out-of-fold training rows: "
+                           "the trunk (one seed), residual trunk, logistic regression and prior refitted in this many "
+                           "folds of train, each row predicted by the refit that did not see it; 0 = on the "
+                           "validation split (several times fewer rows)")
+    cv_folds: int = Field(2, ge=2, description="parts of the rows the served router is chosen on (cross_fit's "
+                          "out-of-fold training rows, else the validation split), each scored by blends fitted on the rest")
     cv_repeats: int = Field(5, ge=1, description="seeded repeats of that partition")
     accuracy_tolerance: float = Field(0.005, ge=0.0, le=1.0, description="route's default operating point: the "
                                       "cheapest threshold whose expected validation accuracy is at most this much "

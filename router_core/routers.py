@@ -379,8 +379,10 @@ class PrefillLogReg(Router):
         self.cs, self.max_iter = tuple(cs), max_iter
 
     def fit(self, columns: list[str], x_tr: dict[str, np.ndarray], s_tr: np.ndarray, x_va: dict[str, np.ndarray],
-            s_va: np.ndarray) -> "PrefillLogReg":
-        """``columns``: one per target; ``x_tr``/``x_va``: those columns' train and val rows."""
+            s_va: np.ndarray, c_fixed: list | None = None) -> "PrefillLogReg":
+        """``columns``: one per target; ``x_tr``/``x_va``: those columns' train and val rows.
+        ``c_fixed``: per target the C an earlier fit chose (None: it fitted a constant), fitted
+        without choosing again: a refit on other rows (training.cross_fit) at a fraction of the time."""
         from sklearn.linear_model import LogisticRegression
 
         K = s_tr.shape[1]
@@ -400,10 +402,15 @@ class PrefillLogReg(Router):
             # solution: on nearly separable rows (a target rarely right, hundreds of dimensions) a cold
             # start at large C does not converge within max_iter.
             lr = LogisticRegression(max_iter=self.max_iter, warm_start=True)
-            for c in sorted(self.cs):
+            path = sorted(self.cs) if c_fixed is None else [c for c in sorted(self.cs)
+                                                             if c_fixed[k] is not None and c <= c_fixed[k]]
+            for c in path:
                 if yy[ww > 0].min() == yy[ww > 0].max():  # one class only: a constant
                     break
                 lr.set_params(C=c).fit(zz, yy, sample_weight=ww)
+                if c_fixed is not None:  # the path's last C is the one fixed
+                    best = (0.0, c, lr.coef_[0].copy(), float(lr.intercept_[0]))
+                    continue
                 loss = bce(lr.predict_proba(zv)[:, 1:2], s_va[mv, k : k + 1]) if mv.any() else 0.0
                 if best is None or loss < best[0]:
                     best = (loss, c, lr.coef_[0].copy(), float(lr.intercept_[0]))

@@ -1,8 +1,10 @@
-"""Choosing on validation what ``route`` serves, and at which operating point.
+"""Choosing what ``route`` serves, and at which operating point.
 
-Routing quality is P-AUCCC (metrics), so candidates are compared by it, on validation rows only:
+Routing quality is P-AUCCC (metrics), so candidates are compared by it, on held-out rows: the
+validation rows, or (``OutOfFold``, train.cross_fit) the training rows each predicted
+by refits that did not see it, several times as many rows to choose with.
 
-- **Cross-validated scores.** The validation rows are split into ``folds`` parts, ``repeats``
+- **Cross-validated scores.** Those rows are split into ``folds`` parts, ``repeats``
   times (seeded). A blend (routers.BlendRouter: calibration, shrinkage toward the prior, a stack)
   is fitted on the other parts and scored on each part; a router with nothing left to fit is
   scored on the same parts. A candidate's score is the mean over parts, so every candidate is
@@ -10,7 +12,7 @@ Routing quality is P-AUCCC (metrics), so candidates are compared by it, on valid
 - **The simpler router within noise.** The winner is the simplest candidate whose mean score is
   at least the best's minus one standard error of their paired per-part difference (the one
   standard error rule): a more complex router has to pay for itself.
-- **Operating point.** On the winner's out-of-fold validation probabilities, the cheapest
+- **Operating point.** On the winner's validation probabilities (out of fold), the cheapest
   threshold policy whose expected accuracy (the router's own probabilities) is within a tolerance
   of always calling the best single target's: the saving a user gets by default.
 """
@@ -160,6 +162,7 @@ BLENDS = [("prefill_trunk_mix", ("prefill_trunk", "prior"), "mix"),
           ("prefill_logreg_shrunk", ("prefill_logreg", "prior"), False),
           ("prefill_stack", ("prefill_trunk_residual", "prefill_logreg", "prior"), False)]
 SERVABLE = {k for k in COMPLEXITY if k.startswith("prefill_")}
+MIXES = {"mix": MixRouter, "mean": MixMean}  # the blend kinds that are mixes toward the prior
 
 
 @dataclass
@@ -170,38 +173,66 @@ class Serving:
     operating_point: dict
 
 
+@dataclass
+class OutOfFold:
+    """Out-of-fold probabilities on training rows (router_core.training.cross_fit): each router
+    refitted without the part a row is in, so every row is predicted by a model that did not see it."""
+
+    proba: dict[str, np.ndarray]  # router name (and "prior") -> (n, K)
+    scores: np.ndarray  # (n, K)
+    costs: np.ndarray  # (n, K)
+
+
 def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.ndarray, best_single: int,
                    folds: int, repeats: int, seed: int, tolerance: float, l2: float = 10.0,
-                   guard_z: float | None = None) -> Serving:
+                   guard_z: float | None = None, oof: OutOfFold | None = None) -> Serving:
     """Blends of the fitted ``routers`` (name -> router) with ``prior`` (the task prior, the global
-    mean without tasks), every candidate scored by cross-validated P-AUCCC on the validation rows
-    ``x_va`` (RouterInputs, rows measured on every target) with their ``scores`` and ``costs``; the
-    servable winner (``choose``) and its operating point on out-of-fold probabilities."""
+    mean without tasks), every candidate scored by cross-validated P-AUCCC; the servable winner
+    (``choose``) and its operating point on the validation rows ``x_va`` (RouterInputs, rows measured
+    on every target) with their ``scores`` and ``costs``.
+
+    The rows the candidates are scored and the blends fitted on: ``x_va`` itself, or with ``oof`` the
+    out-of-fold training rows (several times more rows than validation; only the routers ``oof``
+    holds are candidates). Then the operating point is measured on the validation rows with the
+    blends fitted on the training rows: probabilities of rows none of their weights was chosen on."""
     from .errors import ArtifactError
+    from .model import logit
     from .routers import predict_any
 
-    pool = dict(routers, prior=prior)
-    fixed = {}
-    for k, r in routers.items():
-        if k in COMPLEXITY:
+    pool, proba_va = dict(routers, prior=prior), {}
+    for k, r in pool.items():
+        if k in COMPLEXITY or k == "prior" or any(k in parts for _, parts, _ in BLENDS):
             try:
-                fixed[k] = predict_any(r, x_va)
+                proba_va[k] = predict_any(r, x_va)
             except ArtifactError:  # reads inputs route does not give (e.g. train.extra_inputs): not a candidate
-                pool.pop(k)
+                pass
+    if oof is None:
+        proba, s, c = proba_va, scores, costs
+    else:
+        proba, s, c = {k: v for k, v in oof.proba.items() if k in proba_va}, oof.scores, oof.costs
+    fixed = {k: p for k, p in proba.items() if k in COMPLEXITY}
     blends = {}
     for name, parts, per_target in BLENDS:
-        if all(p in pool for p in parts):
+        if all(p in proba for p in parts):
             comps = [pool[p] for p in parts]
-            mix = {"mix": MixRouter, "mean": MixMean}.get(per_target)
+            mix = MIXES.get(per_target)
             b = mix(name, comps) if mix else BlendRouter(name, comps, per_target, l2)
-            blends[name] = (b, b.component_logits(x_va))
-    scored = cv_scores(fixed, blends, scores, costs, folds, repeats, seed)
+            blends[name] = (b, np.stack([logit(proba[p]) for p in parts], axis=2))
+    scored = cv_scores(fixed, blends, s, c, folds, repeats, seed)
     winner, info = choose({k: v for k, v in scored.items() if k in SERVABLE}, COMPLEXITY)
     for k, v in scored.items():  # the others, for the record
         if k not in info["candidates"]:
             info["candidates"][k] = {"val_p_auccc": v.mean, "servable": False}
-    fitted = {k: type(b)(b.kind, b.components, b.per_target, b.l2).fit(z, scores, costs) for k, (b, z) in blends.items()}
+    info["rows"] = {"kind": "validation" if oof is None else "out-of-fold training", "n": int(len(s))}
+    fitted = {k: type(b)(b.kind, b.components, b.per_target, b.l2).fit(z, s, c) for k, (b, z) in blends.items()}
     for k, b in fitted.items():
         b.fit_info_ = dict(b.fit_info_, val_p_auccc_cv=scored[k].mean)
-    op = operating_point(scored[winner].oof, scores, costs, best_single, tolerance, guard_z)
+    if oof is None:
+        p_op = scored[winner].oof
+    elif winner in fitted:
+        parts = dict((n, p) for n, p, _ in BLENDS)[winner]
+        p_op = fitted[winner].proba_of(np.stack([logit(proba_va[p]) for p in parts], axis=2))
+    else:
+        p_op = proba_va[winner]
+    op = operating_point(p_op, scores, costs, best_single, tolerance, guard_z)
     return Serving(winner, fitted, info, op)

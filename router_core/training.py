@@ -37,8 +37,8 @@ from .model import Preprocessor, SharedTrunkNet, TrainParams, bce, logit
 from .model_index import FeatureRef, ModelIndex
 from .probes import layer_profile, select_columns
 from .routers import (ConstantRouter, OracleRouter, PrefillLogReg, RandomRouter, Router, RouterInputs, SemanticKNN,
-                      TaskPrior, TrunkRouter, save_router)
-from .selection import Serving, choose_serving
+                      TaskPrior, TrunkRouter, predict_any, save_router)
+from .selection import OutOfFold, Serving, choose_serving
 from .storage import join
 
 log = logging.getLogger(__name__)
@@ -191,6 +191,42 @@ def fit_ensemble(cfg: AppConfig, fit: Fit, name: str, p: dict, cols: list[str], 
     return router, {"seeds": seeds, "val_losses": losses, "kept": kept}
 
 
+def cross_fit(cfg: AppConfig, fit: Fit, design, params: dict, logreg: PrefillLogReg, prefill: dict[str, np.ndarray],
+              tasks: list | None, tr: np.ndarray, va: np.ndarray, scores: np.ndarray, costs: np.ndarray,
+              residual: bool) -> OutOfFold:
+    """Out-of-fold probabilities on the training rows measured on every target, for the choice of the
+    served router (router_core.selection): the train rows cut in ``train.cross_fit`` seeded parts;
+    for each part the prior, the per-target logistic regression (``logreg``'s columns and Cs), the trunk's best setting ``params``
+    (one seed, early-stopped and calibrated on the validation split as train does) and, with
+    ``residual``, the residual trunk are refitted on the other parts and predict that part."""
+    tc = cfg.train
+    one = cfg.model_copy(update={"train": tc.model_copy(update={"seeds": 1, "keep": 1})})
+    rows = tr & ~np.isnan(scores).any(axis=1)
+    names = ["prior", "prefill_logreg", "prefill_trunk"] + (["prefill_trunk_residual"] if residual else [])
+    out = {k: np.full(scores.shape, np.nan) for k in names}
+    cols = sorted(set(logreg.columns_))
+    for j, part in enumerate(np.array_split(np.random.default_rng(tc.seed).permutation(np.flatnonzero(tr)), tc.cross_fit)):
+        fold = tr.copy()
+        fold[part] = False
+        prior = TaskPrior().fit([tasks[i] for i in np.flatnonzero(fold)] if tasks else [None] * int(fold.sum()), scores[fold])
+        x = RouterInputs(n=len(part), prefill={c: v[part] for c, v in prefill.items()},
+                         tasks=[tasks[i] for i in part] if tasks else None)
+        out["prior"][part] = predict_any(prior, x)
+        out["prefill_logreg"][part] = PrefillLogReg(logreg.cs).fit(
+            logreg.columns_, {c: prefill[c][fold] for c in cols}, scores[fold], {c: prefill[c][va] for c in cols},
+            scores[va], c_fixed=logreg.fit_info_["C"]).predict_proba(x)
+        c, pre, data = arrays(design, params, fold, va, scores)
+        out["prefill_trunk"][part] = fit_ensemble(one, fit, f"prefill_trunk-fold{j}", params, c, pre, data,
+                                                  scores.shape[1])[0].predict_proba(x)
+        if residual:
+            off = logit(prior.prior(tasks, len(scores))).astype(np.float32)
+            out["prefill_trunk_residual"][part] = fit_ensemble(
+                one, fit, f"prefill_trunk_residual-fold{j}", params, c, pre, data, scores.shape[1], offset=prior,
+                offsets=(off[fold], off[va]))[0].predict_proba(x)
+        log.info("train: cross-fit part %d/%d (%d rows) predicted", j + 1, tc.cross_fit, len(part))
+    return OutOfFold({k: v[rows] for k, v in out.items()}, scores[rows], costs[rows])
+
+
 def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndarray], sem: np.ndarray,
                present: np.ndarray, fman: dict, sem_manifest: dict, code_version: str) -> Bundle:
     """Every router on dataset ``ds``: ``prefill`` (column -> (n, d)) and ``sem`` (n, d) aligned to its
@@ -298,8 +334,13 @@ def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndar
 
     best_single = int(np.nanmean(scores[tr], axis=0).argmax())
     t = time.perf_counter()
+    oof = None
+    if tc.cross_fit and tc.serve == "auto" and not tc.extra_inputs:
+        oof = cross_fit(cfg, fit, prefill_design, trunk.best_params, logreg, prefill, tasks if has_tasks else None,
+                        tr, va, scores, costs, tc.residual)
+        seconds["cross_fit"] = time.perf_counter() - t
     serving = serve_on_validation(cfg, routers, prior_any, prefill, sem, tasks if has_tasks else None, va, scores,
-                                  costs, best_single)
+                                  costs, best_single, oof)
     seconds["selection"] = time.perf_counter() - t
 
     fingerprint = hashlib.sha256(json.dumps({
@@ -313,7 +354,7 @@ def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndar
 
 def serve_on_validation(cfg: AppConfig, routers: dict, prior_any: TaskPrior, prefill: dict, sem: np.ndarray,
                         tasks: list | None, va: np.ndarray, scores: np.ndarray, costs: np.ndarray,
-                        best_single: int) -> Serving:
+                        best_single: int, oof: OutOfFold | None = None) -> Serving:
     """The blends, the served router and its operating point, chosen on the validation rows measured
     on every target (router_core.selection); the blends join ``routers``. ``train.serve`` other than
     auto forces the served router (the operating point is still measured for it)."""
@@ -330,7 +371,7 @@ def serve_on_validation(cfg: AppConfig, routers: dict, prior_any: TaskPrior, pre
     fitted = {k: r for k, (r, _) in routers.items()}
     serving = choose_serving(fitted, prior_any, x_va, scores[rows], costs[rows], best_single, tc.cv_folds,
                              tc.cv_repeats, tc.seed, tolerance=tc.accuracy_tolerance,
-                             guard_z=tc.accuracy_guard_z)
+                             guard_z=tc.accuracy_guard_z, oof=oof)
     for name, b in serving.blends.items():
         routers[name] = (b, {"blend": b.fit_info_, "features_settings_key": routers["prefill_trunk"][1]["features_settings_key"],
                              "encoder": routers["prefill_trunk"][1]["encoder"]})

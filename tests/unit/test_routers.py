@@ -58,6 +58,13 @@ def test_logreg_learns_a_separable_target_per_column():
     p = r.predict_proba(RouterInputs(n=100, prefill={c: v[va] for c, v in x.items()}))
     assert ((p > 0.5) == (np.nan_to_num(s[va]) > 0.5))[~np.isnan(s[va])].mean() > 0.9
     assert len(info["C"]) == 2
+    # A refit at the Cs chosen (cross-fitting's shortcut) walks the same path only as far as each C:
+    # on the same rows it is the same fit, with nothing left to choose on validation.
+    again = PrefillLogReg().fit(["mean_01", "last_02"], {c: v[tr] for c, v in x.items()}, s[tr],
+                                {c: v[:0] for c, v in x.items()}, s[:0], c_fixed=info["C"])
+    assert again.fit_info_["C"] == info["C"]
+    np.testing.assert_allclose(again.coef_, r.coef_)
+    np.testing.assert_allclose(again.intercept_, r.intercept_)
 
 
 def test_temperature_undoes_overconfidence():

@@ -3,6 +3,7 @@ the blends, the choice of the served router and its operating point, saved and l
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from router_core.config import load_config
 from router_core.dataset import Dataset
@@ -42,9 +43,10 @@ def _pool_data(n=1200, seed=0):
     return Dataset(queries, outcomes, pool), prefill, rng.normal(size=(n, 6)).astype(np.float32)
 
 
-def test_bundle_serves_the_router_validation_chooses_and_it_round_trips(tmp_path):
+@pytest.mark.parametrize("cross_fit", [0, 3])
+def test_bundle_serves_the_router_validation_chooses_and_it_round_trips(tmp_path, cross_fit):
     ds, prefill, sem = _pool_data()
-    cfg = load_config(None, SETS)
+    cfg = load_config(None, [*SETS, f"train.cross_fit={cross_fit}"])
     fman = {"columns": list(prefill), "encoder": {"identity": "synthetic"}, "settings_key": "k1"}
     sman = {"columns": ["mean_06"], "encoder": {"identity": "synthetic-sem"}, "settings_key": "k2"}
     bundle = fit_bundle(cfg, fit_in_process, ds, prefill, sem, np.ones(ds.queries.num_rows, bool), fman, sman, "test")
@@ -54,7 +56,13 @@ def test_bundle_serves_the_router_validation_chooses_and_it_round_trips(tmp_path
     # The features carry each query's difficulty but not its task: the plain trunk cannot know which
     # target a task favours, the residual trunk starts from the task prior and routes far better.
     c = sel["candidates"]
-    assert c["prefill_trunk_residual"]["val_p_auccc"] > c["prefill_trunk"]["val_p_auccc"] + 0.02
+    assert c["prefill_trunk_residual"]["val_p_auccc"] > c["prefill_trunk"]["val_p_auccc"] + 0.01
+    n_train, n_val = bundle.common["n_train"], bundle.common["n_val"]
+    if cross_fit:  # chosen on every training row, out of fold; the distilled trunk has no refits: not a candidate
+        assert sel["rows"] == {"kind": "out-of-fold training", "n": n_train} and n_train > 4 * n_val
+        assert "prefill_trunk_distilled" not in c and bundle.seconds["cross_fit"] > 0
+    else:
+        assert sel["rows"] == {"kind": "validation", "n": n_val} and "prefill_trunk_distilled" in c
     op = bundle.operating_point
     assert 0 <= op["tau"] <= 1  # within the tolerance of expected accuracy, or argmax (tau 0)
     assert op["tolerance"] == 0.005 and (op["tau"] == 0 or op["val_expected_accuracy"]
@@ -124,3 +132,28 @@ def test_trials_run_concurrently_and_the_result_does_not_depend_on_which_finishe
     study.enqueue_trial(REFERENCE)
     study.optimize(lambda t: (lambda p: p["lr"] * 1e3 + p["weight_decay"])(common_space(t)), n_trials=5)
     assert [t["params"] for t in serial.trials] == [t.params for t in study.trials]
+
+
+def test_cross_fit_predicts_each_training_row_by_refits_that_did_not_see_it():
+    """Every task holds two rows and the scores are coin flips: a task prior fitted with a row knows
+    its label (it ranks the training rows well in sample); fitted without it, it knows nothing of it."""
+    from router_core import metrics as M
+    from router_core.routers import PrefillLogReg, TaskPrior
+    from router_core.training import REFERENCE, cross_fit
+
+    rng = np.random.default_rng(0)
+    n = 240
+    tasks = [f"t{i // 2}" for i in range(n)]
+    scores = (rng.random((n, 2)) < 0.5).astype(float)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    tr = np.arange(n) < 200
+    cfg = load_config(None, [*SETS, "train.cross_fit=4"])
+    logreg = PrefillLogReg().fit(["mean_04", "mean_04"], {"mean_04": x[tr]}, scores[tr], {"mean_04": x[~tr]}, scores[~tr])
+    oof = cross_fit(cfg, fit_in_process, lambda p: (["mean_04"], x), dict(REFERENCE), logreg,
+                    {"mean_04": x}, tasks, tr, ~tr, scores, np.tile([1.0, 2.0], (n, 1)), residual=True)
+    assert set(oof.proba) == {"prior", "prefill_logreg", "prefill_trunk", "prefill_trunk_residual"}
+    assert all(p.shape == (200, 2) and not np.isnan(p).any() for p in oof.proba.values())
+    np.testing.assert_array_equal(oof.scores, scores[tr])
+    in_sample = TaskPrior().fit(tasks[:200], scores[tr]).prior(tasks[:200], 200)
+    assert M.mean_auc(in_sample, scores[tr]) > 0.7
+    assert abs(M.mean_auc(oof.proba["prior"], oof.scores) - 0.5) < 0.1
