@@ -128,7 +128,8 @@ class TrainConfig(Strict):
     residual: bool = Field(True, description="also fit prefill_trunk_residual: the trunk's best setting learning only "
                            "the correction to the task prior's logits (the global mean's without tasks)")
     serve: str = Field("auto", description="the router route serves: auto = the simplest within one standard error "
-                       "of the best cross-validated validation P-AUCCC (router_core.selection), or a router name")
+                       "of the best cross-validated P-AUCCC on held-out rows (router_core.selection, "
+                       "train.cross_fit), or a router name")
     cross_fit: int = Field(5, ge=0, description="the choice of the served router on out-of-fold training rows: "
                            "the trunk (one seed), residual trunk, logistic regression and prior refitted in this many "
                            "folds of train, each row predicted by the refit that did not see it; 0 = on the "

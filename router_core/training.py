@@ -385,8 +385,9 @@ def serve_on_validation(cfg: AppConfig, routers: dict, prior_any: TaskPrior, pre
         serving.selection["forced"] = tc.serve
         serving.operating_point = operating_point(predict_any(routers[tc.serve][0], x_va), scores[rows], costs[rows],
                                                   best_single, tc.accuracy_tolerance, tc.accuracy_guard_z)
-    log.info("train: serving %s (validation P-AUCCC %.4f, best %s); operating point tau %.4f, val saving %.1f%%",
+    log.info("train: serving %s (P-AUCCC %.4f on %s rows, best %s); operating point tau %.4f, val saving %.1f%%",
              serving.winner, serving.selection["candidates"].get(serving.winner, {}).get("val_p_auccc", float("nan")),
+             serving.selection.get("rows", {}).get("kind", "validation"),
              serving.selection["best"], serving.operating_point["tau"], serving.operating_point["val_saving_pct"])
     return serving
 

@@ -112,9 +112,10 @@ def small_lr(ray_local, encoder_cache, tmp_path_factory):
 
 
 # Two trials fitted at once (train.max_concurrent): two Ray Train runs side by side on the 2 CPUs.
+# The choice of the served router on out-of-fold rows with 2 refits, not 5: the same path, fewer runs.
 TRAIN_SETS = ["train.n_trials=2", "train.seeds=3", "train.keep=2", "train.max_epochs=8", "train.patience=3",
               "train.batch_size=32", "train.max_layers=2", "baselines.semantic_trials=1", "baselines.knn_k=[3,5]",
-              "train.max_concurrent=2"]
+              "train.max_concurrent=2", "train.cross_fit=2"]
 
 
 @pytest.fixture(scope="session")

@@ -315,7 +315,7 @@ def test_a_lost_train_worker_is_replaced_and_training_resumes(trained, tmp_path)
     sets = ["train.n_trials=1", "train.seeds=3", "train.keep=2", "train.max_epochs=150", "train.patience=150",
             "train.batch_size=16", "train.max_layers=1", "baselines.semantic_trials=1", "baselines.knn_k=[3]",
             f"train.storage_path={ckpt}", "train.collective_timeout_s=20", "ray.num_cpus=2",
-            "train.residual=false", "train.distil_width=0"]  # the trunk's ensemble is what this test kills
+            "train.residual=false", "train.distil_width=0", "train.cross_fit=0"]  # the trunk's ensemble is what this test kills
     cmd = [sys.executable, "-m", "jobs.cli", "train", "--data", data, "--features", feats, "--out", str(out),
            *[x for s in sets for x in ("--set", s)]]
     # One worker, once member 1 of 3 is committed.

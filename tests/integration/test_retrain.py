@@ -14,7 +14,7 @@ from tests.conftest import shared_file
 
 SETS = ["train.n_trials=1", "train.seeds=1", "train.keep=1", "train.max_epochs=5", "train.patience=2",
         "train.batch_size=32", "baselines.semantic_trials=1", "baselines.knn_k=[3]", "train.residual=false",
-        "train.in_process=true"]  # the members fitted in the driver: Ray Train is tested elsewhere
+        "train.in_process=true", "train.cross_fit=2"]  # the members fitted in the driver: Ray Train is tested elsewhere
 
 
 def _new_batch(root, data, n=24):
