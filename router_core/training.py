@@ -335,10 +335,14 @@ def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndar
     best_single = int(np.nanmean(scores[tr], axis=0).argmax())
     t = time.perf_counter()
     oof = None
-    if tc.cross_fit and tc.serve == "auto" and not tc.extra_inputs:
+    measured_tr = int((tr & ~np.isnan(scores).any(axis=1)).sum())  # rows the out-of-fold choice would score
+    if tc.cross_fit and tc.serve == "auto" and not tc.extra_inputs and measured_tr >= max(tc.cross_fit, 2 * tc.cv_folds):
         oof = cross_fit(cfg, fit, prefill_design, trunk.best_params, logreg, prefill, tasks if has_tasks else None,
                         tr, va, scores, costs, tc.residual)
         seconds["cross_fit"] = time.perf_counter() - t
+    elif tc.cross_fit:
+        log.info("train: the served router chosen on validation rows, not out of fold (train.serve %s, extra_inputs "
+                 "%s, %d training rows measured on every target)", tc.serve, tc.extra_inputs, measured_tr)
     serving = serve_on_validation(cfg, routers, prior_any, prefill, sem, tasks if has_tasks else None, va, scores,
                                   costs, best_single, oof)
     seconds["selection"] = time.perf_counter() - t
