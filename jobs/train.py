@@ -83,7 +83,8 @@ def print_train(run: TrainRun) -> None:
         cands = sorted(((k, v) for k, v in sel["candidates"].items() if v.get("servable", True)),
                        key=lambda kv: -kv[1]["val_p_auccc"])
         rows = sel.get("rows", {"kind": "validation"})
-        print("  serving:  " + f"{run.index.serve} (P-AUCCC on {rows.get('n', '')} {rows['kind']} rows, cross-validated: "
+        on = f"{rows['n']} {rows['kind']}" if "n" in rows else rows["kind"]
+        print("  serving:  " + f"{run.index.serve} (P-AUCCC on {on} rows, cross-validated: "
               + ", ".join(f"{k} {v['val_p_auccc']:.4f}" for k, v in cands[:6])
               + (f"; the simplest within one standard error of {sel['best']}" if run.index.serve != sel["best"] else "")
               + ")")

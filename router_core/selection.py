@@ -199,6 +199,9 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
     from .model import logit
     from .routers import predict_any
 
+    def z_of(p: dict[str, np.ndarray], parts) -> np.ndarray:  # (n, K, J) a blend's components' logits
+        return np.stack([logit(p[k]) for k in parts], axis=2)
+
     pool, proba_va = dict(routers, prior=prior), {}
     for k, r in pool.items():
         if k in COMPLEXITY or k == "prior" or any(k in parts for _, parts, _ in BLENDS):
@@ -217,7 +220,7 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
             comps = [pool[p] for p in parts]
             mix = MIXES.get(per_target)
             b = mix(name, comps) if mix else BlendRouter(name, comps, per_target, l2)
-            blends[name] = (b, np.stack([logit(proba[p]) for p in parts], axis=2))
+            blends[name] = (b, z_of(proba, parts))
     scored = cv_scores(fixed, blends, s, c, folds, repeats, seed)
     winner, info = choose({k: v for k, v in scored.items() if k in SERVABLE}, COMPLEXITY)
     for k, v in scored.items():  # the others, for the record
@@ -230,8 +233,7 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
     if oof is None:
         p_op = scored[winner].oof
     elif winner in fitted:
-        parts = dict((n, p) for n, p, _ in BLENDS)[winner]
-        p_op = fitted[winner].proba_of(np.stack([logit(proba_va[p]) for p in parts], axis=2))
+        p_op = fitted[winner].proba_of(z_of(proba_va, dict((n, p) for n, p, _ in BLENDS)[winner]))
     else:
         p_op = proba_va[winner]
     op = operating_point(p_op, scores, costs, best_single, tolerance, guard_z)

@@ -38,7 +38,7 @@ from .model_index import FeatureRef, ModelIndex
 from .probes import layer_profile, select_columns
 from .routers import (ConstantRouter, OracleRouter, PrefillLogReg, RandomRouter, Router, RouterInputs, SemanticKNN,
                       TaskPrior, TrunkRouter, predict_any, save_router)
-from .selection import OutOfFold, Serving, choose_serving
+from .selection import OutOfFold, Serving, choose_serving, parts_of
 from .storage import join
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,8 @@ def cross_fit(cfg: AppConfig, fit: Fit, design, params: dict, logreg: PrefillLog
     names = ["prior", "prefill_logreg", "prefill_trunk"] + (["prefill_trunk_residual"] if residual else [])
     out = {k: np.full(scores.shape, np.nan) for k in names}
     cols = sorted(set(logreg.columns_))
-    for j, part in enumerate(np.array_split(np.random.default_rng(tc.seed).permutation(np.flatnonzero(tr)), tc.cross_fit)):
+    train_rows = np.flatnonzero(tr)
+    for j, part in enumerate(train_rows[p] for p in parts_of(len(train_rows), tc.cross_fit, 1, tc.seed)):
         fold = tr.copy()
         fold[part] = False
         prior = TaskPrior().fit([tasks[i] for i in np.flatnonzero(fold)] if tasks else [None] * int(fold.sum()), scores[fold])
