@@ -192,8 +192,8 @@ def fit_ensemble(cfg: AppConfig, fit: Fit, name: str, p: dict, cols: list[str], 
 
 
 def cross_fit(cfg: AppConfig, fit: Fit, design, params: dict, logreg: PrefillLogReg, prefill: dict[str, np.ndarray],
-              tasks: list | None, tr: np.ndarray, va: np.ndarray, scores: np.ndarray, costs: np.ndarray,
-              residual: bool) -> OutOfFold:
+              sem: np.ndarray | None, tasks: list | None, tr: np.ndarray, va: np.ndarray, scores: np.ndarray,
+              costs: np.ndarray, residual: bool) -> OutOfFold:
     """Out-of-fold probabilities on the training rows measured on every target, for the choice of the
     served router (router_core.selection): the train rows cut in ``train.cross_fit`` seeded parts;
     for each part the prior, the per-target logistic regression (``logreg``'s columns and Cs), the trunk's best setting ``params``
@@ -211,6 +211,7 @@ def cross_fit(cfg: AppConfig, fit: Fit, design, params: dict, logreg: PrefillLog
         fold[part] = False
         prior = TaskPrior().fit([tasks[i] for i in np.flatnonzero(fold)] if tasks else [None] * int(fold.sum()), scores[fold])
         x = RouterInputs(n=len(part), prefill={c: v[part] for c, v in prefill.items()},
+                         semantic=sem[part] if sem is not None else None,
                          tasks=[tasks[i] for i in part] if tasks else None)
         out["prior"][part] = predict_any(prior, x)
         out["prefill_logreg"][part] = PrefillLogReg(logreg.cs).fit(
@@ -337,8 +338,10 @@ def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndar
     t = time.perf_counter()
     oof = None
     measured_tr = int((tr & ~np.isnan(scores).any(axis=1)).sum())  # rows the out-of-fold choice would score
-    if tc.cross_fit and tc.serve == "auto" and not tc.extra_inputs and measured_tr >= max(tc.cross_fit, 2 * tc.cv_folds):
-        oof = cross_fit(cfg, fit, prefill_design, trunk.best_params, logreg, prefill, tasks if has_tasks else None,
+    # A task prior as a trunk input would carry each row's own label into its out-of-fold prediction.
+    if (tc.cross_fit and tc.serve == "auto" and "task_prior" not in tc.extra_inputs
+            and measured_tr >= max(tc.cross_fit, 2 * tc.cv_folds)):
+        oof = cross_fit(cfg, fit, prefill_design, trunk.best_params, logreg, prefill, sem, tasks if has_tasks else None,
                         tr, va, scores, costs, tc.residual)
         seconds["cross_fit"] = time.perf_counter() - t
     elif tc.cross_fit:

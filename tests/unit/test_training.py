@@ -149,8 +149,10 @@ def test_cross_fit_predicts_each_training_row_by_refits_that_did_not_see_it():
     tr = np.arange(n) < 200
     cfg = load_config(None, [*SETS, "train.cross_fit=4"])
     logreg = PrefillLogReg().fit(["mean_04", "mean_04"], {"mean_04": x[tr]}, scores[tr], {"mean_04": x[~tr]}, scores[~tr])
-    oof = cross_fit(cfg, fit_in_process, lambda p: (["mean_04"], x), dict(REFERENCE), logreg,
-                    {"mean_04": x}, tasks, tr, ~tr, scores, np.tile([1.0, 2.0], (n, 1)), residual=True)
+    sem = rng.normal(size=(n, 3)).astype(np.float32)  # a trunk with train.extra_inputs=[semantic] reads it too
+    oof = cross_fit(cfg, fit_in_process, lambda p: (["mean_04", "semantic"], np.concatenate([x, sem], axis=1)),
+                    dict(REFERENCE), logreg, {"mean_04": x}, sem, tasks, tr, ~tr, scores, np.tile([1.0, 2.0], (n, 1)),
+                    residual=True)
     assert set(oof.proba) == {"prior", "prefill_logreg", "prefill_trunk", "prefill_trunk_residual"}
     assert all(p.shape == (200, 2) and not np.isnan(p).any() for p in oof.proba.values())
     np.testing.assert_array_equal(oof.scores, scores[tr])
