@@ -119,6 +119,10 @@ class TrainConfig(Strict):
     pairwise: float = Field(0.0, ge=0.0, description="weight of a pairwise term beside the BCE in every trunk's "
                             "loss: the order of one query's targets (router_core.model.pairwise_loss)")
     max_layers: int = Field(4, ge=1, description="most feature columns a trial may concatenate")
+    design: Literal["search", "all_mean_pca200"] = Field(
+        "search", description="prefill_trunk's inputs: search = Optuna chooses the pooling, the columns (by Fisher "
+        "J) and the PCA; all_mean_pca200 = a fixed recipe: every mean-pooled layer concatenated, scaler + PCA-200 "
+        "fitted on train, Optuna tuning the net only")
     temperature: bool = Field(True, description="fit a temperature on the validation split (ECE before/after)")
     extra_inputs: list[Literal["semantic", "task_prior"]] = Field(
         [], description="appended to prefill_trunk's prefill columns: sentence embedding, task prior probabilities")

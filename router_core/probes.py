@@ -116,8 +116,10 @@ def layer_profile(columns: dict[str, np.ndarray], scores: np.ndarray, targets: l
 
 
 def select_columns(profile: list[dict], strategy: str = "top_k_mean", k: int = 3) -> list[str]:
-    """Columns to keep: ``top_k_mean`` (highest mean J), ``per_target`` (each target's best J) or
-    ``cv_auc`` (highest mean cross-validated probe AUC; the profile must hold it)."""
+    """Columns to keep: ``top_k_mean`` (highest mean J), ``per_target`` (each target's best J),
+    ``cv_auc`` (highest mean cross-validated probe AUC; the profile must hold it) or ``all``."""
+    if strategy == "all":
+        return [r["column"] for r in profile]
     if strategy == "top_k_mean":
         return [r["column"] for r in sorted(profile, key=lambda r: -r["fisher_mean"])[:k]]
     if strategy == "cv_auc":
@@ -128,4 +130,4 @@ def select_columns(profile: list[dict], strategy: str = "top_k_mean", k: int = 3
         targets = list(profile[0]["fisher"]) if profile else []
         best = {max(profile, key=lambda r: r["fisher"][t])["column"] for t in targets}
         return [r["column"] for r in profile if r["column"] in best]
-    raise ValueError(f"unknown layer selection strategy {strategy!r} (top_k_mean, per_target, cv_auc)")
+    raise ValueError(f"unknown layer selection strategy {strategy!r} (top_k_mean, per_target, cv_auc, all)")

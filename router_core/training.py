@@ -109,14 +109,16 @@ def _params_of(p: dict, tc) -> TrainParams:
                        pairwise=tc.pairwise)
 
 
-def common_space(trial) -> dict:
+def common_space(trial, pca: bool = True) -> dict:
     s = SEARCH_SPACE
-    return {"lr": trial.suggest_float("lr", *s["lr"], log=True),
-            "weight_decay": trial.suggest_float("weight_decay", *s["weight_decay"], log=True),
-            "width1": trial.suggest_categorical("width1", s["width1"]),
-            "width2": trial.suggest_categorical("width2", s["width2"]),
-            "dropout": trial.suggest_float("dropout", *s["dropout"]),
-            "pca_dim": trial.suggest_categorical("pca_dim", s["pca_dim"])}
+    p = {"lr": trial.suggest_float("lr", *s["lr"], log=True),
+         "weight_decay": trial.suggest_float("weight_decay", *s["weight_decay"], log=True),
+         "width1": trial.suggest_categorical("width1", s["width1"]),
+         "width2": trial.suggest_categorical("width2", s["width2"]),
+         "dropout": trial.suggest_float("dropout", *s["dropout"])}
+    if pca:
+        p["pca_dim"] = trial.suggest_categorical("pca_dim", s["pca_dim"])
+    return p
 
 
 @dataclass
@@ -128,10 +130,12 @@ class Tuned:
 
 
 def tune_trunk(cfg: AppConfig, fit: Fit, name: str, space, design, reference: dict, n_trials: int,
-               tr: np.ndarray, va: np.ndarray, scores: np.ndarray, n_targets: int) -> Tuned:
+               tr: np.ndarray, va: np.ndarray, scores: np.ndarray, n_targets: int, fixed: dict | None = None) -> Tuned:
     """Optuna over ``space(trial)``; the best setting refitted as the seed ensemble; temperature on val.
 
-    ``design(p)`` -> (columns, x): the (n, d) inputs of a setting; a Preprocessor is fitted on train."""
+    ``design(p)`` -> (columns, x): the (n, d) inputs of a setting; a Preprocessor is fitted on train.
+    ``fixed``: settings every trial shares, not searched (a fixed recipe's columns and PCA)."""
+    fixed = fixed or {}
     import optuna
 
     tc = cfg.train
@@ -141,7 +145,7 @@ def tune_trunk(cfg: AppConfig, fit: Fit, name: str, space, design, reference: di
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=tc.seed))
-    study.enqueue_trial(reference)  # the reference setting first: the search can only improve on it
+    study.enqueue_trial({k: v for k, v in reference.items() if k not in fixed})  # first: the search can only improve on it
     # Trials in rounds of train.max_concurrent: asked together, fitted at once (each fit is its own
     # Ray Train run, so they spread over the cluster), told in trial order. The result depends on the
     # seed and the concurrency only, never on which fit finishes first; concurrency 1 is plain TPE.
@@ -149,14 +153,14 @@ def tune_trunk(cfg: AppConfig, fit: Fit, name: str, space, design, reference: di
     with ThreadPoolExecutor(max_workers=k) as pool:
         while done < n_trials:
             trials = [study.ask() for _ in range(min(k, n_trials - done))]
-            settings = [space(t) for t in trials]
+            settings = [dict(space(t), **fixed) for t in trials]
             futures = [pool.submit(run, t, p) for t, p in zip(trials, settings)]
             for t, p, f in zip(trials, settings, futures):
                 loss = f.result()
                 study.tell(t, loss)
                 done += 1
                 log.info("train %s: trial %d/%d val_loss %.4f %s", name, t.number + 1, n_trials, loss, p)
-    best = dict(study.best_params)
+    best = dict(study.best_params, **fixed)
     router, ensemble = fit_ensemble(cfg, fit, name, best, *arrays(design, best, tr, va, scores), n_targets)
     trials = [{"number": t.number, "params": t.params, "val_loss": t.value} for t in study.trials]
     return Tuned(router, best, trials, ensemble)
@@ -250,8 +254,17 @@ def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndar
     poolings = sorted({r["pooling"] for r in profile})
     pooling_choices = poolings + (["all"] if len(poolings) > 1 else [])
 
+    fixed = None
+    if tc.design == "all_mean_pca200":  # every mean-pooled layer, scaler + PCA-200 on train; the net is tuned
+        n_mean = sum(r["pooling"] == "mean" for r in profile)
+        if not n_mean:
+            raise DataError(f"train.design all_mean_pca200 needs mean-pooled features; these have {', '.join(poolings)}")
+        fixed = {"pooling": "mean", "selection": "all", "n_layers": n_mean, "pca_dim": 200}
+
     def prefill_space(trial) -> dict:
-        p = common_space(trial)
+        p = common_space(trial, pca=fixed is None)
+        if fixed:
+            return p
         p["pooling"] = trial.suggest_categorical("pooling", pooling_choices)
         p["selection"] = trial.suggest_categorical("selection", SEARCH_SPACE["selection"])
         p["n_layers"] = trial.suggest_int("n_layers", 1, tc.max_layers)
@@ -276,7 +289,7 @@ def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndar
     reference = dict(REFERENCE, pooling=poolings[0], selection="top_k_mean", n_layers=1)
     t = time.perf_counter()
     trunk = tune_trunk(cfg, fit, "prefill_trunk", prefill_space, prefill_design, reference, tc.n_trials,
-                       tr, va, scores, len(targets))
+                       tr, va, scores, len(targets), fixed)
     seconds["prefill_trunk"] = time.perf_counter() - t
     trunk_fields = dict(encoder=fman["encoder"], features_settings_key=fman["settings_key"],
                         extra_inputs=list(tc.extra_inputs))

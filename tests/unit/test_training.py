@@ -159,3 +159,22 @@ def test_cross_fit_predicts_each_training_row_by_refits_that_did_not_see_it():
     in_sample = TaskPrior().fit(tasks[:200], scores[tr]).prior(tasks[:200], 200)
     assert M.mean_auc(in_sample, scores[tr]) > 0.7
     assert abs(M.mean_auc(oof.proba["prior"], oof.scores) - 0.5) < 0.1
+
+
+def test_the_fixed_recipe_reads_every_mean_pooled_layer_through_pca_200():
+    from router_core.errors import DataError
+
+    ds, prefill, sem = _pool_data(n=600)
+    prefill["mean_08"] = prefill["mean_04"] + 0.1
+    cfg = load_config(None, [*SETS, "train.cross_fit=0", "train.design=all_mean_pca200"])
+    fman = {"columns": list(prefill), "encoder": {"identity": "synthetic"}, "settings_key": "k1"}
+    sman = {"columns": ["mean_06"], "encoder": {"identity": "synthetic-sem"}, "settings_key": "k2"}
+    present = np.ones(ds.queries.num_rows, bool)
+    bundle = fit_bundle(cfg, fit_in_process, ds, prefill, sem, present, fman, sman, "test")
+    trunk, fields = bundle.routers["prefill_trunk"]
+    assert trunk.columns == ["mean_04", "mean_08"] and fields["best_params"]["pca_dim"] == 200
+    assert all("pca_dim" not in t["params"] and "pooling" not in t["params"] for t in fields["trials"])  # not searched
+    assert bundle.routers["prefill_trunk_residual"][0].columns == trunk.columns
+    last_only = {"last_04": prefill["last_04"]}
+    with pytest.raises(DataError, match="all_mean_pca200 needs mean-pooled features; these have last"):
+        fit_bundle(cfg, fit_in_process, ds, last_only, sem, present, dict(fman, columns=["last_04"]), sman, "test")
