@@ -313,14 +313,21 @@ class Encoder:
 
     # -- tokens ----------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> tuple[list[list[int] | None], list[bool], list[str | None]]:
-        """Token ids per text (truncated to max_length), truncation flags, and per-text errors."""
+        """Token ids per text (truncated to max_length), truncation flags, and per-text errors.
+
+        The texts go through the fast tokenizer in one call (its batch path runs in parallel);
+        should that call fail, each text is tokenized alone so the error lands on its own row."""
+        try:
+            encoded = self._encode_all(texts)
+        except Exception:  # the tokenizer's own errors vary by backend
+            encoded = None
         ids_out: list[list[int] | None] = []
         trunc: list[bool] = []
         errors: list[str | None] = []
-        for t in texts:
+        for i, t in enumerate(texts):
             try:
-                ids, cut = self._tokens(t)
-            except Exception as e:  # the tokenizer's own errors vary by backend
+                ids, cut = self._cap(*(encoded[i] if encoded is not None else self._encode_all([t])[0]))
+            except Exception as e:
                 ids, cut, err = None, False, f"tokenizer failed: {type(e).__name__}: {str(e)[:120]}"
             else:
                 err = None if ids else "text encodes to zero tokens"
@@ -330,21 +337,28 @@ class Encoder:
             errors.append(err)
         return ids_out, trunc, errors
 
-    def _tokens(self, text: str) -> tuple[list[int], bool]:
-        """(ids, truncated): the chat-wrapped query, or the text between the tokenizer's special
-        tokens (e.g. [CLS] ... [SEP], kept when the text is cut). [] when the text has no token."""
-        cap, tok = self.cfg.max_length, self.tokenizer
+    def _encode_all(self, texts: list[str]) -> list[tuple[list[int], list[int], list[int]]]:
+        """(head, ids, tail) per text: the chat-wrapped query (no head or tail), or the text and the
+        tokenizer's own special tokens around it (e.g. [CLS] ... [SEP], kept when the text is cut)."""
+        tok = self.tokenizer
+        if not texts:
+            return []
         if self.cfg.chat_template:
-            s = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
-            ids, head, tail = tok(s, add_special_tokens=False)["input_ids"], [], []
-        else:
-            ids = tok(text, add_special_tokens=False)["input_ids"]
-            full = tok(text, add_special_tokens=True)["input_ids"]
+            wrapped = tok.apply_chat_template([[{"role": "user", "content": t}] for t in texts],
+                                              add_generation_prompt=True, tokenize=False)
+            return [([], ids, []) for ids in tok(wrapped, add_special_tokens=False)["input_ids"]]
+        bare = tok(texts, add_special_tokens=False)["input_ids"]
+        out = []
+        for ids, full in zip(bare, tok(texts, add_special_tokens=True)["input_ids"]):
             h = next((h for h in range(len(full) - len(ids) + 1) if full[h : h + len(ids)] == ids), 0)
-            head, tail = full[:h], full[h + len(ids):]
+            out.append((full[:h], ids, full[h + len(ids):]))
+        return out
+
+    def _cap(self, head: list[int], ids: list[int], tail: list[int]) -> tuple[list[int], bool]:
+        """(ids, truncated) within max_length, cut on the configured side; [] when the text has no token."""
         if not ids:
             return [], False
-        room = max(cap - len(head) - len(tail), 1)
+        room = max(self.cfg.max_length - len(head) - len(tail), 1)
         cut = len(ids) > room
         if cut:
             ids = ids[-room:] if self.cfg.truncation_side == "left" else ids[:room]
@@ -427,22 +441,26 @@ class Encoder:
             tail_mask = (mask & (pos >= lens_t[:, None] - T).unsqueeze(-1))
             from_prefix = (T - lens_t).clamp(min=0, max=prefix_len)  # prefix tokens in each tail
             tail_n = (torch.clamp(lens_t, max=T) + from_prefix).float()[:, None]
+        pooled: dict[str, list] = {p: [] for p in self.cfg.pooling}
         for layer in self.layers:
             h = hidden[layer].float()  # (b, s, d)
-            if "mean" in self.cfg.pooling:
+            if "mean" in pooled:
                 s = (h * mask).sum(dim=1)  # (b, d)
                 if prefix_sum is not None:
                     s = s + prefix_sum[layer][None, :]
-                mean = s / (lens_t + prefix_len)[:, None].float()
-                feats[feature_column("mean", layer)][idx] = mean.cpu().numpy().astype(FEATURE_DTYPE)
-            if "last" in self.cfg.pooling:
-                last = h[torch.arange(len(rows)), lens_t - 1]  # (b, d)
-                feats[feature_column("last", layer)][idx] = last.cpu().numpy().astype(FEATURE_DTYPE)
-            if "tail" in self.cfg.pooling:
+                pooled["mean"].append(s / (lens_t + prefix_len)[:, None].float())
+            if "last" in pooled:
+                pooled["last"].append(h[torch.arange(len(rows)), lens_t - 1])  # (b, d)
+            if "tail" in pooled:
                 s = (h * tail_mask).sum(dim=1)
                 if prefix_tail is not None:
                     s = s + prefix_tail[layer][from_prefix]
-                feats[feature_column("tail", layer)][idx] = (s / tail_n).cpu().numpy().astype(FEATURE_DTYPE)
+                pooled["tail"].append(s / tail_n)
+        # One copy to the host per pooling (a GPU would otherwise stop for every layer's copy).
+        for pooling, per_layer in pooled.items():
+            host = torch.stack(per_layer).to(getattr(torch, np.dtype(FEATURE_DTYPE).name)).cpu().numpy()
+            for layer, x in zip(self.layers, host):
+                feats[feature_column(pooling, layer)][idx] = x.astype(FEATURE_DTYPE, copy=False)
 
     def _extract_group(self, g: PrefixGroup, ids, feats, stats: ExtractStats, progress=None) -> None:
         P = g.prefix_len

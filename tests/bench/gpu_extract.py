@@ -7,6 +7,8 @@ Two steps, because the GPU machine has no network and takes at most 64 MiB with 
     python tests/bench/gpu_extract.py kit --out out/gpu-kit [--encoder smollm2-135m] [--n 2000]
     # there (the kit carried along): the core over the kit's prompts
     python tests/bench/gpu_extract.py run --kit out/gpu-kit [--device cuda] [--dtype bfloat16]
+    # an A/B on the same machine: the core of another revision (git archive REV router_core | tar -x -C DIR)
+    python tests/bench/gpu_extract.py run --kit out/gpu-kit --core DIR --out base.json
 
 The weights do not fit the carry limit, so ``run`` builds the encoder from the kit's config with
 random weights when the kit has none: speed depends on shapes, not values (the features are then
@@ -33,9 +35,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-
-from router_core.config import ExtractConfig  # noqa: E402
-from router_core.extraction import Encoder  # noqa: E402
 
 KIT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
              "special_tokens_map.json", "generation_config.json")
@@ -80,6 +79,13 @@ def run(a) -> None:
     import torch
     from transformers import AutoConfig, AutoModel
 
+    if a.core:  # another revision's router_core, for an A/B in one session on one machine
+        sys.path.insert(0, str(Path(a.core).resolve()))
+    from router_core.config import ExtractConfig
+    from router_core.extraction import Encoder
+
+    print(f"core: {Path(sys.modules['router_core'].__file__).parent}")
+
     kit = Path(a.kit)
     meta = json.loads((kit / "kit.json").read_text())
     texts = json.loads((kit / "prompts.json").read_text())[: a.n]
@@ -106,6 +112,9 @@ def run(a) -> None:
         conf = enc.model.config
         n_matmul = sum(p.numel() for p in enc.model.parameters()) - enc.model.get_input_embeddings().weight.numel()
         enc.extract(texts[: min(len(texts), 64)])  # warm-up: kernels, allocator
+        t = time.perf_counter()
+        enc.tokenize(texts)
+        tokenize_s = time.perf_counter() - t
         secs, res = [], None
         for _ in range(a.repeats):
             if a.device.startswith("cuda"):
@@ -120,18 +129,18 @@ def run(a) -> None:
         flops = 2 * n_matmul * s.computed_tokens + 4 * enc.run_layers * d_attn * mean_ctx * s.computed_tokens
         results.append({"prefix_sharing": prefix, "seconds": med, "runs": secs, "query_tok_s": s.tokens / med,
                         "computed_tok_s": s.computed_tokens / med, "tokens": s.tokens, "computed": s.computed_tokens,
-                        "padding_waste": s.padding_waste, "flops_frac": flops / med / peak,
+                        "padding_waste": s.padding_waste, "tokenize_s": tokenize_s, "flops_frac": flops / med / peak,
                         "attn": getattr(conf, "_attn_implementation", "?"), "run_layers": enc.run_layers})
         del enc
         if a.device.startswith("cuda"):
             torch.cuda.empty_cache()
     print(f"{meta['encoder']} ({'real' if meta['weights'] else 'random'} weights), {len(texts)} prompts, "
           f"layers {a.layers}, token budget {a.token_budget}")
-    print(f"{'path':<16}{'query tok/s':>12}{'run tok/s':>11}{'padding':>9}{'of peak':>9}{'attn':>7}  seconds (runs)")
+    print(f"{'path':<16}{'query tok/s':>12}{'run tok/s':>11}{'padding':>9}{'of peak':>9}{'attn':>7}{'tokenize':>10}  seconds (runs)")
     for r in results:
         print(f"{'shared prefixes' if r['prefix_sharing'] else 'plain':<16}{r['query_tok_s']:>12,.0f}"
               f"{r['computed_tok_s']:>11,.0f}{100 * r['padding_waste']:>8.1f}%{100 * r['flops_frac']:>8.1f}%"
-              f"{r['attn']:>7}  {r['seconds']:.2f} ({', '.join(f'{x:.2f}' for x in r['runs'])})")
+              f"{r['attn']:>7}{r['tokenize_s']:>9.2f}s  {r['seconds']:.2f} ({', '.join(f'{x:.2f}' for x in r['runs'])})")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"kit": meta, "device": a.device, "dtype": a.dtype, "matmul_peak_flops": peak,
@@ -160,6 +169,7 @@ def main() -> None:
     r.add_argument("--max-batch-size", type=int, default=256)
     r.add_argument("--layers", default="all", help='"all" or comma-separated hidden-state indices')
     r.add_argument("--matmul-n", type=int, default=8192)
+    r.add_argument("--core", default=None, help="a folder holding another revision's router_core, run instead of this one's")
     r.add_argument("--out", default=str(REPO / "out" / "bench" / "gpu_extract.json"))
     a = ap.parse_args()
     if a.cmd == "kit":
