@@ -75,6 +75,34 @@ def matmul_peak(torch, device: str, dtype, n: int, reps: int = 10) -> float:
     return 2 * n**3 / statistics.median(times)
 
 
+def breakdown(enc, texts, torch, device: str) -> dict[str, float]:
+    """One more run with the device synchronised around every forward and every pooling, their
+    seconds summed (the synchronisation itself costs a little: a diagnostic, not the speed)."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    acc = {"tokenize": 0.0, "forward": 0.0, "pool": 0.0}
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            sync()
+            t = time.perf_counter()
+            out = fn(*args, **kwargs)
+            sync()
+            acc[name] += time.perf_counter() - t
+            return out
+        return wrapper
+
+    for name, attr in (("tokenize", "tokenize"), ("forward", "_forward"), ("pool", "_pool")):
+        setattr(enc, attr, timed(name, getattr(enc, attr)))
+    sync()
+    t = time.perf_counter()
+    enc.extract(texts)
+    sync()
+    acc["total"] = time.perf_counter() - t
+    for attr in ("tokenize", "_forward", "_pool"):
+        delattr(enc, attr)
+    return acc
+
+
 def run(a) -> None:
     import torch
     from transformers import AutoConfig, AutoModel
@@ -123,6 +151,7 @@ def run(a) -> None:
             res = enc.extract(texts)
             secs.append(time.perf_counter() - t)
         s, med = res.stats, statistics.median(secs)
+        parts = breakdown(enc, texts, torch, a.device)
         # attention: QK^T and AV, 2 x 2 x d_attn x context per token per layer (context ~ half the length)
         d_attn = conf.num_attention_heads * (getattr(conf, "head_dim", None) or conf.hidden_size // conf.num_attention_heads)
         mean_ctx = float(np.mean(res.n_tokens[res.n_tokens > 0])) / 2
@@ -130,7 +159,8 @@ def run(a) -> None:
         results.append({"prefix_sharing": prefix, "seconds": med, "runs": secs, "query_tok_s": s.tokens / med,
                         "computed_tok_s": s.computed_tokens / med, "tokens": s.tokens, "computed": s.computed_tokens,
                         "padding_waste": s.padding_waste, "tokenize_s": tokenize_s, "flops_frac": flops / med / peak,
-                        "attn": getattr(conf, "_attn_implementation", "?"), "run_layers": enc.run_layers})
+                        "attn": getattr(conf, "_attn_implementation", "?"), "run_layers": enc.run_layers,
+                        "breakdown_s": parts})
         del enc
         if a.device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -141,6 +171,11 @@ def run(a) -> None:
         print(f"{'shared prefixes' if r['prefix_sharing'] else 'plain':<16}{r['query_tok_s']:>12,.0f}"
               f"{r['computed_tok_s']:>11,.0f}{100 * r['padding_waste']:>8.1f}%{100 * r['flops_frac']:>8.1f}%"
               f"{r['attn']:>7}{r['tokenize_s']:>9.2f}s  {r['seconds']:.2f} ({', '.join(f'{x:.2f}' for x in r['runs'])})")
+    for r in results:
+        b = r["breakdown_s"]
+        print(f"{'shared prefixes' if r['prefix_sharing'] else 'plain'}: one synchronised run {b['total']:.2f} s = "
+              f"tokenize {b['tokenize']:.2f} + forward {b['forward']:.2f} + pool and host copy {b['pool']:.2f} "
+              f"+ the rest {b['total'] - b['tokenize'] - b['forward'] - b['pool']:.2f}")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"kit": meta, "device": a.device, "dtype": a.dtype, "matmul_peak_flops": peak,
