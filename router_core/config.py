@@ -138,9 +138,10 @@ class TrainConfig(Strict):
                            "the trunk (one seed), residual trunk, logistic regression and prior refitted in this many "
                            "folds of train, each row predicted by the refit that did not see it; 0 = on the "
                            "validation split (several times fewer rows)")
-    cv_folds: int = Field(2, ge=2, description="parts of the rows the served router is chosen on (cross_fit's "
-                          "out-of-fold training rows, else the validation split), each scored by blends fitted on the rest")
-    cv_repeats: int = Field(5, ge=1, description="seeded repeats of that partition")
+    cv_folds: int = Field(2, ge=2, description="parts of the validation rows the served router is chosen on "
+                          "without cross_fit, each scored by blends fitted on the rest (out-of-fold rows are "
+                          "scored part by cross_fit part)")
+    cv_repeats: int = Field(5, ge=1, description="seeded repeats of that partition (validation rows only)")
     accuracy_tolerance: float = Field(0.005, ge=0.0, le=1.0, description="route's default operating point: the "
                                       "cheapest threshold whose expected validation accuracy is at most this much "
                                       "below always calling the best single target's (0.005 = half a point)")

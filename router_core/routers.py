@@ -465,9 +465,10 @@ class BlendRouter(Router):
         """(n, K, J) each component's logits."""
         return np.stack([logit(predict_any(c, x)) for c in self.components], axis=2)
 
-    def fit(self, z: np.ndarray, scores: np.ndarray, costs: np.ndarray | None = None, steps: int = 200) -> "BlendRouter":
+    def fit(self, z: np.ndarray, scores: np.ndarray, costs: np.ndarray | None = None, steps: int = 200,
+            groups: np.ndarray | None = None) -> "BlendRouter":
         """``z`` (n, K, J) the components' logits on validation rows, ``scores`` (n, K) their outcomes
-        (``costs`` unused: the fit is by BCE)."""
+        (``costs`` and ``groups`` unused: the fit is by BCE, a loss of each row alone)."""
         import torch
 
         from .model import masked_bce, split_targets
@@ -525,21 +526,29 @@ class MixRouter(BlendRouter):
     """Shrinkage toward the prior in probability space: ``p = a * p_router + (1 - a) * p_prior``, one
     ``a`` for every target, chosen on validation rows among ``grid`` by the P-AUCCC it routes with
     (ties: the larger ``a``). ``a = 0`` is the prior itself, so on those rows it routes at least as
-    well as the prior; one number fitted keeps the choice steady on a few hundred rows."""
+    well as the prior; one number fitted keeps the choice steady on a few hundred rows. With
+    ``groups`` (out-of-fold rows: the refit that predicted each row) the P-AUCCC is the mean over
+    groups, each scored alone, as selection.cv_scores scores them."""
 
     GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 
     def __init__(self, kind: str, components: list[Router], per_target: bool = False, l2: float = 0.0):
         super().__init__(kind, components, False, 0.0)
 
-    def fit(self, z: np.ndarray, scores: np.ndarray, costs: np.ndarray | None = None, steps: int = 0) -> "MixRouter":
+    def fit(self, z: np.ndarray, scores: np.ndarray, costs: np.ndarray | None = None, steps: int = 0,
+            groups: np.ndarray | None = None) -> "MixRouter":
         from . import metrics as M
 
         if costs is None:
             raise ValueError("MixRouter.fit needs the rows' costs")
         p = _sigmoid(z)
         rows = ~np.isnan(scores).any(axis=1)
-        areas = {a: M.p_auccc(a * p[rows, :, 0] + (1 - a) * p[rows, :, 1], scores[rows], costs[rows]) for a in self.GRID}
+        parts = [rows] if groups is None else [rows & (groups == g) for g in np.unique(groups[rows])]
+
+        def area(a: float) -> float:
+            return float(np.mean([M.p_auccc(a * p[r, :, 0] + (1 - a) * p[r, :, 1], scores[r], costs[r]) for r in parts]))
+
+        areas = {a: area(a) for a in self.GRID}
         a = max(self.GRID, key=lambda g: (round(areas[g], 12), g))
         self.w_, self.b_ = np.array([[a, 1 - a]]) * np.ones((z.shape[1], 1)), np.zeros(z.shape[1])
         self.fit_info_ = {"a": float(a), "val_p_auccc_by_a": {str(g): v for g, v in areas.items()}, "val_rows": int(rows.sum())}
@@ -558,11 +567,13 @@ class MixMean(MixRouter):
     its validation score picks noise (docs/study.md, 2026-12-04: the served mix was the weakest on
     test in half the runs); their mean hedges the choice. Like every mix, all ``a_j`` = 0 is the prior."""
 
-    def fit(self, z: np.ndarray, scores: np.ndarray, costs: np.ndarray | None = None, steps: int = 0) -> "MixMean":
+    def fit(self, z: np.ndarray, scores: np.ndarray, costs: np.ndarray | None = None, steps: int = 0,
+            groups: np.ndarray | None = None) -> "MixMean":
         J = z.shape[2] - 1
         a, info = np.zeros(J), []
         for j in range(J):
-            m = MixRouter(self.kind, [self.components[j], self.components[-1]]).fit(z[:, :, [j, J]], scores, costs)
+            m = MixRouter(self.kind, [self.components[j], self.components[-1]]).fit(z[:, :, [j, J]], scores, costs,
+                                                                                    groups=groups)
             a[j] = m.w_[0, 0]
             info.append(m.fit_info_)
         w = np.r_[a / J, 1 - a.mean()]

@@ -8,7 +8,10 @@ by refits that did not see it, several times as many rows to choose with.
   times (seeded). A blend (routers.BlendRouter: calibration, shrinkage toward the prior, a stack)
   is fitted on the other parts and scored on each part; a router with nothing left to fit is
   scored on the same parts. A candidate's score is the mean over parts, so every candidate is
-  judged on rows it was not fitted on, in the same way.
+  judged on rows it was not fitted on, in the same way. Out-of-fold rows are scored part by
+  cross-fit part instead (each part predicted by one refit): a threshold curve over rows of several
+  refits averages policies that disagree on the threshold, which lowered the routers built on the
+  task prior by 0.01-0.03 P-AUCCC (docs/study.md, 2026-12-04 (4)).
 - **The simpler router within noise.** The winner is the simplest candidate whose mean score is
   at least the best's minus one standard error of their paired per-part difference (the one
   standard error rule): a more complex router has to pay for itself.
@@ -45,13 +48,22 @@ def parts_of(n: int, folds: int, repeats: int, seed: int) -> list[np.ndarray]:
 
 
 def cv_scores(fixed: dict[str, np.ndarray], blends: dict[str, tuple[BlendRouter, np.ndarray]], scores: np.ndarray,
-              costs: np.ndarray, folds: int = 2, repeats: int = 5, seed: int = 0) -> dict[str, Scored]:
+              costs: np.ndarray, folds: int = 2, repeats: int = 5, seed: int = 0,
+              groups: np.ndarray | None = None) -> dict[str, Scored]:
     """Every candidate's cross-validated P-AUCCC on validation rows measured on every target.
 
     ``fixed``: name -> (n, K) validation probabilities of a router fitted without these rows;
-    ``blends``: name -> (an unfitted blend, its components' (n, K, J) validation logits)."""
+    ``blends``: name -> (an unfitted blend, its components' (n, K, J) validation logits).
+    ``groups``: each row's cross-fit part (out-of-fold rows). Then the parts scored are those
+    groups, one by one: a part's probabilities all come from one refit. P-AUCCC over rows of several
+    refits averages policies whose thresholds differ (the task prior of one refit sends a task's
+    queries to another target than the next refit's at the same threshold), which lies below
+    either policy's curve and costs the routers that lean on the prior most."""
     n = len(scores)
-    parts = parts_of(n, folds, repeats, seed)
+    if groups is not None:
+        parts, folds = [np.flatnonzero(groups == g) for g in np.unique(groups)], len(np.unique(groups))
+    else:
+        parts = parts_of(n, folds, repeats, seed)
     out: dict[str, Scored] = {}
     for name, p in fixed.items():
         out[name] = Scored(0.0, np.array([M.p_auccc(p[i], scores[i], costs[i]) for i in parts]), p)
@@ -60,7 +72,7 @@ def cv_scores(fixed: dict[str, np.ndarray], blends: dict[str, tuple[BlendRouter,
         for j, i in enumerate(parts):
             fit_rows = np.setdiff1d(np.arange(n), i)
             b = type(blend)(blend.kind, blend.components, blend.per_target, blend.l2).fit(
-                z[fit_rows], scores[fit_rows], costs[fit_rows])
+                z[fit_rows], scores[fit_rows], costs[fit_rows], groups=None if groups is None else groups[fit_rows])
             p = b.proba_of(z[i])
             per.append(M.p_auccc(p, scores[i], costs[i]))
             if j < folds:
@@ -181,6 +193,7 @@ class OutOfFold:
     proba: dict[str, np.ndarray]  # router name (and "prior") -> (n, K)
     scores: np.ndarray  # (n, K)
     costs: np.ndarray  # (n, K)
+    part: np.ndarray  # (n,) the cross-fit part each row was predicted in (the refit that predicted it)
 
 
 def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.ndarray, best_single: int,
@@ -221,13 +234,14 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
             mix = MIXES.get(per_target)
             b = mix(name, comps) if mix else BlendRouter(name, comps, per_target, l2)
             blends[name] = (b, z_of(proba, parts))
-    scored = cv_scores(fixed, blends, s, c, folds, repeats, seed)
+    scored = cv_scores(fixed, blends, s, c, folds, repeats, seed, groups=None if oof is None else oof.part)
     winner, info = choose({k: v for k, v in scored.items() if k in SERVABLE}, COMPLEXITY)
     for k, v in scored.items():  # the others, for the record
         if k not in info["candidates"]:
             info["candidates"][k] = {"val_p_auccc": v.mean, "servable": False}
     info["rows"] = {"kind": "validation" if oof is None else "out-of-fold training", "n": int(len(s))}
-    fitted = {k: type(b)(b.kind, b.components, b.per_target, b.l2).fit(z, s, c) for k, (b, z) in blends.items()}
+    groups = None if oof is None else oof.part
+    fitted = {k: type(b)(b.kind, b.components, b.per_target, b.l2).fit(z, s, c, groups=groups) for k, (b, z) in blends.items()}
     for k, b in fitted.items():
         b.fit_info_ = dict(b.fit_info_, val_p_auccc_cv=scored[k].mean)
     if oof is None:

@@ -208,11 +208,13 @@ def cross_fit(cfg: AppConfig, fit: Fit, design, params: dict, logreg: PrefillLog
     rows = tr & ~np.isnan(scores).any(axis=1)
     names = ["prior", "prefill_logreg", "prefill_trunk"] + (["prefill_trunk_residual"] if residual else [])
     out = {k: np.full(scores.shape, np.nan) for k in names}
+    part_of = np.full(len(scores), -1)
     cols = sorted(set(logreg.columns_))
     train_rows = np.flatnonzero(tr)
     for j, part in enumerate(train_rows[p] for p in parts_of(len(train_rows), tc.cross_fit, 1, tc.seed)):
         fold = tr.copy()
         fold[part] = False
+        part_of[part] = j
         prior = TaskPrior().fit([tasks[i] for i in np.flatnonzero(fold)] if tasks else [None] * int(fold.sum()), scores[fold])
         x = RouterInputs(n=len(part), prefill={c: v[part] for c, v in prefill.items()},
                          semantic=sem[part] if sem is not None else None,
@@ -230,7 +232,7 @@ def cross_fit(cfg: AppConfig, fit: Fit, design, params: dict, logreg: PrefillLog
                 one, fit, f"prefill_trunk_residual-fold{j}", params, c, pre, data, scores.shape[1], offset=prior,
                 offsets=(off[fold], off[va]))[0].predict_proba(x)
         log.info("train: cross-fit part %d/%d (%d rows) predicted", j + 1, tc.cross_fit, len(part))
-    return OutOfFold({k: v[rows] for k, v in out.items()}, scores[rows], costs[rows])
+    return OutOfFold({k: v[rows] for k, v in out.items()}, scores[rows], costs[rows], part_of[rows])
 
 
 def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndarray], sem: np.ndarray,

@@ -129,6 +129,44 @@ def test_cv_scores_judge_blends_on_rows_they_were_not_fitted_on():
     assert (out["noise_blend"].oof != 0).all()  # every row predicted by a blend fitted without it
 
 
+def test_cv_scores_on_out_of_fold_rows_score_each_refit_on_its_own_part():
+    """Two refits of a one-task prior that order the targets alike, the second with every gap to
+    the best doubled, each predicting a copy of the same rows: alone each traces the same curve.
+    Pooled, a threshold sends one refit's rows a step further down the curve than the other's
+    (a chord, below it); scored part by part, the prior gets what each refit is worth."""
+    rng = np.random.default_rng(3)
+    half, K = 200, 3
+    s0 = (rng.random((half, K)) < [0.5, 0.75, 0.8]).astype(float)
+    scores, costs = np.vstack([s0, s0]), np.tile([1.0, 2.0, 4.0], (2 * half, 1))
+    part = np.repeat([0, 1], half)
+    p = np.where(part[:, None] == 0, [0.6, 0.7, 0.8], [0.4, 0.6, 0.8])
+    out = cv_scores({"prior": p}, {}, scores, costs, folds=2, repeats=5, seed=0, groups=part)
+    own = M.p_auccc(p[:half], s0, costs[:half])
+    np.testing.assert_allclose(out["prior"].per_part, [own, own])
+    assert own == pytest.approx(M.p_auccc(p[half:], s0, costs[:half]))
+    pooled = cv_scores({"prior": p}, {}, scores, costs, folds=2, repeats=5, seed=0)
+    assert pooled["prior"].mean < own - 0.01
+
+
+def test_a_mix_fitted_on_out_of_fold_rows_weighs_each_refit_on_its_own_part():
+    from router_core.routers import MixRouter
+
+    rng = np.random.default_rng(4)
+    half, K = 200, 3
+    s0 = (rng.random((half, K)) < [0.5, 0.75, 0.8]).astype(float)
+    scores, costs = np.vstack([s0, s0]), np.tile([1.0, 2.0, 4.0], (2 * half, 1))
+    part = np.repeat([0, 1], half)
+    prior = np.where(part[:, None] == 0, [0.6, 0.7, 0.8], [0.4, 0.6, 0.8])  # two refits, as above
+    z = np.stack([rng.normal(size=(2 * half, K)), logit(prior)], axis=2)  # a router of noise, the prior
+    m = MixRouter("prefill_trunk_mix", [_prior(), _prior()]).fit(z, scores, costs, groups=part)
+    own = M.p_auccc(prior[:half], s0, costs[:half])
+    assert m.fit_info_["val_p_auccc_by_a"]["0.0"] == pytest.approx(own)  # the prior, each refit alone
+    best = max(m.fit_info_["val_p_auccc_by_a"].values())
+    assert m.fit_info_["val_p_auccc_by_a"][str(m.fit_info_["a"])] == best
+    pooled = MixRouter("prefill_trunk_mix", [_prior(), _prior()]).fit(z, scores, costs)
+    assert pooled.fit_info_["val_p_auccc_by_a"]["0.0"] < own - 0.01
+
+
 def test_operating_point_is_the_cheapest_tau_within_the_tolerance_of_expected_accuracy():
     # 3 targets, cost 1 < 2 < 4; the dear one is the best single.
     s = np.array([[1, 1, 1], [0, 1, 1], [0, 0, 1], [0, 0, 0]], dtype=float)
