@@ -234,13 +234,13 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
             mix = MIXES.get(per_target)
             b = mix(name, comps) if mix else BlendRouter(name, comps, per_target, l2)
             blends[name] = (b, z_of(proba, parts))
-    scored = cv_scores(fixed, blends, s, c, folds, repeats, seed, groups=None if oof is None else oof.part)
+    groups = None if oof is None else oof.part  # out-of-fold rows: scored and fitted part by part
+    scored = cv_scores(fixed, blends, s, c, folds, repeats, seed, groups=groups)
     winner, info = choose({k: v for k, v in scored.items() if k in SERVABLE}, COMPLEXITY)
     for k, v in scored.items():  # the others, for the record
         if k not in info["candidates"]:
             info["candidates"][k] = {"val_p_auccc": v.mean, "servable": False}
     info["rows"] = {"kind": "validation" if oof is None else "out-of-fold training", "n": int(len(s))}
-    groups = None if oof is None else oof.part
     fitted = {k: type(b)(b.kind, b.components, b.per_target, b.l2).fit(z, s, c, groups=groups) for k, (b, z) in blends.items()}
     for k, b in fitted.items():
         b.fit_info_ = dict(b.fit_info_, val_p_auccc_cv=scored[k].mean)
