@@ -145,6 +145,25 @@ def run_actor_pool(cfg: AppConfig, todo: pa.Table, identity: str, parts_uri: str
 _ROUTERS: dict[tuple[str, str], object] = {}  # in each worker process: the router it last loaded
 
 
+def plan_groups(located, n_groups: int) -> list[tuple[list[tuple[str, dict, np.ndarray | None]], np.ndarray]]:
+    """Groups of parts for the prediction tasks, balanced by rows: each group lists its parts with the
+    rows wanted of each (None = all, in order) and the input positions those rows fill."""
+    order = np.lexsort((located.row, located.part))
+    part, row, dst = located.part[order], located.row[order], located.dst[order]
+    ids, starts = np.unique(part, return_index=True)
+    ends = np.append(starts[1:], len(part))
+    loads = [0] * n_groups
+    groups: list[tuple[list, list]] = [([], []) for _ in range(n_groups)]
+    for j, a, b in sorted(zip(ids, starts, ends), key=lambda z: z[1] - z[2]):  # largest first
+        uri, entry = located.parts[j]
+        rows = None if b - a == entry["rows"] else row[a:b]
+        g = loads.index(min(loads))
+        loads[g] += b - a
+        groups[g][0].append((uri, entry, rows))
+        groups[g][1].append(dst[a:b])
+    return [(items, np.concatenate(d)) for items, d in groups if items]
+
+
 def predict_parts(parts: list[tuple[str, dict, np.ndarray | None]], storage_kw: dict, folder: str, digest: str,
                   columns: list[str], dim: int, threads: int, tasks: list[str | None] | None = None) -> np.ndarray:
     """A Ray task of ``route``: P(correct) of the given rows of each part ((URI, manifest entry, rows

@@ -6,7 +6,9 @@
    ``--features`` names another): only texts it lacks are encoded, with the model's own settings.
 3. Predict P(correct) per target with the trained router, in Ray tasks over groups of feature parts
    balanced by rows, one per CPU (each reads only its parts and the model's columns; each worker
-   process loads the router once; memory stays bounded).
+   process loads the router once; memory stays bounded). A model whose served router is the prior
+   (the task prior, or each target's mean without tasks: train serves it where no learned router
+   beats it) skips 2 and 3: its probabilities are a lookup of each query's task.
 4. Assign routes by the policy (threshold, utility, or a batch budget) on estimated call costs
    (input tokens x price + the target's median training output tokens x price).
 5. Write ``OUT/routes/part-*.parquet``, ``OUT/rejects.parquet``, ``OUT/tally.json`` and last
@@ -35,12 +37,12 @@ from router_core.errors import ArtifactError, DataError
 from router_core.evaluation import estimated_costs
 from router_core.features import MANIFEST, column_digest, read_manifest, settings_for
 from router_core.model_index import read_index, resolve_model
-from router_core.routers import ROUTERS, TrunkRouter
+from router_core.routers import ROUTERS, RouterInputs, TrunkRouter, load_router, predict_any
 from router_core.routing import assign, tally
 from router_core.schemas import Pool
 from router_core.storage import Storage, join
 
-from .actors import predict_parts
+from .actors import plan_groups, predict_parts
 from .common import format_table, storage_from
 from .encoding import encode, prepare
 from .runtime import ensure_ray, ray_get
@@ -63,25 +65,6 @@ class RouteRun:
 
     def reconciles(self) -> bool:
         return self.input_rows == self.routed + self.rejected
-
-
-def _plan(located, n_groups: int) -> list[tuple[list[tuple[str, dict, np.ndarray | None]], np.ndarray]]:
-    """Groups of parts for the prediction tasks, balanced by rows: each group lists its parts with the
-    rows wanted of each (None = all, in order) and the input positions those rows fill."""
-    order = np.lexsort((located.row, located.part))
-    part, row, dst = located.part[order], located.row[order], located.dst[order]
-    ids, starts = np.unique(part, return_index=True)
-    ends = np.append(starts[1:], len(part))
-    loads = [0] * n_groups
-    groups: list[tuple[list, list]] = [([], []) for _ in range(n_groups)]
-    for j, a, b in sorted(zip(ids, starts, ends), key=lambda z: z[1] - z[2]):  # largest first
-        uri, entry = located.parts[j]
-        rows = None if b - a == entry["rows"] else row[a:b]
-        g = loads.index(min(loads))
-        loads[g] += b - a
-        groups[g][0].append((uri, entry, rows))
-        groups[g][1].append(dst[a:b])
-    return [(items, np.concatenate(d)) for items, d in groups if items]
 
 
 def _run_id(given: str | None, keys: pa.Table, router_manifest: dict, policy: Policy) -> str:
@@ -107,8 +90,6 @@ def _claim(storage: Storage, out: str, run_id: str) -> None:
 
 def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Policy,
               features: str | None = None, run_id: str | None = None, router_name: str | None = None) -> RouteRun:
-    import ray
-
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     storage = storage_from(cfg)
@@ -117,9 +98,10 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
     name = router_name or index.serve
     folder = index.folder(model, name)
     rman = read_json(storage, join(folder, "manifest.json"))  # the weights load in the prediction tasks
-    if rman.get("router") not in ROUTERS or rman.get("needs") != ["prefill"]:
-        raise ArtifactError(f"router {name} reads {', '.join(rman.get('needs') or []) or 'nothing'}; `route` serves "
-                            "routers on prefill features (and the task column where given) only")
+    needs = rman.get("needs") or []
+    if rman.get("router") not in ROUTERS or not set(needs) <= {"prefill", "tasks"}:
+        raise ArtifactError(f"router {name} reads {', '.join(needs)}; `route` serves routers on prefill features "
+                            "and the task column (either optional) only")
     if policy.name == "threshold" and policy.tau is None:  # the model's operating point, chosen on validation
         policy = policy.model_copy(update={"tau": float(index.operating_point.get("tau", 0.0))})
     targets = index.targets
@@ -132,35 +114,18 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
     _claim(storage, out, run_id)
     seconds["read"] = time.perf_counter() - t0
 
-    trained_on = index.features["prefill"].uri
-    feats = features or trained_on
-    if storage.exists(join(feats, MANIFEST)) and read_manifest(storage, feats)["settings_key"] != rman["features_settings_key"]:
-        raise ArtifactError(f"{feats}: features of other settings than the model's")
-    t = time.perf_counter()
-    # A new cache folder gets the model's settings, from its training features.
-    ecfg = cfg.model_copy(update={"extract": settings_for(storage, cfg.extract, feats, trained_on)})
-    ex = encode(ecfg, prep, feats)
-    rejects = list(prep.rejects)
-    failed = {r["query_id"]: r["reason"] for r in ex.rejects[len(prep.rejects):]}  # the encoder could not read these
-    seconds["extract"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))  # tasks wait for a CPU; none idle meanwhile
-    tcpu = cfg.route.task_cpus
-    groups = _plan(ex.located, max(1, int(cpus / tcpu)))  # one wave, balanced by rows
-    dim = int(ex.manifest["feature_dim"])
-    task = ray.remote(num_cpus=tcpu)(predict_parts)
-    columns = sorted(set(rman["columns"]) - set(TrunkRouter.EXTRA))
     tasks = kept.column("task").to_pylist() if "task" in kept.column_names and rman.get("uses_tasks") else None
-    refs = [task.remote(items, storage.settings(), folder, rman["weights_sha256"], columns, dim, max(1, int(tcpu)),
-                        [tasks[i] for i in dst] if tasks is not None else None) for items, dst in groups]
-    proba = np.zeros((kept.num_rows, len(targets)), np.float32)
-    have = np.zeros(kept.num_rows, bool)
-    for done, (ref, (_, dst)) in enumerate(zip(refs, groups), 1):
-        proba[dst] = ray_get(ref)
-        have[dst] = True
-        log.info("route: predicted %d/%d groups of feature parts", done, len(refs))
-    seconds["predict"] = time.perf_counter() - t
+    rejects = list(prep.rejects)
+    if "prefill" in needs:
+        proba, have, failed, feats, extract = _predict_prefill(cfg, storage, index, folder, rman, prep, features,
+                                                               tasks, len(targets), seconds)
+    else:  # the prior (train serves it where no learned router beats it): a table lookup, nothing to encode
+        t = time.perf_counter()
+        proba = predict_any(load_router(storage, folder)[0], RouterInputs(n=kept.num_rows, tasks=tasks)).astype(np.float32)
+        have, failed, feats, extract = np.ones(kept.num_rows, bool), {}, None, {"reused": 0, "extracted": 0, "rejected": 0}
+        log.info("route: %s reads no features (%s)", name,
+                 "the queries' tasks" if tasks is not None else "no task column: every query gets the global mean")
+        seconds["predict"] = time.perf_counter() - t
 
     t = time.perf_counter()
     # A query whose features are missing is rejected with the reason.
@@ -221,11 +186,46 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
         raise RuntimeError(f"route counts do not reconcile: {n_in} in, {n} routed, {len(rejects)} rejected")
     doc = {"run_id": run_id, "status": "complete", "queries": queries_uri, "model": model, "router": version,
            "features": feats, "input_rows": n_in, "routed": n, "rejected": len(rejects), "policy": tal["policy"],
-           "extract": {"reused": ex.reused, "extracted": ex.extracted, "rejected": ex.rejected},
-           "seconds": seconds, "finished_unix": int(time.time())}
+           "extract": extract, "seconds": seconds, "finished_unix": int(time.time())}
     storage.write_text(join(out, TALLY), json.dumps(dict(tal, run_id=run_id, router=version), indent=2))
     storage.write_text(join(out, RUN), json.dumps(doc, indent=2))
     return run
+
+
+def _predict_prefill(cfg: AppConfig, storage: Storage, index, folder: str, rman: dict, prep, features: str | None,
+                     tasks: list | None, n_targets: int, seconds: dict):
+    """P(correct) of the kept queries by a router on prefill features: the features through the
+    extraction job's cache (only texts it lacks are encoded), then Ray tasks over groups of feature
+    parts. Returns (proba, which rows have features, why the encoder failed per query id, the features
+    folder, the extraction counts)."""
+    import ray
+
+    kept, trained_on = prep.kept, index.features["prefill"].uri
+    feats = features or trained_on
+    if storage.exists(join(feats, MANIFEST)) and read_manifest(storage, feats)["settings_key"] != rman["features_settings_key"]:
+        raise ArtifactError(f"{feats}: features of other settings than the model's")
+    t = time.perf_counter()
+    # A new cache folder gets the model's settings, from its training features.
+    ecfg = cfg.model_copy(update={"extract": settings_for(storage, cfg.extract, feats, trained_on)})
+    ex = encode(ecfg, prep, feats)
+    failed = {r["query_id"]: r["reason"] for r in ex.rejects[len(prep.rejects):]}  # the encoder could not read these
+    seconds["extract"] = time.perf_counter() - t
+    t = time.perf_counter()
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))  # tasks wait for a CPU; none idle meanwhile
+    tcpu = cfg.route.task_cpus
+    groups = plan_groups(ex.located, max(1, int(cpus / tcpu)))  # one wave, balanced by rows
+    dim = int(ex.manifest["feature_dim"])
+    task = ray.remote(num_cpus=tcpu)(predict_parts)
+    columns = sorted(set(rman["columns"]) - set(TrunkRouter.EXTRA))
+    refs = [task.remote(items, storage.settings(), folder, rman["weights_sha256"], columns, dim, max(1, int(tcpu)),
+                        [tasks[i] for i in dst] if tasks is not None else None) for items, dst in groups]
+    proba, have = np.zeros((kept.num_rows, n_targets), np.float32), np.zeros(kept.num_rows, bool)
+    for done, (ref, (_, dst)) in enumerate(zip(refs, groups), 1):
+        proba[dst] = ray_get(ref)
+        have[dst] = True
+        log.info("route: predicted %d/%d groups of feature parts", done, len(refs))
+    seconds["predict"] = time.perf_counter() - t
+    return proba, have, failed, feats, {"reused": ex.reused, "extracted": ex.extracted, "rejected": ex.rejected}
 
 
 def print_route(run: RouteRun) -> None:

@@ -14,7 +14,8 @@ by refits that did not see it, several times as many rows to choose with.
   task prior by 0.01-0.03 P-AUCCC (docs/study.md, 2026-12-04 (4)).
 - **The simpler router within noise.** The winner is the simplest candidate whose mean score is
   at least the best's minus one standard error of their paired per-part difference (the one
-  standard error rule): a more complex router has to pay for itself.
+  standard error rule): a more complex router has to pay for itself. The simplest is the prior
+  itself (``PRIORS``), which ``route`` serves without encoding anything.
 - **Operating point.** On the winner's validation probabilities (out of fold), the cheapest
   threshold policy whose expected accuracy (the router's own probabilities) is within a tolerance
   of always calling the best single target's: the saving a user gets by default.
@@ -154,8 +155,8 @@ def operating_point(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, be
             "best_single_val_mean_cost": ref_cost, "val_rows": int(len(scores)), "unguarded": unguarded}
 
 
-# What route can serve (routers on prefill features, the task column optional), simplest first;
-# the rest are scored for the record. Blends: (name, components by router name, per target).
+# What route can serve (routers on prefill features, the task column optional, and the prior itself),
+# simplest first; the rest are scored for the record. Blends: (name, components by router name, per target).
 # Simplest = least able to route worse than the prior: a mix toward the prior (its worst case is the
 # prior itself) before a router on its own, before blends with more weights fitted on validation. The
 # mean of the mixes ranks with the mixes (ties go to the better validation score): ranked before them
@@ -173,8 +174,18 @@ BLENDS = [("prefill_trunk_mix", ("prefill_trunk", "prior"), "mix"),
           ("prefill_residual_shrunk", ("prefill_trunk_residual", "prior"), False),
           ("prefill_logreg_shrunk", ("prefill_logreg", "prior"), False),
           ("prefill_stack", ("prefill_trunk_residual", "prefill_logreg", "prior"), False)]
-SERVABLE = {k for k in COMPLEXITY if k.startswith("prefill_")}
+# The prior is the simplest servable router: the task prior, or without tasks each target's mean on
+# train (best_single's probabilities). Served where no learned router is more than one standard error
+# above it: with little training data every learned router alone scores below it (docs/study.md).
+PRIORS = ("task_prior", "best_single")
+SERVABLE = {k for k in COMPLEXITY if k.startswith("prefill_")} | set(PRIORS)
 MIXES = {"mix": MixRouter, "mean": MixMean}  # the blend kinds that are mixes toward the prior
+
+
+def prior_name(prior) -> str:
+    """The served name of ``prior`` (a fitted TaskPrior): task_prior where it knows tasks, else best_single
+    (each target's training mean for every query, which is what a prior without tasks predicts)."""
+    return "task_prior" if getattr(prior, "tasks_", None) else "best_single"
 
 
 @dataclass
@@ -226,7 +237,9 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
         proba, s, c = proba_va, scores, costs
     else:
         proba, s, c = {k: v for k, v in oof.proba.items() if k in proba_va}, oof.scores, oof.costs
-    fixed = {k: p for k, p in proba.items() if k in COMPLEXITY}
+    base = prior_name(prior)  # the prior as a candidate of its own, under the router name train saves it by
+    fixed = {k: p for k, p in proba.items() if k in COMPLEXITY and k not in PRIORS}
+    fixed[base] = proba["prior"]
     blends = {}
     for name, parts, per_target in BLENDS:
         if all(p in proba for p in parts):
@@ -237,6 +250,8 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
     groups = None if oof is None else oof.part  # out-of-fold rows: scored and fitted part by part
     scored = cv_scores(fixed, blends, s, c, folds, repeats, seed, groups=groups)
     winner, info = choose({k: v for k, v in scored.items() if k in SERVABLE}, COMPLEXITY)
+    for k, v in info["candidates"].items():
+        v["per_part"] = [round(float(x), 6) for x in scored[k].per_part]
     for k, v in scored.items():  # the others, for the record
         if k not in info["candidates"]:
             info["candidates"][k] = {"val_p_auccc": v.mean, "servable": False}
@@ -249,6 +264,6 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
     elif winner in fitted:
         p_op = fitted[winner].proba_of(z_of(proba_va, dict((n, p) for n, p, _ in BLENDS)[winner]))
     else:
-        p_op = proba_va[winner]
+        p_op = proba_va["prior" if winner == base else winner]
     op = operating_point(p_op, scores, costs, best_single, tolerance, guard_z)
     return Serving(winner, fitted, info, op)

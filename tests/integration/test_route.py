@@ -12,7 +12,7 @@ from jobs.cli import main
 from router_core.dataset import load_dataset
 from router_core.features import load_features
 from router_core.model_index import read_index
-from router_core.routers import RouterInputs, load_router, predict_any, prefill_columns
+from router_core.routers import RouterInputs, TaskPrior, load_router, predict_any, prefill_columns
 from router_core.storage import Storage
 from tests.integration.conftest import assert_no_secret
 
@@ -157,3 +157,26 @@ def test_a_router_that_reads_tasks_gets_them_at_route_time(trained, tmp_path):
     tasks = q.column("task").to_pylist()
     np.testing.assert_allclose(got, predict_any(router, RouterInputs(n=30, prefill=fs.columns, tasks=tasks)), atol=1e-5)
     assert np.abs(got - predict_any(router, RouterInputs(n=30, prefill=fs.columns))).max() > 1e-3
+
+
+def test_a_model_that_serves_the_prior_routes_without_features(trained, tmp_path):
+    """The task prior served (train serves it where no learned router beats it): route reads the
+    queries' tasks and encodes nothing; without a task column every query gets the global mean."""
+    data, _, model, _ = trained
+    q = load_dataset(Storage(), data).queries.select(["query_id", "text", "task"]).take(list(range(0, 60, 2)))
+    pq.write_table(q, tmp_path / "q.parquet")
+    pq.write_table(q.select(["query_id", "text"]), tmp_path / "q_no_task.parquet")
+    index = read_index(Storage(), model)
+    prior, manifest = load_router(Storage(), index.folder(model, "task_prior"))
+    assert isinstance(prior, TaskPrior) and manifest["needs"] == ["tasks"]
+    for src, tasks in (("q.parquet", q.column("task").to_pylist()), ("q_no_task.parquet", None)):
+        out = tmp_path / src.split(".")[0]
+        assert main(["route", "--queries", str(tmp_path / src), "--model", model, "--out", str(out),
+                     "--router", "task_prior", "--features", str(tmp_path / "never-written")]) == 0
+        run = json.loads((out / "run.json").read_text())
+        assert run["extract"] == {"reused": 0, "extracted": 0, "rejected": 0} and run["routed"] == 30
+        assert run["features"] is None and not (tmp_path / "never-written").exists()
+        routes = pq.read_table(out / "routes")
+        got = np.stack([routes.column(f"p:{t}").to_numpy() for t in index.targets], axis=1)
+        np.testing.assert_allclose(got, prior.prior(tasks, 30), atol=1e-6)
+        assert (np.ptp(got, axis=0).max() > 1e-3) == (tasks is not None)  # by task, or one row for all

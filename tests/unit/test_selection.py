@@ -7,7 +7,7 @@ from router_core import metrics as M
 from router_core.evaluation import _weighted_aucs, at_operating_point, paired_bootstrap
 from router_core.model import Preprocessor, SharedTrunkNet, TrainParams, fit_trunk, logit
 from router_core.routers import BlendRouter, RouterInputs, TaskPrior, TrunkRouter, load_router, save_router
-from router_core.selection import Scored, choose, cv_scores, operating_point
+from router_core.selection import Scored, choose, choose_serving, cv_scores, operating_point
 from router_core.storage import Storage
 
 
@@ -114,6 +114,40 @@ def test_choice_prefers_the_simpler_router_within_one_standard_error():
     assert winner == "simple" and info["best"] == "complex" and info["candidates"]["simple"]["within_noise"]
     winner, _ = choose(dict(close, clear_winner=scored(np.full(10, 0.6))), {"simple": 0, "complex": 1, "clear_winner": 2})
     assert winner == "clear_winner"
+
+
+class _Noise(TrunkRouter):
+    """A prefill router that knows nothing: seeded noise per query."""
+
+    def __init__(self, K: int, seed: int = 0):
+        self.K, self.seed, self.needs = K, seed, ("prefill",)
+
+    def predict_proba(self, x):
+        return np.random.default_rng(self.seed + x.n).uniform(0.05, 0.95, (x.n, self.K))
+
+
+def test_the_prior_is_served_where_no_learned_router_beats_it_and_named_by_what_it_knows():
+    """A trunk of noise, its mixes and calibrations: none is more than one standard error above the
+    prior, so the prior itself (the simplest) is served, every candidate's per-part scores recorded;
+    without tasks the prior is each target's mean, served as best_single."""
+    rng = np.random.default_rng(5)
+    n, K = 400, 3
+    tasks = [["a", "b", "c", "d"][i % 4] for i in range(n)]
+    rate = np.array([[0.9, 0.5, 0.6], [0.3, 0.8, 0.85], [0.5, 0.5, 0.9], [0.7, 0.9, 0.95]])
+    scores = (rng.random((n, K)) < rate[np.arange(n) % 4]).astype(float)
+    costs = np.tile([1.0, 3.0, 9.0], (n, 1))
+    va = np.arange(n) >= n // 2
+    for with_tasks, name in ((True, "task_prior"), (False, "best_single")):
+        t = tasks if with_tasks else [None] * n
+        prior = TaskPrior().fit([t[i] for i in np.flatnonzero(~va)], scores[~va])
+        x = RouterInputs(n=int(va.sum()), tasks=[t[i] for i in np.flatnonzero(va)] if with_tasks else None)
+        sv = choose_serving({"prefill_trunk": _Noise(K)}, prior, x, scores[va], costs[va], best_single=2, folds=2,
+                            repeats=5, seed=0, tolerance=0.005)
+        cand = sv.selection["candidates"]
+        assert sv.winner == name and cand[name]["within_noise"] and name in cand and len(cand[name]["per_part"]) == 10
+        assert cand["prefill_trunk"]["val_p_auccc"] < cand[name]["val_p_auccc"]
+        assert {"task_prior", "best_single"} - {name} & set(cand) == set()  # one prior, under its served name
+        assert sv.operating_point["val_rows"] == int(va.sum())
 
 
 def test_cv_scores_judge_blends_on_rows_they_were_not_fitted_on():
