@@ -16,6 +16,7 @@ from router_core.config import AppConfig
 from router_core.dataset import load_dataset
 from router_core.features import load_features, read_manifest
 from router_core.model_index import FeatureRef, ModelIndex
+from router_core.selection import PRIORS
 from router_core.storage import join
 from router_core.training import Bundle, fit_bundle, fit_in_process, save_bundle
 
@@ -88,6 +89,9 @@ def print_train(run: TrainRun) -> None:
               + ", ".join(f"{k} {v['val_p_auccc']:.4f}" for k, v in cands[:6])
               + (f"; the simplest within one standard error of {sel['best']}" if run.index.serve != sel["best"] else "")
               + ")")
+        if run.index.serve in PRIORS:
+            print(f"  no learned router is more than one standard error above the prior on held-out rows: route "
+                  f"serves {run.index.serve}, encoding nothing")
     if op:
         print(f"  operating point: tau {op['tau']:.4f}, on validation accuracy {op['val_accuracy']:.4f} vs "
               f"{op['best_single_val_accuracy']:.4f} always calling {run.index.best_single}, "
