@@ -15,7 +15,8 @@ by refits that did not see it, several times as many rows to choose with.
 - **The simpler router within noise.** The winner is the simplest candidate whose mean score is
   at least the best's minus one standard error of their paired per-part difference (the one
   standard error rule): a more complex router has to pay for itself. The simplest is the prior
-  itself (``PRIORS``), which ``route`` serves without encoding anything.
+  itself (``PRIORS``), which ``route`` serves without encoding anything; it is also served where
+  the winner does not beat it by more than one standard error of their own paired difference.
 - **Operating point.** On the winner's validation probabilities (out of fold), the cheapest
   threshold policy whose expected accuracy (the router's own probabilities) is within a tolerance
   of always calling the best single target's: the saving a user gets by default.
@@ -84,18 +85,33 @@ def cv_scores(fixed: dict[str, np.ndarray], blends: dict[str, tuple[BlendRouter,
     return out
 
 
-def choose(scored: dict[str, Scored], complexity: dict[str, int]) -> tuple[str, dict]:
-    """The simplest candidate within one standard error of the best (see the module's docstring)."""
+def _gap(a: Scored, b: Scored) -> tuple[float, float]:
+    """Mean and standard error of ``a - b`` over their paired parts."""
+    d = a.per_part - b.per_part
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+
+
+def choose(scored: dict[str, Scored], complexity: dict[str, int], null: str | None = None) -> tuple[str, dict]:
+    """The simplest candidate within one standard error of the best (see the module's docstring).
+
+    ``null``: the router to keep unless the winner beats it by more than one standard error of their
+    own paired difference (the prior). The best is the largest of many noisy means, so a winner can be
+    within noise of it and still not distinguishable from the prior; then the prior serves."""
     best = max(scored, key=lambda k: scored[k].mean)
     table = {}
     for name, s in scored.items():
-        d = scored[best].per_part - s.per_part
-        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
-        table[name] = {"val_p_auccc": s.mean, "gap_to_best": float(d.mean()), "se": se,
-                       "within_noise": bool(d.mean() <= se), "complexity": complexity.get(name, 9)}
+        gap, se = _gap(scored[best], s)
+        table[name] = {"val_p_auccc": s.mean, "gap_to_best": gap, "se": se,
+                       "within_noise": bool(gap <= se), "complexity": complexity.get(name, 9)}
     ok = [k for k, v in table.items() if v["within_noise"]]
     winner = min(ok, key=lambda k: (table[k]["complexity"], -table[k]["val_p_auccc"]))
-    return winner, {"best": best, "winner": winner, "candidates": table}
+    info = {"best": best, "winner": winner, "candidates": table}
+    if null is not None and null in scored and winner != null:
+        gain, se = _gap(scored[winner], scored[null])
+        info["gain_over_null"] = {"null": null, "router": winner, "gain": gain, "se": se}
+        if gain <= se:
+            info["winner"] = winner = null
+    return winner, info
 
 
 def operating_point(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, best_single: int,
@@ -249,7 +265,7 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
             blends[name] = (b, z_of(proba, parts))
     groups = None if oof is None else oof.part  # out-of-fold rows: scored and fitted part by part
     scored = cv_scores(fixed, blends, s, c, folds, repeats, seed, groups=groups)
-    winner, info = choose({k: v for k, v in scored.items() if k in SERVABLE}, COMPLEXITY)
+    winner, info = choose({k: v for k, v in scored.items() if k in SERVABLE}, COMPLEXITY, null=base)
     for k, v in info["candidates"].items():
         v["per_part"] = [round(float(x), 6) for x in scored[k].per_part]
     for k, v in scored.items():  # the others, for the record

@@ -116,6 +116,26 @@ def test_choice_prefers_the_simpler_router_within_one_standard_error():
     assert winner == "clear_winner"
 
 
+def test_the_null_serves_unless_the_winner_beats_it_beyond_its_own_noise():
+    """The best of several noisy candidates clears the prior by more than one standard error, a
+    simpler candidate is within noise of the best, yet that one does not clear the prior: the prior
+    serves. Where the winner clears it, the winner serves."""
+    def scored(per):
+        return Scored(float(np.mean(per)), np.asarray(per, float), None)
+
+    prior = scored([0.50] * 6)
+    best = scored([0.52, 0.51, 0.53, 0.51, 0.52, 0.53])  # +0.020 over the prior, steady
+    mix = scored([0.54, 0.47, 0.55, 0.47, 0.54, 0.49])  # +0.010, noisy: within noise of both
+    cx = {"prior": 0, "mix": 1, "best": 2}
+    winner, info = choose({"prior": prior, "mix": mix, "best": best}, cx)
+    assert winner == "mix" and not info["candidates"]["prior"]["within_noise"]  # the rule without a null
+    winner, info = choose({"prior": prior, "mix": mix, "best": best}, cx, null="prior")
+    assert winner == "prior" and info["gain_over_null"]["router"] == "mix"
+    assert 0 < info["gain_over_null"]["gain"] <= info["gain_over_null"]["se"]
+    winner, _ = choose({"prior": prior, "best": best}, cx, null="prior")
+    assert winner == "best"
+
+
 class _Noise(TrunkRouter):
     """A prefill router that knows nothing: seeded noise per query."""
 
