@@ -90,10 +90,8 @@ def print_train(run: TrainRun) -> None:
               + (f"; the simplest within one standard error of {sel['best']}" if run.index.serve != sel["best"] else "")
               + ")")
         if run.index.serve in PRIORS:
-            g = sel.get("gain_over_null")
-            why = (f"{g['router']} is above it by {g['gain']:+.4f}, within one standard error ({g['se']:.4f})" if g
-                   else "it is within one standard error of the best")
-            print(f"  the prior serves: {why}; route looks up each query's task and encodes nothing")
+            print("  no learned router scores above the prior on held-out rows: route serves it, looking up each "
+                  "query's task and encoding nothing")
     if op:
         print(f"  operating point: tau {op['tau']:.4f}, on validation accuracy {op['val_accuracy']:.4f} vs "
               f"{op['best_single_val_accuracy']:.4f} always calling {run.index.best_single}, "
