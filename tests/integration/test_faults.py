@@ -119,8 +119,20 @@ def _put_queries(st: Storage, data: str, uri: str) -> pa.Table:
     return q
 
 
-def test_route_survives_an_s3_restart_mid_job_and_a_failed_run_reruns(trained, moto, capsys):
+def test_route_survives_an_s3_restart_mid_job_and_a_failed_run_reruns(trained, moto, capsys, monkeypatch):
+    import jobs.route
+
     data, _, model, _ = trained
+    # The job waits after claiming its output until the server is down (`down`), so its next S3 call
+    # meets the outage however fast the rest of the job is (a race the test once lost under load).
+    down, encode = threading.Event(), jobs.route.encode
+    down.set()
+
+    def gated(*args, **kwargs):
+        assert down.wait(120), "the server was never stopped"
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(jobs.route, "encode", gated)
     moto.bucket("faults-route")
     st = Storage(endpoint_url=moto.endpoint, attempts=8, backoff_s=0.2)
     _put_queries(st, data, "s3://faults-route/in")
@@ -138,9 +150,11 @@ def test_route_survives_an_s3_restart_mid_job_and_a_failed_run_reruns(trained, m
         while not st.exists(f"{out}/run.json"):
             time.sleep(0.05)
         moto.stop()
+        down.set()
         watch.retried.wait(120)
         moto.start()
 
+    down.clear()
     t = threading.Thread(target=outage)
     t.start()
     try:
@@ -161,7 +175,9 @@ def test_route_survives_an_s3_restart_mid_job_and_a_failed_run_reruns(trained, m
         while not st.exists(f"{out}/run.json"):
             time.sleep(0.05)
         moto.stop()
+        down.set()
 
+    down.clear()
     t = threading.Thread(target=down_for_good)
     t.start()
     capsys.readouterr()
