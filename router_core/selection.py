@@ -84,12 +84,6 @@ def cv_scores(fixed: dict[str, np.ndarray], blends: dict[str, tuple[BlendRouter,
     return out
 
 
-def _gap(a: Scored, b: Scored) -> tuple[float, float]:
-    """Mean and standard error of ``a - b`` over their paired parts."""
-    d = a.per_part - b.per_part
-    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
-
-
 def choose(scored: dict[str, Scored], complexity: dict[str, int], null: str | None = None) -> tuple[str, dict]:
     """The simplest candidate within one standard error of the best (see the module's docstring).
 

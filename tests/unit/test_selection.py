@@ -132,6 +132,42 @@ def test_the_null_serves_only_where_it_is_the_best():
     assert choose({"prior": prior, "mix": below}, cx, null="prior")[0] == "prior"
 
 
+class _Noise(TrunkRouter):
+    """A prefill router that knows nothing: seeded noise per query."""
+
+    def __init__(self, K: int, seed: int = 0):
+        self.K, self.seed, self.needs = K, seed, ("prefill",)
+
+    def predict_proba(self, x):
+        return np.random.default_rng(self.seed + x.n).uniform(0.05, 0.95, (x.n, self.K))
+
+
+def test_the_prior_is_served_where_no_learned_router_beats_it_and_named_by_what_it_knows():
+    """A trunk of noise, its mixes and calibrations: with tasks none scores above the prior, so the
+    prior itself is served, every candidate's per-part scores recorded. Without tasks the prior is
+    each target's mean, a candidate under the name best_single; here a blend of the noise scores above
+    it by chance, and the prior then does not serve for being simple."""
+    rng = np.random.default_rng(5)
+    n, K = 400, 3
+    tasks = [["a", "b", "c", "d"][i % 4] for i in range(n)]
+    rate = np.array([[0.9, 0.5, 0.6], [0.3, 0.8, 0.85], [0.5, 0.5, 0.9], [0.7, 0.9, 0.95]])
+    scores = (rng.random((n, K)) < rate[np.arange(n) % 4]).astype(float)
+    costs = np.tile([1.0, 3.0, 9.0], (n, 1))
+    va = np.arange(n) >= n // 2
+    for with_tasks, name in ((True, "task_prior"), (False, "best_single")):
+        t = tasks if with_tasks else [None] * n
+        prior = TaskPrior().fit([t[i] for i in np.flatnonzero(~va)], scores[~va])
+        x = RouterInputs(n=int(va.sum()), tasks=[t[i] for i in np.flatnonzero(va)] if with_tasks else None)
+        sv = choose_serving({"prefill_trunk": _Noise(K)}, prior, x, scores[va], costs[va], best_single=2, folds=2,
+                            repeats=5, seed=0, tolerance=0.005)
+        cand = sv.selection["candidates"]
+        assert len(cand[name]["per_part"]) == 10 and cand["prefill_trunk"]["val_p_auccc"] < cand[name]["val_p_auccc"]
+        above = max(v["val_p_auccc"] for k, v in cand.items() if k != name) > cand[name]["val_p_auccc"]
+        assert (sv.winner == name) == (not above) and with_tasks != above  # it serves exactly where it is best
+        assert {"task_prior", "best_single"} - {name} & set(cand) == set()  # one prior, under its served name
+        assert sv.operating_point["val_rows"] == int(va.sum())
+
+
 def test_cv_scores_judge_blends_on_rows_they_were_not_fitted_on():
     rng = np.random.default_rng(2)
     n, K = 120, 3
