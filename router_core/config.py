@@ -65,7 +65,13 @@ class ExtractConfig(Strict):
     min_prefix_group: int = Field(4, ge=2, description="fewest queries that share a prefix")
     kv_budget_tokens: int = Field(8192, ge=256, description="cached prefix tokens held per suffix batch (rows x "
                                   "prefix; 8192 ran 1.32x faster than 32768 on RouterBench's preambles: docs/extraction.md)")
-    rows_per_task: int = Field(512, ge=1, description="queries per actor call (= per part file)")
+    rows_per_task: int = Field(512, ge=1, description="queries per Ray Data block handed to an actor, and the "
+                               "most in one part file")
+    part_seconds: float = Field(60.0, gt=0, description="an actor commits a part file after about this much work, "
+                                "at the rate it measures (docs/extraction.md, block sizing)")
+    first_part_rows: int = Field(8, ge=1, description="queries of an actor's first part, before it has a rate")
+    stall_timeout_s: float = Field(900.0, gt=0, description="fail (exit 3) when no query finishes on any actor for "
+                                   "this long; Ray Data's own no-progress timeout is off for extraction")
     actors: int = Field(1, ge=1, description="actor pool size")
     actor_num_cpus: float = Field(0.5, gt=0, description="CPUs reserved per actor")
     actor_num_gpus: float = Field(0, ge=0, description="GPUs per actor (1 on GPU nodes)")

@@ -191,6 +191,40 @@ def _chunked(best, start: int, end: int):
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
+class PartSizer:
+    """How many queries an actor encodes before it writes (commits) a part: about ``target_s``
+    seconds of work at the rate it has measured, in characters of query text per second.
+
+    Before any measurement a part is ``first_rows`` queries (small, so the first commit comes
+    early on the slowest node and measures the rate); then each part is the longest run of the
+    next queries whose characters fit ``rate * target_s``, at least one, at most ``max_rows``. The
+    rate is a moving average, so a node that slows down (another job on it) gets smaller parts."""
+
+    def __init__(self, first_rows: int, target_s: float, max_rows: int, smoothing: float = 0.5):
+        self.first_rows, self.target_s, self.max_rows, self.smoothing = first_rows, target_s, max_rows, smoothing
+        self.rate: float | None = None  # characters per second
+
+    def observe(self, chars: int, seconds: float) -> None:
+        if chars <= 0 or seconds <= 0:
+            return
+        r = chars / seconds
+        self.rate = r if self.rate is None else self.smoothing * r + (1 - self.smoothing) * self.rate
+
+    def next_rows(self, lengths: list[int]) -> int:
+        """Queries to take from the head of ``lengths`` (characters of each query still to encode)."""
+        if not lengths:
+            return 0
+        cap = min(len(lengths), self.max_rows)
+        if self.rate is None:
+            return min(cap, self.first_rows)
+        budget, used = self.rate * self.target_s, 0
+        for k, n in enumerate(lengths[:cap]):
+            used += n
+            if used > budget:
+                return max(k, 1)
+        return cap
+
+
 def memory_estimate_mb(conf, cfg: ExtractConfig, base_mb: float = 1300.0) -> float:
     """Peak resident memory (MiB) of one process encoding with ``cfg``, from the model's config
     (``transformers`` PretrainedConfig of a decoder LM): what an actor should ask the scheduler for.

@@ -125,3 +125,20 @@ def test_memory_estimate_grows_with_the_budgets_and_leaves_gpu_activations_out()
     assert memory_estimate_mb(conf, base.model_copy(update={"dtype": "bfloat16"})) == pytest.approx(est - weights_mb / 2, rel=0.01)
     gpu = memory_estimate_mb(conf, base.model_copy(update={"device": "cuda", "dtype": "bfloat16"}))
     assert gpu < 1300 + weights_mb
+
+
+def test_part_sizer_starts_small_then_follows_the_measured_rate():
+    from router_core.extraction import PartSizer
+
+    s = PartSizer(first_rows=8, target_s=60, max_rows=512)
+    assert s.next_rows([100] * 1000) == 8  # no rate yet
+    s.observe(chars=800, seconds=8.0)  # 100 chars/s: 6,000 chars a part
+    assert s.next_rows([100] * 1000) == 60
+    assert s.next_rows([1000] * 10 + [10] * 100) == 6  # by characters, not rows
+    assert s.next_rows([10**6]) == 1  # one query longer than a part still goes alone
+    assert s.next_rows([1] * 10) == 10 and s.next_rows([]) == 0
+    s.observe(chars=600, seconds=12.0)  # the node slowed to 50 chars/s: the average moves halfway
+    assert s.next_rows([100] * 1000) == 45
+    fast = PartSizer(first_rows=8, target_s=60, max_rows=512)
+    fast.observe(10**9, 1.0)
+    assert fast.next_rows([100] * 1000) == 512  # capped by rows_per_task
