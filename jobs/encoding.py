@@ -1,11 +1,10 @@
 """Encoding through the feature cache: what ``extract`` runs, and what ``train``, ``evaluate`` and
 ``route`` call for the texts a cache lacks. The cache is router_core.features; the actor pool is
-jobs.actors. A full cache hit touches neither the encoder nor the folder: nothing is hashed,
+jobs.extract_pool. A full cache hit touches neither the encoder nor the folder: nothing is hashed,
 loaded or written."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from router_core.features import PARTS, Cache, Located, full_hit, load_features,
 from router_core.queries import PreparedQueries, prepare_queries
 from router_core.storage import Storage, join
 
-from .actors import run_actor_pool
+from .extract_pool import run_actor_pool
 from .common import storage_from
 from .runtime import code_version, concrete_extract, default_cache_dir, ensure_ray, ray_get
 
@@ -93,9 +92,10 @@ def schedulable_memory_mb(memory_mb: float) -> float:
     return memory_mb
 
 
-def encode(cfg: AppConfig, prepared: PreparedQueries, out: str) -> ExtractRun:
+def encode(cfg: AppConfig, prepared: PreparedQueries, out: str, hook=None) -> ExtractRun:
     """Features of every accepted query of ``prepared`` in the folder ``out``: cached rows reused,
-    the others encoded by the actor pool, each part listed in the manifest once written."""
+    the others encoded by the actor pool, each part listed in the manifest once written.
+    ``hook(encoder) -> encoder`` wraps each actor's encoder (tests: a slow or stuck one)."""
     t0 = time.perf_counter()
     cfg = concrete_extract(cfg)
     ecfg, storage, kept = cfg.extract, storage_from(cfg), prepared.kept
@@ -127,16 +127,15 @@ def encode(cfg: AppConfig, prepared: PreparedQueries, out: str) -> ExtractRun:
                           time.perf_counter() - t0, cache.manifest, located=located)
     cache.begin()
 
-    def record(batch: pa.Table) -> None:  # each finished actor call: its part counts from now on
-        new = [json.loads(p) for p in set(batch.column("call_part").to_pylist()) if p]
-        cache.add_parts({e["name"]: {"rows": e["rows"], "sha256": e["sha256"]} for e in new})
+    def commit(entries: dict) -> None:  # each part as an actor finishes it: it counts from now on
+        cache.add_parts({k: v for k, v in entries.items() if k not in cache.manifest["parts"]})
 
     # Sorting by text puts queries that share a prefix into the same actor call.
     todo = todo.take(pc.sort_indices(todo, [("text", "ascending")]))
     ensure_ray(cfg)
     memory = schedulable_memory_mb(memory)
     log.info("extract: %d rows over %d actor(s), each asking for %.0f MiB", todo.num_rows, ecfg.actors, memory)
-    results = run_actor_pool(cfg, todo, resolved.identity, join(out, PARTS), storage, record, memory)
+    results = run_actor_pool(cfg, todo, resolved.identity, join(out, PARTS), storage, commit, memory, hook)
     errs = results.column("error").to_pylist()
     for qid, err in zip(results.column("query_id").to_pylist(), errs):
         if err is not None:

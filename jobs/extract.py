@@ -17,9 +17,10 @@ from .common import storage_from
 from .encoding import ExtractRun, encode, prepare
 
 
-def run_extract(cfg: AppConfig, data_uri: str, out: str) -> ExtractRun:
+def run_extract(cfg: AppConfig, data_uri: str, out: str, hook=None) -> ExtractRun:
+    """``hook``: wraps each actor's encoder (jobs.encoding.encode); tests only."""
     storage = storage_from(cfg)
-    run = encode(cfg, prepare(storage, data_uri), out)
+    run = encode(cfg, prepare(storage, data_uri), out, hook)
     rej_uri = join(out, REJECTS)
     if run.rejects:
         storage.write_table(schemas.rejects_table(run.rejects), rej_uri)

@@ -93,10 +93,17 @@ class Progress:
 
 
 class ProgressCounter:
-    """Rows and tokens the extraction actors have finished (a Ray actor of no CPU; display only)."""
+    """What the extraction actors have done, kept in a small Ray actor of no CPU that the driver polls:
+    rows and tokens after each forward batch (display, and the stall check), the part files each
+    actor has written (the driver commits them to the manifest as they come), which rows those
+    hold (so an actor retrying a lost actor's block skips them), and the actors themselves (so a
+    stalled job can be stopped)."""
 
     def __init__(self):
         self.rows = self.tokens = 0
+        self.parts: list[str] = []  # part entries (JSON) not yet taken by the driver
+        self.done: dict[str, tuple[int, bool, str]] = {}  # query_id -> (n_tokens, truncated, part entry)
+        self.handles: list = []
 
     def add(self, rows: int, tokens: int) -> None:
         self.rows += rows
@@ -104,3 +111,24 @@ class ProgressCounter:
 
     def read(self) -> tuple[int, int]:
         return self.rows, self.tokens
+
+    def moves(self) -> tuple[int, int, int]:
+        """What counts as progress for the stall check: rows, tokens, and actors that came up."""
+        return self.rows, self.tokens, len(self.handles)
+
+    def add_part(self, entry: str, rows: dict[str, tuple[int, bool]]) -> None:
+        self.parts.append(entry)
+        self.done.update({q: (n, t, entry) for q, (n, t) in rows.items()})
+
+    def take_parts(self) -> list[str]:
+        out, self.parts = self.parts, []
+        return out
+
+    def committed(self, query_ids: list[str]) -> dict[str, tuple[int, bool, str]]:
+        return {q: self.done[q] for q in query_ids if q in self.done}
+
+    def register(self, handle) -> None:
+        self.handles.append(handle)
+
+    def actors(self) -> list:
+        return list(self.handles)

@@ -234,12 +234,14 @@ def test_extraction_killed_and_rerun_ends_with_every_row_once(small_lr, encoder_
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
     written = len(list(Path(out, "parts").glob("*.parquet")))
+    committed = sum(e["rows"] for e in json.loads(Path(out, "manifest.json").read_text())["parts"].values())
     done = subprocess.run(_extract_cmd(data, out, encoder_cache), cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     line = next(x for x in done.stdout.splitlines() if "input =" in x)
-    reused = int(line.split("=")[1].split("reused")[0])
-    assert 0 < reused < 120 and written >= 3  # it resumed: neither from scratch nor with nothing to do
+    # It resumed from exactly the rows the manifest listed when the job was killed, and encoded the rest.
+    assert f"120 input = {committed} reused + {120 - committed} extracted + 0 rejected" in line, line
+    assert 0 < committed < 120 and written >= 3
     rows = _feature_rows(out)
     assert len(rows) == len(set(rows)) == 120  # every row once
     assert sorted(rows) == sorted(_feature_rows(feats))

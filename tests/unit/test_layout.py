@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
-WIRING = {"runtime", "common", "actors", "train_workers", "encoding", "progress"}  # Ray pieces and helpers every stage may use
+WIRING = {"runtime", "common", "actors", "extract_pool", "train_workers", "encoding", "progress"}  # Ray pieces and helpers every stage may use
 COMPOSERS = {"cli", "pipeline", "nightly", "retrain"}
 MAX_LINES = 250
 
