@@ -50,8 +50,20 @@ def environment() -> dict:
 
     import torch
 
+    # The processor model too: two CPUs of one capability (AVX512) but other vendors' cores were
+    # seen to differ by one float16 step in float32 (2026-12-05, an Intel Xeon against the AMD
+    # EPYC that wrote the reference).
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "")
     return {"torch": torch.__version__, "machine": platform.machine(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": model}
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read().splitlines()
+    except OSError:
+        return []
 
 
 def compute(cache_dir: str):
