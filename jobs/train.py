@@ -51,8 +51,11 @@ def run_train(cfg: AppConfig, data: str, features: str, out: str, fit=None) -> T
     sem, sem_present, sman = semantic_embeddings(cfg, data, sem_uri, ds.queries)
     sem_seconds = time.perf_counter() - t
     fit = fit or (fit_in_process if cfg.train.in_process else ray_train_fit(cfg, storage))
+    sem_in_process = cfg.baselines.in_process
+    sem_fit = (None if sem_in_process is None or sem_in_process == cfg.train.in_process  # None: the trunks' fit
+               else fit_in_process if sem_in_process else ray_train_fit(cfg, storage))
     bundle = fit_bundle(cfg, fit, ds, fs.columns, sem, fs.present & sem_present, fman, sman,
-                        code_version())
+                        code_version(), sem_fit=sem_fit)
     bundle.seconds = {"semantic_embeddings": sem_seconds, **bundle.seconds,
                       "total": time.perf_counter() - t0}
     refs = {"prefill": FeatureRef(uri=features, settings_key=fman["settings_key"], encoder=fman["encoder"]),

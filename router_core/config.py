@@ -164,6 +164,8 @@ class BaselinesConfig(Strict):
     semantic_max_length: int = Field(256, ge=8, description="its token cap (the question end is kept)")
     semantic_features: str | None = Field(None, description="where its embeddings are cached; None = MODEL/semantic_features")
     semantic_trials: int | None = Field(None, ge=1, description="Optuna trials of the semantic MLP; None = train.n_trials")
+    in_process: bool | None = Field(None, description="fit the semantic MLP's members in the driver process, not on "
+                                    "Ray Train: a small net on 384 inputs; None = as train.in_process")
     knn_k: list[int] = Field([5, 10, 20, 50, 100], min_length=1, description="k tried by semantic_knn on val")
     logreg_c: list[float] = Field([0.001, 0.01, 0.1, 1.0], min_length=1, description="C tried by prefill_logreg on val")
     random_seed: int = 0

@@ -236,9 +236,11 @@ def cross_fit(cfg: AppConfig, fit: Fit, design, params: dict, logreg: PrefillLog
 
 
 def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndarray], sem: np.ndarray,
-               present: np.ndarray, fman: dict, sem_manifest: dict, code_version: str) -> Bundle:
+               present: np.ndarray, fman: dict, sem_manifest: dict, code_version: str,
+               sem_fit: Fit | None = None) -> Bundle:
     """Every router on dataset ``ds``: ``prefill`` (column -> (n, d)) and ``sem`` (n, d) aligned to its
-    queries, ``present`` where both exist; ``fman``/``sem_manifest`` their feature caches' manifests."""
+    queries, ``present`` where both exist; ``fman``/``sem_manifest`` their feature caches' manifests.
+    ``sem_fit``: the semantic MLP's fit where it differs from the trunks' (None = ``fit``)."""
     tc, bc = cfg.train, cfg.baselines
     seconds: dict[str, float] = {}
     q = ds.queries
@@ -324,7 +326,7 @@ def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndar
         seconds["prefill_trunk_distilled"] = time.perf_counter() - t
         log.info("train: prefill_trunk_distilled %s", info)
     t = time.perf_counter()
-    sem_mlp = tune_trunk(cfg, fit, "semantic_mlp", common_space, lambda p: (["semantic"], sem), REFERENCE,
+    sem_mlp = tune_trunk(cfg, sem_fit or fit, "semantic_mlp", common_space, lambda p: (["semantic"], sem), REFERENCE,
                          bc.semantic_trials or tc.n_trials, tr, va, scores, len(targets))
     sem_fields = dict(encoder=sem_manifest["encoder"], features_settings_key=sem_manifest["settings_key"])
     routers["semantic_mlp"] = (sem_mlp.router, dict(sem_fields, best_params=sem_mlp.best_params, trials=sem_mlp.trials,

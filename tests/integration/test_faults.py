@@ -197,7 +197,7 @@ def test_route_survives_an_s3_restart_mid_job_and_a_failed_run_reruns(trained, m
 
 def _extract_cmd(data: str, out: str, cache: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "jobs.cli", "extract", "--data", data, "--out", out,
-            "--set", f"extract.cache_dir={cache}", "--set", "extract.layers=[0,8,16,24,30]",
+            "--set", f"extract.cache_dir={cache}", "--set", "extract.layers=[0,4,8,12,16]",
             "--set", "extract.max_length=256", "--set", "extract.rows_per_task=8", "--set", "ray.num_cpus=2",
             "--set", "extract.dtype=float32", *extra]  # small_lr's settings: its features are the reference
 
@@ -328,12 +328,14 @@ def test_an_actor_killed_inside_a_running_extraction_is_replaced(small_lr, encod
 def test_a_lost_train_worker_is_replaced_and_training_resumes(trained, tmp_path):
     """SIGKILL a Ray Train worker once the ensemble's first member is checkpointed: the worker group
     restarts (train.max_failures), resumes after that member, and the model is written."""
-    data, feats, _, _ = trained
+    data, feats, model, _ = trained
     ckpt, out = tmp_path / "ckpt", tmp_path / "model"
     sets = ["train.n_trials=1", "train.seeds=3", "train.keep=2", "train.max_epochs=150", "train.patience=150",
             "train.batch_size=16", "train.max_layers=1", "baselines.semantic_trials=1", "baselines.knn_k=[3]",
             f"train.storage_path={ckpt}", "train.collective_timeout_s=20", "ray.num_cpus=2",
-            "train.residual=false", "train.distil_width=0", "train.cross_fit=0"]  # the trunk's ensemble is what this test kills
+            "train.residual=false", "train.distil_width=0", "train.cross_fit=0",  # the trunk's ensemble is what this test kills
+            f"baselines.semantic_features={model}/semantic_features",  # the shared model's embeddings: a full hit
+            "baselines.in_process=true"]  # the semantic MLP in the driver: only the trunk's workers are killed
     cmd = [sys.executable, "-m", "jobs.cli", "train", "--data", data, "--features", feats, "--out", str(out),
            *[x for s in sets for x in ("--set", s)]]
     # One worker, once member 1 of 3 is committed.
@@ -346,6 +348,9 @@ def test_a_lost_train_worker_is_replaced_and_training_resumes(trained, tmp_path)
     members = [len(json.loads((d / "losses.json").read_text()))
                for d in sorted((ckpt / "trunk-prefill_trunk-ensemble").glob("checkpoint_2*"))]
     assert members == [1, 2, 3], log[-3000:]
+    # baselines.in_process: the semantic MLP left no Ray Train run beside the trunk's.
+    runs = sorted(p.name for p in ckpt.iterdir() if p.is_dir())
+    assert "trunk-prefill_trunk-ensemble" in runs and not [r for r in runs if "semantic" in r], runs
 
 
 def _registered(run_dir: Path) -> bool:
