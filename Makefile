@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 CLI    := $(VENV)/bin/prefill-router
-DATA   ?= ../shared/data
+# make demo imports the compact RouterBench copy that ships in examples/routerbench (its README says
+# what it holds); DATA=/path/to/data imports DATA/routerbench-subset/routerbench_wide.csv instead.
+DATA   ?=
+DEMO_SOURCE := $(if $(DATA),$(DATA)/routerbench-subset/routerbench_wide.csv,examples/routerbench/routerbench_compact.csv.gz)
 OUT    ?= out/demo
 STAMP  := $(VENV)/.installed
 GEMMA  := $(VENV)/.gemma-installed
@@ -22,8 +25,8 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(CLI) pipeline --config configs/demo.yaml --set pipeline.out=$(OUT) \
-		--set pipeline.source=$(DATA)/routerbench-subset/routerbench_wide.csv
+	$(CLI) pipeline --config configs/demo.yaml --set pipeline.out=$(OUT) --set pipeline.source=$(DEMO_SOURCE) \
+		$(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests

@@ -43,7 +43,7 @@ def run_import(cfg: AppConfig, fmt: str, src: str, out: str, pool_uri: str | Non
     if fmt not in importers.IMPORTERS:
         raise DataError(f"unknown format {fmt!r} (choose from {', '.join(importers.IMPORTERS)})")
     pool = parse_pool(storage.read_text(pool_uri), pool_uri) if pool_uri else None
-    text = storage.read_text(src)
+    text = importers.decode_source(storage.read_bytes(src), src)  # .csv or .csv.gz
     name = posixpath.basename(src.rstrip("/"))
     log.info("importing %s (%s, %.1f MB)", src, fmt, len(text) / 1e6)
     if fmt == "routerbench":

@@ -1,6 +1,7 @@
 """Stage ``pipeline``: the main job end to end, on one output folder.
 
-import -> validate -> extract -> select-layers -> train -> evaluate -> route the test split.
+import -> validate -> extract -> select-layers -> train -> evaluate -> route the test split
+(``pipeline.until`` stops after an earlier stage).
 Every stage is the one its own subcommand runs, so a rerun reuses what is done (the feature cache
 encodes nothing twice) and the outputs are the same as running the stages one by one.
 """
@@ -22,6 +23,10 @@ from .common import storage_from
 log = logging.getLogger(__name__)
 
 
+class _Stop(Exception):
+    """The stage named by ``pipeline.until`` has run."""
+
+
 def run_pipeline(cfg: AppConfig) -> dict:
     from . import data, evaluate, extract, route, select_layers, train
 
@@ -30,25 +35,29 @@ def run_pipeline(cfg: AppConfig) -> dict:
     paths = {k: join(out, k) for k in ("data", "features", "layers", "model", "report", "routes")}
     seconds: dict[str, float] = {}
 
-    def stage(name: str, fn, *args):
+    def stage(name: str, fn, show, *args):
         print(f"== {name}", flush=True)
         t = time.perf_counter()
         run = fn(*args)
         seconds[name] = time.perf_counter() - t
+        show(run)
+        if name == pc.until:
+            raise _Stop
         return run
 
-    imp = stage("import", data.run_import, cfg, pc.format, pc.source, paths["data"], pc.pool, pc.candidates)
-    data.print_import(imp)
-    val = stage("validate", data.run_validate, cfg, paths["data"], None)
-    data.print_validate(val)
-    ex = stage("extract", extract.run_extract, cfg, paths["data"], paths["features"])
-    extract.print_extract(ex)
-    sel = stage("select-layers", select_layers.run_select_layers, cfg, paths["data"], paths["features"], paths["layers"])
-    select_layers.print_select(sel)
-    tr = stage("train", train.run_train, cfg, paths["data"], paths["features"], paths["model"])
-    train.print_train(tr)
-    ev = stage("evaluate", evaluate.run_evaluate, cfg, paths["data"], paths["features"], paths["model"], paths["report"])
-    evaluate.print_evaluate(ev)
+    try:
+        stage("import", data.run_import, data.print_import, cfg, pc.format, pc.source, paths["data"], pc.pool,
+              pc.candidates)
+        stage("validate", data.run_validate, data.print_validate, cfg, paths["data"], None)
+        stage("extract", extract.run_extract, extract.print_extract, cfg, paths["data"], paths["features"])
+        stage("select-layers", select_layers.run_select_layers, select_layers.print_select, cfg, paths["data"],
+              paths["features"], paths["layers"])
+        tr = stage("train", train.run_train, train.print_train, cfg, paths["data"], paths["features"], paths["model"])
+        ev = stage("evaluate", evaluate.run_evaluate, evaluate.print_evaluate, cfg, paths["data"], paths["features"],
+                   paths["model"], paths["report"])
+    except _Stop:
+        print(f"== stopped after {pc.until} (pipeline.until) in " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
+        return {"seconds": seconds, "paths": paths}
 
     storage = storage_from(cfg)
     q = load_dataset(storage, paths["data"]).queries
@@ -62,8 +71,7 @@ def run_pipeline(cfg: AppConfig) -> dict:
     if storage.exists(paths["routes"]):
         log.info("pipeline: replacing an earlier run's routes under %s", paths["routes"])
         storage.delete(paths["routes"])
-    rt = stage("route", route.run_route, cfg, queries_uri, paths["model"], paths["routes"], pc.policy)
-    route.print_route(rt)
+    rt = stage("route", route.run_route, route.print_route, cfg, queries_uri, paths["model"], paths["routes"], pc.policy)
     b, op = rt.tally["always_best_single"], ev.report.get("operating_point")
     head = f"== {rt.routed} {pc.route_split} queries routed with {rt.tally.get('router', tr.index.serve)}: "
     if op and pc.route_split == "test" and rt.policy.get("tau") == op["tau"]:

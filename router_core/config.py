@@ -217,11 +217,14 @@ class PipelineConfig(Strict):
 
     out: str = Field("out/demo", description="output folder (local or s3://) of every stage")
     format: Literal["routerbench", "llmrouter", "routellm"] = "routerbench"
-    source: str = Field("../shared/data/routerbench-subset/routerbench_wide.csv", description="file to import")
+    source: str = Field("examples/routerbench/routerbench_compact.csv.gz",
+                        description="file to import (.csv, or .csv.gz); the default ships with the project")
     pool: str | None = Field(None, description="pool.yaml with prices (else the importer's)")
     candidates: str | None = Field(None, description="llmrouter: llm_candidates.json")
     route_split: str = Field("test", description="which split's queries the route stage routes")
     policy: Policy = Policy()
+    until: Literal["import", "validate", "extract", "select-layers", "train", "evaluate"] | None = Field(
+        None, description="stop after this stage (the ones before it run too); None = every stage, route last")
 
 
 class NightlyConfig(Strict):

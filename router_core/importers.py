@@ -8,10 +8,12 @@ Blank cells mean "not measured" and produce no outcome row; they are counted, ne
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import io
 import json
 import math
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -42,6 +44,20 @@ class ImportResult:
     rejects: pa.Table
     counts: dict[str, int]
     notes: list[str] = field(default_factory=list)
+
+
+def decode_source(data: bytes, source: str) -> str:
+    """A source file's text: gzip-compressed files (by their magic bytes, whatever the name) are
+    decompressed first; the text must be UTF-8."""
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{source}: not a readable gzip file ({e})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{source}: not valid UTF-8 at byte {e.start}") from None
 
 
 def _read_csv(text: str, source: str, required: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -192,7 +208,9 @@ _RB_META = {"sample_id", "prompt", "eval_name", "oracle_model_to_route_to", "spl
 
 def import_routerbench(text: str, source: str = "routerbench_wide.csv",
                        pool: schemas.Pool | None = None) -> ImportResult:
-    """RouterBench's wide layout: one correctness column per model, ``<model>|total_cost``."""
+    """RouterBench's wide layout: one correctness column per model, ``<model>|total_cost``, and each
+    response as ``<model>|model_response`` (or its length, ``<model>|response_chars``: the compact
+    copy that ``compact_routerbench`` writes)."""
     header, rows = _read_csv(text, source, ["sample_id", "prompt", "eval_name", "split"])
     col = {h: i for i, h in enumerate(header)}
     models = [h for h in header if "|" not in h and h not in _RB_META]
@@ -211,24 +229,58 @@ def import_routerbench(text: str, source: str = "routerbench_wide.csv",
     if dup:
         notes.append(f"{source}: {dup} repeated sample_id(s) kept as separate queries, renamed <id>#2")
     if pool is None:
-        pool = _estimate_routerbench_pool(header, rows, models, texts)
+        pool = _estimate_routerbench_pool(header, rows, models, texts, source)
         notes.append("pool.yaml: RouterBench ships no prices; prices were estimated from observed "
                      "costs and prompt/response lengths (about 4 characters per token)")
     return ImportResult(Dataset(queries, acc.table(), pool), schemas.rejects_table(acc.rejects),
                         _counts(queries, acc, models, dup), notes)
 
 
-def _estimate_routerbench_pool(header, rows, models, texts) -> schemas.Pool:
+def _response_chars(source: str, header: list[str], rows: list[list[str]], model: str) -> list[int] | None:
+    """Each row's response length in characters: the ``<model>|model_response`` text's length, or
+    the compact layout's ``<model>|response_chars`` count; None where the file has neither."""
+    col = {h: i for i, h in enumerate(header)}
+    if (ri := col.get(f"{model}|model_response")) is not None:
+        return [len(r[ri]) for r in rows]
+    if (ci := col.get(f"{model}|response_chars")) is None:
+        return None
+    out = []
+    for i, r in enumerate(rows):
+        cell = r[ci].strip()
+        if not cell.isdigit():
+            raise DataError(f"{source}: row {i}, column {model}|response_chars: {cell[:40]!r} is not a "
+                            "character count")
+        out.append(int(cell))
+    return out
+
+
+def compact_routerbench(text: str, source: str = "routerbench_wide.csv") -> str:
+    """RouterBench's wide layout without the response texts, the bulk of the file: each
+    ``<model>|model_response`` becomes ``<model>|response_chars``, its length (all the importer
+    reads of it); ``oracle_model_to_route_to`` is dropped. Every other cell is kept as written, so
+    both files import to the same dataset and the same estimated prices."""
+    header, rows = _read_csv(text, source, ["sample_id", "prompt", "eval_name", "split"])
+    keep = [i for i, h in enumerate(header) if h != "oracle_model_to_route_to"]
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([header[i].replace("|model_response", "|response_chars") for i in keep])
+    for r in rows:
+        w.writerow([str(len(r[i])) if header[i].endswith("|model_response") else r[i] for i in keep])
+    return buf.getvalue()
+
+
+def _estimate_routerbench_pool(header, rows, models, texts, source: str = "routerbench_wide.csv") -> schemas.Pool:
     col = {h: i for i, h in enumerate(header)}
     in_tok = np.array([math.ceil(len(t) / CHARS_PER_TOKEN) for t in texts], dtype=float)
     out = []
     for m in models:
-        ci, ri = col.get(f"{m}|total_cost"), col.get(f"{m}|model_response")
+        ci = col.get(f"{m}|total_cost")
         if ci is None:
             raise DataError(f"RouterBench: no prices for {m}: pass --pool (no '{m}|total_cost' column)")
         cost = np.array([_float_or_nan(r[ci]) for r in rows])
-        out_tok = (np.array([math.ceil(len(r[ri]) / CHARS_PER_TOKEN) for r in rows], dtype=float)
-                   if ri is not None else None)
+        chars = _response_chars(source, header, rows, m)
+        out_tok = (np.array([math.ceil(n / CHARS_PER_TOKEN) for n in chars], dtype=float)
+                   if chars is not None else None)
         try:
             a, b = estimate_prices(in_tok, out_tok, cost)
         except ValueError:

@@ -1,5 +1,7 @@
 import csv
+import gzip
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,3 +140,51 @@ def test_real_routellm_reconciles():
     checked = validate(res.dataset)
     assert checked.ok and res.counts["source_rows"] == 15361 and res.counts["models"] == 2
     assert checked.counts["outcomes_ok"] == 2 * 15361
+
+
+# -- the compact RouterBench copy that make demo imports (examples/routerbench) -------------------
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "routerbench" / "routerbench_compact.csv.gz"
+
+
+def test_the_compact_layout_imports_to_the_same_dataset_and_prices():
+    rows = [
+        ["a.1", "Q one\nwith a newline", "arc", "1.0", "0.0", "A long answer", "B", "0.001", "0.01", "m1", "train"],
+        ["a.2", "Q, two", "arc", "", "1.0", "", "Bb \"quoted\"", "0.002", "0.02", "m2", "test"],
+        ["a.3", "Q three", "arc", "0.0", "1", "Ans\r\nwer", "B" * 90, "0.0015", "0.05", "m2", "test"],
+    ]
+    full = _csv(RB_HEADER, rows)
+    compact = importers.compact_routerbench(full)
+    assert compact.splitlines()[0] == ("sample_id,prompt,eval_name,m1,m2,m1|response_chars,m2|response_chars,"
+                                       "m1|total_cost,m2|total_cost,split")
+    a, b = importers.import_routerbench(full), importers.import_routerbench(compact)
+    assert a.dataset.queries.equals(b.dataset.queries) and a.dataset.outcomes.equals(b.dataset.outcomes)
+    assert a.dataset.pool == b.dataset.pool and a.counts == b.counts
+    # gzip, found by its magic bytes whatever the file is called
+    assert importers.decode_source(gzip.compress(compact.encode()), "x.csv") == compact
+
+
+def test_a_bad_response_count_or_gzip_names_the_file_row_and_column():
+    compact = importers.compact_routerbench(_csv(RB_HEADER, [
+        ["a.1", "Q", "arc", "1", "0", "A", "B", "0.001", "0.01", "m1", "train"],
+        ["a.2", "Q", "arc", "1", "0", "A", "B", "0.001", "0.01", "m1", "train"]]))
+    bad = compact.replace("\na.2,Q,arc,1,0,1,1,", "\na.2,Q,arc,1,0,1,many,")
+    with pytest.raises(DataError, match=r"^rb\.csv: row 1, column m2\|response_chars: 'many' is not a character count$"):
+        importers.import_routerbench(bad, "rb.csv")
+    with pytest.raises(DataError, match=r"^rb\.csv\.gz: not a readable gzip file"):
+        importers.decode_source(gzip.compress(b"abc")[:-6], "rb.csv.gz")
+    with pytest.raises(DataError, match=r"^rb\.csv: not valid UTF-8 at byte 1$"):
+        importers.decode_source(b"a\xff", "rb.csv")
+
+
+def test_the_shipped_copy_is_the_full_subset_without_responses():
+    """The committed copy is what build.py makes of the full CSV, and both import alike: the same
+    queries, outcomes, splits and estimated prices."""
+    text = shared_file("routerbench-subset/routerbench_wide.csv").read_text(encoding="utf-8")
+    shipped = importers.decode_source(EXAMPLE.read_bytes(), str(EXAMPLE))
+    assert shipped == importers.compact_routerbench(text), "rebuild it: python examples/routerbench/build.py"
+    a, b = importers.import_routerbench(text), importers.import_routerbench(shipped, EXAMPLE.name)
+    assert a.dataset.queries.equals(b.dataset.queries) and a.dataset.outcomes.equals(b.dataset.outcomes)
+    assert a.dataset.pool == b.dataset.pool and a.counts == b.counts
+    assert b.counts["source_rows"] == 3178 and b.counts["outcomes"] == 34804
+    assert EXAMPLE.stat().st_size < 1_000_000
