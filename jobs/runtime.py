@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import router_core
@@ -85,11 +87,48 @@ def code_version() -> str:
 
 def concrete_extract(cfg):
     """``cfg`` with ``extract.dtype: auto`` made concrete for this machine (the driver's CPU stands for
-    CPU nodes; ``extract.device: cuda`` means bfloat16): the features' identity needs the real dtype."""
+    CPU nodes; ``extract.device: cuda`` means bfloat16): the features' identity needs the real dtype,
+    and the extraction core refuses ``auto``. Called once per run; the value travels in the config."""
     from router_core.encoders import choose_dtype
 
-    dtype = choose_dtype(cfg.extract.dtype, cfg.extract.device)
-    return cfg if dtype == cfg.extract.dtype else cfg.model_copy(update={"extract": cfg.extract.model_copy(update={"dtype": dtype})})
+    ec = cfg.extract
+    on_cpu = ec.dtype == "auto" and not ec.device.startswith("cuda")
+    dtype = choose_dtype(ec.dtype, ec.device, bf16_fast=on_cpu and cpu_bf16_is_fast())
+    return cfg if dtype == ec.dtype else cfg.model_copy(update={"extract": ec.model_copy(update={"dtype": dtype})})
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_is_fast() -> bool:
+    """Whether torch runs a bfloat16 matmul on this CPU about as fast as a float32 one: the CPU has
+    native bfloat16 (``NATIVE_BF16_FLAGS``) and a 256-wide matmul, timed on one thread (best of 5), is
+    within 2x of float32's. Natively bfloat16 takes 0.2-0.6x float32's time; emulated (an AVX2-only
+    CPU, or one capped by ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA) 25-35x, so the bar holds under
+    load (one thread: no waiting on a descheduled twin). About 0.1 s at most, once per process."""
+    from router_core.encoders import NATIVE_BF16_FLAGS, this_cpu_flags
+
+    if not NATIVE_BF16_FLAGS & this_cpu_flags():
+        return False
+    import torch
+
+    def best(dtype) -> float:
+        a = torch.randn(256, 256).to(dtype)
+        a @ a  # the first call picks and packs the kernel
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            a @ a
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        f32, bf16 = best(torch.float32), best(torch.bfloat16)
+    finally:
+        torch.set_num_threads(threads)
+    log.info("extract.dtype auto: a 256-wide matmul on one thread takes %.2f ms in float32, %.2f ms in bfloat16",
+             f32 * 1e3, bf16 * 1e3)
+    return bf16 <= 2 * f32
 
 
 def verbose() -> bool:

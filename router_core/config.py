@@ -44,8 +44,9 @@ class ExtractConfig(Strict):
     encoder: str = Field("smollm2-135m", description="packaged alias, local model folder, or HF id (identity)")
     revision: str | None = Field(None, description="HF revision for a hub id (identity)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="compute dtype (identity): auto = bfloat16 on a GPU or a CPU with native bfloat16 "
-        "(avx512_bf16, AMX), else float32 (emulated bfloat16 is several times slower)")
+        "auto", description="compute dtype (identity): auto = bfloat16 on a GPU, or on a CPU where a probe "
+        "finds torch's bfloat16 matmul fast (native avx512_bf16 or AMX, and not capped by ATEN_CPU_CAPABILITY "
+        "or ONEDNN_MAX_CPU_ISA), else float32; decided once per run")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:0")
     max_length: int = Field(1024, ge=8, description="token cap per query (identity)")
     truncation_side: Literal["left", "right"] = Field(

@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ArtifactError
+from .errors import ArtifactError, ConfigError
 
 PACKAGED = {
     # alias: (python package, file inside it)
@@ -203,14 +203,23 @@ def convert_gguf(gguf: Path, folder: Path) -> None:
 NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 
 
-def choose_dtype(requested: str, device: str, cpu_flags: set[str] | None = None) -> str:
-    """The compute dtype for ``extract.dtype`` (auto: bfloat16 on a GPU or on a CPU with one of
-    ``NATIVE_BF16_FLAGS``, else float32); any other value is kept. ``cpu_flags`` None: this machine's."""
+def choose_dtype(requested: str, device: str, bf16_fast: bool) -> str:
+    """The compute dtype for ``extract.dtype``: auto is bfloat16 on a GPU, and on a CPU only where
+    ``bf16_fast`` (the shell's measurement of what torch will run: jobs/runtime.cpu_bf16_is_fast), else
+    float32; any other value is kept. Decided once per run; the value travels in the config."""
     if requested != "auto":
         return requested
     if device.startswith("cuda"):
         return "bfloat16"
-    return "bfloat16" if NATIVE_BF16_FLAGS & (this_cpu_flags() if cpu_flags is None else cpu_flags) else "float32"
+    return "bfloat16" if bf16_fast else "float32"
+
+
+def concrete_dtype(cfg) -> str:
+    """``cfg.dtype`` (an ExtractConfig's), which must have been made concrete by the shell."""
+    if cfg.dtype == "auto":
+        raise ConfigError("extract.dtype 'auto' reached the extraction core: the shell makes it concrete "
+                          "once per run (jobs.runtime.concrete_extract)")
+    return cfg.dtype
 
 
 def this_cpu_flags() -> set[str]:

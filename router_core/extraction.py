@@ -69,11 +69,11 @@ def resolve_layers(layers: "str | list[int]", n_hidden: int) -> list[int]:
 
 def settings_identity(cfg: ExtractConfig, encoder_identity: str, layers: list[int]) -> dict:
     """The settings that determine the features' values: the cache key next to the text hash."""
-    from .encoders import choose_dtype
+    from .encoders import concrete_dtype
 
     return {
         "encoder": encoder_identity,
-        "dtype": choose_dtype(cfg.dtype, cfg.device),  # "auto" is never an identity
+        "dtype": concrete_dtype(cfg),  # "auto" is never an identity
         "max_length": cfg.max_length,
         "truncation_side": cfg.truncation_side,
         "chat_template": cfg.chat_template,
@@ -301,11 +301,11 @@ class Encoder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        from .encoders import choose_dtype
+        from .encoders import concrete_dtype
 
-        self.cfg = cfg = cfg.model_copy(update={"dtype": choose_dtype(cfg.dtype, cfg.device)})
+        self.cfg = cfg
         self.torch = torch
-        dtype = getattr(torch, cfg.dtype)
+        dtype = getattr(torch, concrete_dtype(cfg))
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path, revision=revision)
             self.model = AutoModel.from_pretrained(model_path, revision=revision, dtype=dtype)

@@ -34,7 +34,8 @@ sys.path.insert(0, str(REPO))
 
 from jobs.common import format_table  # noqa: E402
 from router_core.config import AppConfig, ExtractConfig  # noqa: E402
-from router_core.encoders import choose_dtype, resolve_encoder  # noqa: E402
+from jobs.runtime import cpu_bf16_is_fast  # noqa: E402
+from router_core.encoders import resolve_encoder  # noqa: E402
 from router_core.extraction import Encoder, padding_waste  # noqa: E402
 
 
@@ -167,7 +168,7 @@ def main() -> None:
           + ", ".join(f"{len(t)} {c} texts" for c, t in corpora.items()) + f", {args.threads} threads",
           flush=True)
 
-    native_bf16 = choose_dtype("auto", "cpu") == "bfloat16"
+    native_bf16 = cpu_bf16_is_fast()
     dtypes = [d.strip() for d in (args.dtypes or ("float32,bfloat16" if native_bf16 else "float32")).split(",")]
     if "bfloat16" not in dtypes:
         print("bfloat16 left out: this CPU has no native bfloat16 (no avx512_bf16 / AMX), where it is emulated "

