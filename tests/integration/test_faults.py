@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.cli import main
-from router_core.dataset import load_dataset
+from router_core.dataset import Dataset, load_dataset, save_dataset
 from router_core.errors import StorageError
 from router_core.storage import Storage
 from tests.integration.conftest import _free_port
@@ -195,10 +195,27 @@ def test_route_survives_an_s3_restart_mid_job_and_a_failed_run_reruns(trained, m
         reference.drop_columns(["run_id"]))
 
 
+N_FAULT = 40  # queries of the extraction fault tests: 10 parts of 4, so a kill lands with most still to do
+
+
+@pytest.fixture(scope="module")
+def lr_fault(small_lr, tmp_path_factory) -> tuple[str, str, set[str]]:
+    """The first N_FAULT of small_lr's queries; small_lr's features, an uninterrupted run of the same
+    settings, are the reference for them."""
+    data, feats = small_lr
+    ds = load_dataset(Storage(), data)
+    q = ds.queries.slice(0, N_FAULT)
+    ids = set(q.column("query_id").to_pylist())
+    o = ds.outcomes.filter(pa.array([x in ids for x in ds.outcomes.column("query_id").to_pylist()]))
+    root = str(tmp_path_factory.mktemp("lr-fault"))
+    save_dataset(Storage(), root, Dataset(q, o, ds.pool))
+    return root, feats, ids
+
+
 def _extract_cmd(data: str, out: str, cache: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "jobs.cli", "extract", "--data", data, "--out", out,
             "--set", f"extract.cache_dir={cache}", "--set", "extract.layers=[0,4,8,12,16]",
-            "--set", "extract.max_length=256", "--set", "extract.rows_per_task=8", "--set", "ray.num_cpus=2",
+            "--set", "extract.max_length=256", "--set", "extract.rows_per_task=4", "--set", "ray.num_cpus=2",
             "--set", "extract.dtype=float32", *extra]  # small_lr's settings: its features are the reference
 
 
@@ -211,11 +228,14 @@ def _feature_rows(out: str) -> list[tuple[str, str]]:
     return rows
 
 
-def test_extraction_killed_and_rerun_ends_with_every_row_once(small_lr, encoder_cache, tmp_path):
+@pytest.mark.slow  # two jobs, each starting its own Ray and encoder (~60 s on 2 cores)
+def test_extraction_killed_and_rerun_ends_with_every_row_once(lr_fault, encoder_cache, tmp_path):
     """The whole extract job (its own Ray) killed once some parts are written: the rerun extracts
     only what is missing, and the folder ends with every row exactly once, equal to an
-    uninterrupted run's."""
-    data, feats = small_lr  # feats: the uninterrupted run of the same settings
+    uninterrupted run's. The fast tier holds the same contract in two parts: a job that fails
+    mid-run and its rerun (test_extract_slow.py, the stuck actor), and a rerun over what a killed
+    job leaves, a lost part and a half-written file (test_extract_job.py, test_rerun_resumes...)."""
+    data, feats, ids = lr_fault  # feats: the uninterrupted run of the same settings
     out = str(tmp_path / "feats")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     job = subprocess.Popen(_extract_cmd(data, out, encoder_cache), cwd=REPO, env=env, start_new_session=True,
@@ -240,11 +260,11 @@ def test_extraction_killed_and_rerun_ends_with_every_row_once(small_lr, encoder_
     assert done.returncode == 0, done.stderr[-2000:]
     line = next(x for x in done.stdout.splitlines() if "input =" in x)
     # It resumed from exactly the rows the manifest listed when the job was killed, and encoded the rest.
-    assert f"120 input = {committed} reused + {120 - committed} extracted + 0 rejected" in line, line
-    assert 0 < committed < 120 and written >= 3
+    assert f"{N_FAULT} input = {committed} reused + {N_FAULT - committed} extracted + 0 rejected" in line, line
+    assert 0 < committed < N_FAULT and written >= 3
     rows = _feature_rows(out)
-    assert len(rows) == len(set(rows)) == 120  # every row once
-    assert sorted(rows) == sorted(_feature_rows(feats))
+    assert len(rows) == len(set(rows)) == N_FAULT  # every row once
+    assert sorted(rows) == sorted(r for r in _feature_rows(feats) if r[0] in ids)
     from router_core.features import load_features
 
     q = load_dataset(Storage(), data).queries
@@ -305,10 +325,10 @@ def _run_killing(cmd: list[str], log_path: Path, title: str, ready, how_many: in
     return job.returncode, log_path.read_text(), killed
 
 
-def test_an_actor_killed_inside_a_running_extraction_is_replaced(small_lr, encoder_cache, tmp_path):
+def test_an_actor_killed_inside_a_running_extraction_is_replaced(lr_fault, encoder_cache, tmp_path):
     """SIGKILL the encoder actor once two parts are written: Ray restarts it and retries its block;
     the same run completes with every row exactly once."""
-    data, feats = small_lr
+    data, feats, ids = lr_fault
     out = str(tmp_path / "feats")
     parts = Path(out, "parts")
 
@@ -319,10 +339,10 @@ def test_an_actor_killed_inside_a_running_extraction_is_replaced(small_lr, encod
                               two_parts_written)
     assert rc == 0, log[-3000:]
     line = next(x for x in log.splitlines() if "input =" in x)
-    assert "0 reused + 120 extracted" in line  # one run, nothing left for a rerun
+    assert f"0 reused + {N_FAULT} extracted" in line  # one run, nothing left for a rerun
     rows = _feature_rows(out)
-    assert len(rows) == len(set(rows)) == 120
-    assert sorted(rows) == sorted(_feature_rows(feats))
+    assert len(rows) == len(set(rows)) == N_FAULT
+    assert sorted(rows) == sorted(r for r in _feature_rows(feats) if r[0] in ids)
 
 
 def test_a_lost_train_worker_is_replaced_and_training_resumes(trained, tmp_path):
@@ -330,7 +350,7 @@ def test_a_lost_train_worker_is_replaced_and_training_resumes(trained, tmp_path)
     restarts (train.max_failures), resumes after that member, and the model is written."""
     data, feats, model, _ = trained
     ckpt, out = tmp_path / "ckpt", tmp_path / "model"
-    sets = ["train.n_trials=1", "train.seeds=3", "train.keep=2", "train.max_epochs=150", "train.patience=150",
+    sets = ["train.n_trials=1", "train.seeds=3", "train.keep=2", "train.max_epochs=60", "train.patience=60",
             "train.batch_size=16", "train.max_layers=1", "baselines.semantic_trials=1", "baselines.knn_k=[3]",
             f"train.storage_path={ckpt}", "train.collective_timeout_s=20", "ray.num_cpus=2",
             "train.residual=false", "train.distil_width=0", "train.cross_fit=0",  # the trunk's ensemble is what this test kills
