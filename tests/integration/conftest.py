@@ -192,7 +192,9 @@ def ray_node(args: list[str], env: dict, ready, what: str, ip: str = "127.0.0.1"
             time.sleep(1)
         yield proc
     finally:
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        # `ray start --block` did not exit within 30 s of a SIGTERM to its group (Ray 2.60, 2026-12-07):
+        # the SIGKILL is what stops the node; the SIGTERM only gives its processes a moment first.
+        for sig, wait in ((signal.SIGTERM, 2), (signal.SIGKILL, 10)):
             try:
                 os.killpg(proc.pid, sig)
                 proc.wait(timeout=wait)

@@ -97,19 +97,20 @@ def test_rerun_resumes_without_duplicates_or_losses(ray_local, encoder_cache, re
     os.remove(join(out, "parts", parts[0]))
     open(join(out, "parts", ".tmp-deadbeef-part-x.parquet"), "wb").write(b"half a file")
 
+    # The rerun's corpus: 10 new queries, and one of the first 30 with its text edited since.
+    qs = [dict(q) for q in qs]
+    edited = next(i for i, q in enumerate(qs[:30]) if q["query_id"] not in lost)
+    qs[edited]["text"] += " (edited)"
     src = _write_queries(tmp_path / "b.parquet", qs)
     second = run_extract(cfg, src, out)
-    assert second.reused == 30 - len(lost) and second.extracted == 10 + len(lost) and second.rejected == 0
+    # new text, same id: extracted again, like the rows of the lost part and the new ones
+    assert second.reused == 30 - len(lost) - 1 and second.extracted == 10 + len(lost) + 1 and second.rejected == 0
     keys = read_feature_keys(Storage(), listed_parts(read_manifest(Storage(), out), out))
-    assert sorted(keys.column("query_id").to_pylist()) == sorted(q["query_id"] for q in qs)
+    assert sorted(keys.column("query_id").to_pylist()) == sorted([q["query_id"] for q in qs] + [qs[edited]["query_id"]])
+    assert text_hash(qs[edited]["text"]) in keys.column("text_hash").to_pylist()
 
     third = run_extract(cfg, src, out)
     assert (third.reused, third.extracted) == (40, 0)  # the same corpus again: nothing to do
-
-    changed = [dict(q) for q in qs]
-    changed[5]["text"] = changed[5]["text"] + " (edited)"
-    fourth = run_extract(cfg, _write_queries(tmp_path / "c.parquet", changed), out)
-    assert (fourth.reused, fourth.extracted) == (39, 1)  # new text, same id: extracted again
 
 
 def test_other_settings_are_refused(ray_local, encoder_cache, real_queries, tmp_path):
