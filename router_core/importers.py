@@ -236,10 +236,10 @@ def import_routerbench(text: str, source: str = "routerbench_wide.csv",
                         _counts(queries, acc, models, dup), notes)
 
 
-def _response_chars(source: str, header: list[str], rows: list[list[str]], model: str) -> list[int] | None:
+def _response_chars(source: str, col: dict[str, int], rows: list[list[str]], model: str) -> list[int] | None:
     """Each row's response length in characters: the ``<model>|model_response`` text's length, or
-    the compact layout's ``<model>|response_chars`` count; None where the file has neither."""
-    col = {h: i for i, h in enumerate(header)}
+    the compact layout's ``<model>|response_chars`` count; None where the file has neither.
+    ``col``: the header's column indices."""
     if (ri := col.get(f"{model}|model_response")) is not None:
         return [len(r[ri]) for r in rows]
     if (ci := col.get(f"{model}|response_chars")) is None:
@@ -278,7 +278,7 @@ def _estimate_routerbench_pool(header, rows, models, texts, source: str = "route
         if ci is None:
             raise DataError(f"RouterBench: no prices for {m}: pass --pool (no '{m}|total_cost' column)")
         cost = np.array([_float_or_nan(r[ci]) for r in rows])
-        chars = _response_chars(source, header, rows, m)
+        chars = _response_chars(source, col, rows, m)
         out_tok = (np.array([math.ceil(n / CHARS_PER_TOKEN) for n in chars], dtype=float)
                    if chars is not None else None)
         try:
