@@ -79,6 +79,8 @@ def ray_local(s3_server):
     """One local Ray for the whole session (starting one costs seconds). Sees the S3 env."""
     import ray
 
+    if ray.is_initialized():  # a test of another folder (tests/e2e) ran a job in this process first
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False, _node_ip_address="127.0.0.1")
     yield ray
