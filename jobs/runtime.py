@@ -92,8 +92,8 @@ def concrete_extract(cfg):
     from router_core.encoders import choose_dtype
 
     ec = cfg.extract
-    on_cpu = ec.dtype == "auto" and not ec.device.startswith("cuda")
-    dtype = choose_dtype(ec.dtype, ec.device, bf16_fast=on_cpu and cpu_bf16_is_fast())
+    probe = ec.dtype == "auto" and not ec.device.startswith("cuda")  # only a CPU's auto needs the timing
+    dtype = choose_dtype(ec.dtype, ec.device, bf16_fast=probe and cpu_bf16_is_fast())
     return cfg if dtype == ec.dtype else cfg.model_copy(update={"extract": ec.model_copy(update={"dtype": dtype})})
 
 

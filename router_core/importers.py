@@ -204,6 +204,7 @@ def estimate_prices(in_tokens: np.ndarray, out_tokens: np.ndarray | None, cost: 
 # -- RouterBench ------------------------------------------------------------------------------
 
 _RB_META = {"sample_id", "prompt", "eval_name", "oracle_model_to_route_to", "split"}
+_RB_REQUIRED = ["sample_id", "prompt", "eval_name", "split"]
 
 
 def import_routerbench(text: str, source: str = "routerbench_wide.csv",
@@ -211,7 +212,7 @@ def import_routerbench(text: str, source: str = "routerbench_wide.csv",
     """RouterBench's wide layout: one correctness column per model, ``<model>|total_cost``, and each
     response as ``<model>|model_response`` (or its length, ``<model>|response_chars``: the compact
     copy that ``compact_routerbench`` writes)."""
-    header, rows = _read_csv(text, source, ["sample_id", "prompt", "eval_name", "split"])
+    header, rows = _read_csv(text, source, _RB_REQUIRED)
     col = {h: i for i, h in enumerate(header)}
     models = [h for h in header if "|" not in h and h not in _RB_META]
     if not models:
@@ -259,7 +260,7 @@ def compact_routerbench(text: str, source: str = "routerbench_wide.csv") -> str:
     ``<model>|model_response`` becomes ``<model>|response_chars``, its length (all the importer
     reads of it); ``oracle_model_to_route_to`` is dropped. Every other cell is kept as written, so
     both files import to the same dataset and the same estimated prices."""
-    header, rows = _read_csv(text, source, ["sample_id", "prompt", "eval_name", "split"])
+    header, rows = _read_csv(text, source, _RB_REQUIRED)
     keep = [i for i, h in enumerate(header) if h != "oracle_model_to_route_to"]
     buf = io.StringIO(newline="")
     w = csv.writer(buf, lineterminator="\n")
