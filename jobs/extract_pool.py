@@ -23,7 +23,7 @@ from router_core.extraction import ExtractStats, PartSizer
 from router_core.features import part_digests, part_name, write_part
 from router_core.storage import Storage, join
 
-from .progress import Progress, ProgressCounter
+from .progress import Progress, ProgressCounter, StallWatch, part_entries, read_pool
 from .runtime import default_cache_dir, ensure_ray, quiet_model_loading, quiet_ray_data, user_error, verbose
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,11 @@ class ExtractActor:
         if progress is not None:
             progress.register.remote(ray.get_runtime_context().current_actor)
 
+    def _refuse_if_halted(self) -> None:
+        """The driver's stall check halted the job: a block retried here after it is not encoded."""
+        if self.progress is not None and self.ray.get(self.progress.is_halted.remote()):
+            raise JobFailed("extract: the job was halted by its stall check (extract.stall_timeout_s)")
+
     def _tell(self, rows: int, tokens: int) -> None:
         self.progress.add.remote(rows, tokens)  # fire and forget: display and the stall check
 
@@ -95,6 +100,7 @@ class ExtractActor:
         texts = batch.column("text").to_pylist()
         hashes = batch.column("text_hash").to_pylist()
         n = len(qids)
+        self._refuse_if_halted()
         # Rows an earlier attempt at this block committed (its actor was lost): kept, not encoded again.
         done = self.ray.get(self.progress.committed.remote(qids)) if self.progress is not None else {}
         errors: list[str | None] = [None] * n
@@ -105,6 +111,8 @@ class ExtractActor:
         todo = [i for i in range(n) if qids[i] not in done]
         stats, at = ExtractStats(), 0
         while at < len(todo):
+            if at:
+                self._refuse_if_halted()
             idx = todo[at : at + self.sizer.next_rows([len(texts[i]) for i in todo[at : at + self.cfg.rows_per_task]])]
             at += len(idx)
             t0 = time.perf_counter()
@@ -135,54 +143,6 @@ def _peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _entries(jsons) -> dict[str, dict]:
-    out = {}
-    for p in jsons:
-        if p:
-            e = json.loads(p)
-            out[e["name"]] = {"rows": e["rows"], "sha256": e["sha256"]}
-    return out
-
-
-class _Watch:
-    """A driver thread: commits the parts the actors report, and stops the actors when no query
-    has finished and no actor has come up for ``stall_s``."""
-
-    def __init__(self, ray, counter, commit: Callable[[dict], None], stall_s: float):
-        self.ray, self.counter, self.commit, self.stall_s = ray, counter, commit, stall_s
-        self.stalled = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="extract-watch", daemon=True)
-
-    def take(self) -> None:
-        self.commit(_entries(self.ray.get(self.counter.take_parts.remote(), timeout=60)))
-
-    def _run(self) -> None:
-        last, moved = None, time.monotonic()
-        while not self._stop.wait(min(2.0, self.stall_s / 4)):
-            try:
-                now = self.ray.get(self.counter.moves.remote(), timeout=60)
-                self.take()
-            except Exception as e:  # noqa: BLE001 - the pool's own errors surface in the driver's loop
-                log.debug("extract: progress poll failed: %s", e)
-                continue
-            if now != last:
-                last, moved = now, time.monotonic()
-            elif time.monotonic() - moved >= self.stall_s:
-                self.stalled = True
-                for handle in self.ray.get(self.counter.actors.remote(), timeout=60):
-                    self.ray.kill(handle, no_restart=True)  # the pool's iteration then fails at once
-                return
-
-    def __enter__(self) -> "_Watch":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def run_actor_pool(cfg: AppConfig, todo: pa.Table, identity: str, parts_uri: str, storage: Storage,
@@ -222,11 +182,11 @@ def run_actor_pool(cfg: AppConfig, todo: pa.Table, identity: str, parts_uri: str
                 commit(entries)
 
     results = []
-    watch = _Watch(ray, counter, locked_commit, ecfg.stall_timeout_s)
+    watch = StallWatch(ray, counter, locked_commit, ecfg.stall_timeout_s)
     try:
         with watch, Progress("extract", todo.num_rows, lambda: ray.get(counter.read.remote(), timeout=10)):
-            for batch in out.iter_batches(batch_format="pyarrow", batch_size=None):
-                locked_commit(_entries(set(batch.column("part").to_pylist())))
+            for batch in read_pool(out.iter_batches(batch_format="pyarrow", batch_size=None), watch):
+                locked_commit(part_entries(set(batch.column("part").to_pylist())))
                 results.append(batch)
     except Exception as e:  # noqa: BLE001 - an actor's user-facing error, as one line
         if watch.stalled:

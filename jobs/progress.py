@@ -3,7 +3,9 @@ a line redrawn in place on a terminal, a log line every ``every_s`` seconds othe
 
 from __future__ import annotations
 
+import json
 import logging
+import queue
 import sys
 import threading
 import time
@@ -97,13 +99,14 @@ class ProgressCounter:
     rows and tokens after each forward batch (display, and the stall check), the part files each
     actor has written (the driver commits them to the manifest as they come), which rows those
     hold (so an actor retrying a lost actor's block skips them), and the actors themselves (so a
-    stalled job can be stopped)."""
+    stalled job can be stopped, with the actors Ray Data may start to retry their blocks)."""
 
     def __init__(self):
         self.rows = self.tokens = 0
         self.parts: list[str] = []  # part entries (JSON) not yet taken by the driver
         self.done: dict[str, tuple[int, bool, str]] = {}  # query_id -> (n_tokens, truncated, part entry)
         self.handles: list = []
+        self.halted = False  # set by the stall check: an actor that takes a block after it refuses it
 
     def add(self, rows: int, tokens: int) -> None:
         self.rows += rows
@@ -130,5 +133,105 @@ class ProgressCounter:
     def register(self, handle) -> None:
         self.handles.append(handle)
 
+    def halt(self) -> None:
+        self.halted = True
+
+    def is_halted(self) -> bool:
+        return self.halted
+
     def actors(self) -> list:
         return list(self.handles)
+
+
+def part_entries(jsons) -> dict[str, dict]:
+    """The part entries (JSON: name, rows, digests) the actors reported, by part name."""
+    out = {}
+    for p in jsons:
+        if p:
+            e = json.loads(p)
+            out[e["name"]] = {"rows": e["rows"], "sha256": e["sha256"]}
+    return out
+
+
+class GaveUp(Exception):
+    """The driver stopped waiting for a stalled pool (``StallWatch.given_up``)."""
+
+
+def read_pool(batches, watch: "StallWatch"):
+    """``batches`` (the pool's iteration), read on a thread of its own so that the driver is never
+    held by it: once the stall check has fired, the actors are killed and the counter halted, and
+    Ray Data's iteration fails; should it not (a block retried on an actor that never reports),
+    the driver gives up after a grace and the job fails all the same. The reader thread is left to
+    the process's end."""
+    q: queue.SimpleQueue = queue.SimpleQueue()
+
+    def pump() -> None:
+        try:
+            for b in batches:
+                q.put(("batch", b))
+            q.put(("end", None))
+        except BaseException as e:  # noqa: BLE001 - handed to the driver, which raises it
+            q.put(("error", e))
+
+    threading.Thread(target=pump, name="extract-results", daemon=True).start()
+    while True:
+        try:
+            kind, value = q.get(timeout=1.0)
+        except queue.Empty:
+            if watch.given_up():
+                raise GaveUp() from None
+            continue
+        if kind == "end":
+            return
+        if kind == "error":
+            raise value
+        yield value
+
+
+class StallWatch:
+    """A driver thread: commits the parts the actors report, and stops the actors when no query
+    has finished and no actor has come up for ``stall_s``."""
+
+    def __init__(self, ray, counter, commit: Callable[[dict], None], stall_s: float):
+        self.ray, self.counter, self.commit, self.stall_s = ray, counter, commit, stall_s
+        self.stalled = False
+        self.stalled_at: float | None = None  # monotonic time the stall was declared
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="extract-watch", daemon=True)
+
+    def take(self) -> None:
+        self.commit(part_entries(self.ray.get(self.counter.take_parts.remote(), timeout=60)))
+
+    def _run(self) -> None:
+        last, moved = None, time.monotonic()
+        while not self._stop.wait(min(2.0, self.stall_s / 4)):
+            try:
+                now = self.ray.get(self.counter.moves.remote(), timeout=60)
+                self.take()
+            except Exception as e:  # noqa: BLE001 - the pool's own errors surface in the driver's loop
+                log.debug("extract: progress poll failed: %s", e)
+                continue
+            if now != last:
+                last, moved = now, time.monotonic()
+            elif time.monotonic() - moved >= self.stall_s:
+                self.stalled, self.stalled_at = True, time.monotonic()
+                # Halt first: Ray Data may retry a killed actor's block on a new actor, which would
+                # encode until it hangs too, with nobody left watching. A halted counter makes that
+                # actor refuse the block, and the pool's iteration fails.
+                self.ray.get(self.counter.halt.remote(), timeout=60)
+                for handle in self.ray.get(self.counter.actors.remote(), timeout=60):
+                    self.ray.kill(handle, no_restart=True)  # the pool's iteration then fails at once
+                return
+
+    def given_up(self) -> bool:
+        """The stall was declared and the pool's iteration has not failed within the grace that
+        follows (``stall_s``, at most 60 s): the driver stops waiting for it."""
+        return self.stalled_at is not None and time.monotonic() - self.stalled_at > min(60.0, self.stall_s)
+
+    def __enter__(self) -> "StallWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()

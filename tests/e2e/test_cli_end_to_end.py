@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import REPO, shared_file
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 CLI = [sys.executable, "-m", "jobs.cli"]
 
 

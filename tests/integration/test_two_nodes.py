@@ -24,7 +24,7 @@ from router_core.storage import Storage
 from tests.conftest import REPO, shared_file
 from tests.integration.conftest import TRAIN_SETS, _free_port, ray_head, ray_node
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 # What each actor is, by its class name: Ray Data names a pool's class after its operator
 # ("MapWorker(MapBatches(ExtractActor))"); Ray Train's workers are RayTrainWorker.

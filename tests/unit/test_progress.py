@@ -2,7 +2,10 @@
 
 import io
 import logging
+import threading
 import time
+
+import pytest
 
 from jobs.progress import Progress, describe
 
@@ -39,3 +42,58 @@ def test_progress_redraws_one_line_on_a_terminal():
     with Progress("extract", 5, lambda: (5, 50), stream=out):
         time.sleep(1.3)
     assert "\rextract: 5/5 rows (100%)" in out.getvalue() and out.getvalue().endswith("\r\033[K")
+
+
+class _Watch:
+    """Stands for jobs.progress.StallWatch: gives up once told to."""
+
+    def __init__(self):
+        self.gave_up = False
+
+    def given_up(self) -> bool:
+        return self.gave_up
+
+
+def test_the_driver_reads_every_batch_and_an_error_of_the_pool():
+    from jobs.progress import read_pool
+
+    assert list(read_pool(iter([1, 2, 3]), _Watch())) == [1, 2, 3]
+
+    def failing():
+        yield 1
+        raise RuntimeError("actor died")
+
+    got = []
+    with pytest.raises(RuntimeError, match="actor died"):
+        for b in read_pool(failing(), _Watch()):
+            got.append(b)
+    assert got == [1]
+
+
+def test_the_driver_gives_up_on_a_stalled_pool_whose_iteration_never_ends():
+    from jobs.progress import GaveUp, read_pool
+
+    release = threading.Event()
+
+    def hung():  # a block retried on an actor that never reports: the iteration neither yields nor fails
+        yield 1
+        release.wait(600)
+
+    watch, got = _Watch(), []
+    threading.Timer(1.5, lambda: setattr(watch, "gave_up", True)).start()
+    t0 = time.monotonic()
+    with pytest.raises(GaveUp):
+        for b in read_pool(hung(), watch):
+            got.append(b)
+    release.set()
+    assert got == [1] and time.monotonic() - t0 < 10
+
+
+def test_a_halted_counter_says_so_and_keeps_what_was_committed():
+    from jobs.progress import ProgressCounter
+
+    c = ProgressCounter()
+    c.add_part('{"name": "p0"}', {"q1": (5, False)})
+    assert not c.is_halted()
+    c.halt()
+    assert c.is_halted() and c.committed(["q1", "q2"]) == {"q1": (5, False, '{"name": "p0"}')}
