@@ -168,6 +168,9 @@ class BaselinesConfig(Strict):
     in_process: bool | None = Field(None, description="fit the semantic MLP's members in the driver process, not on "
                                     "Ray Train: a small net on 384 inputs; None = as train.in_process")
     knn_k: list[int] = Field([5, 10, 20, 50, 100], min_length=1, description="k tried by semantic_knn on val")
+    cross_fit: bool = Field(True, description="refit the semantic MLP (one seed) and kNN on train.cross_fit's parts, "
+                            "so that MODEL/held_out.parquet holds their out-of-fold probabilities beside the "
+                            "prefill candidates' (scored for the record; route serves no semantic router)")
     logreg_c: list[float] = Field([0.001, 0.01, 0.1, 1.0], min_length=1, description="C tried by prefill_logreg on val")
     random_seed: int = 0
 

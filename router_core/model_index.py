@@ -48,6 +48,7 @@ class ModelIndex(_Doc):
     output_tokens_median: dict[str, float]  # per target, on train: the output length of a call
     features: dict[str, FeatureRef]  # "prefill", "semantic"
     layer_profile: str | None = None
+    held_out: str | None = None  # router_core.held_out: the candidates' probabilities on the rows chosen on
     selection: dict = {}  # every candidate's cross-validated P-AUCCC (val_p_auccc; on the rows named in rows), and the choice
     operating_point: dict = {}  # route's default policy: {"policy": "threshold", "tau", validation figures}
     seconds: dict[str, float] = {}

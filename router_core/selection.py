@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import metrics as M
+from .held_out import HeldOut
 from .routers import BlendRouter, MixMean, MixRouter
 from .routing import threshold_routes
 
@@ -186,6 +187,9 @@ BLENDS = [("prefill_trunk_mix", ("prefill_trunk", "prior"), "mix"),
 # probabilities). Served where no learned router scores above it on the held-out rows (choose's null).
 PRIORS = ("task_prior", "best_single")
 SERVABLE = {k for k in COMPLEXITY if k.startswith("prefill_")} | set(PRIORS)
+# Scored on the same rows and kept with the others' probabilities (held_out), not served: route
+# reads no sentence embedding.
+RECORDED = ("semantic_mlp", "semantic_knn")
 MIXES = {"mix": MixRouter, "mean": MixMean}  # the blend kinds that are mixes toward the prior
 
 
@@ -201,6 +205,7 @@ class Serving:
     blends: dict[str, BlendRouter]  # fitted on every validation row
     selection: dict  # every candidate's cross-validated score, the winner and why
     operating_point: dict
+    held_out: HeldOut | None = None  # every candidate's probabilities on the rows it was scored on
 
 
 @dataclass
@@ -212,6 +217,7 @@ class OutOfFold:
     scores: np.ndarray  # (n, K)
     costs: np.ndarray  # (n, K)
     part: np.ndarray  # (n,) the cross-fit part each row was predicted in (the refit that predicted it)
+    index: np.ndarray | None = None  # (n,) each row's position among the dataset's queries
 
 
 def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.ndarray, best_single: int,
@@ -235,7 +241,7 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
 
     pool, proba_va = dict(routers, prior=prior), {}
     for k, r in pool.items():
-        if k in COMPLEXITY or k == "prior" or any(k in parts for _, parts, _ in BLENDS):
+        if k in COMPLEXITY or k in RECORDED or k == "prior" or any(k in parts for _, parts, _ in BLENDS):
             try:
                 proba_va[k] = predict_any(r, x_va)
             except ArtifactError:  # reads inputs route does not give (e.g. train.extra_inputs): not a candidate
@@ -245,7 +251,7 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
     else:
         proba, s, c = {k: v for k, v in oof.proba.items() if k in proba_va}, oof.scores, oof.costs
     base = prior_name(prior)  # the prior as a candidate of its own, under the router name train saves it by
-    fixed = {k: p for k, p in proba.items() if k in COMPLEXITY and k not in PRIORS}
+    fixed = {k: p for k, p in proba.items() if (k in COMPLEXITY or k in RECORDED) and k not in PRIORS}
     fixed[base] = proba["prior"]
     blends = {}
     for name, parts, per_target in BLENDS:
@@ -261,8 +267,16 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
         v["per_part"] = [round(float(x), 6) for x in scored[k].per_part]
     for k, v in scored.items():  # the others, for the record
         if k not in info["candidates"]:
-            info["candidates"][k] = {"val_p_auccc": v.mean, "servable": False}
-    info["rows"] = {"kind": "validation" if oof is None else "out-of-fold training", "n": int(len(s))}
+            info["candidates"][k] = {"val_p_auccc": v.mean, "servable": False,
+                                     "per_part": [round(float(x), 6) for x in v.per_part]}
+    kind = "validation" if oof is None else "out-of-fold training"
+    info["rows"] = {"kind": kind, "n": int(len(s))}
+    # The part each row was scored in: its cross-fit part, else its fold of the first repeat.
+    part = groups if groups is not None else np.zeros(len(s), int)
+    if groups is None:
+        for j, i in enumerate(parts_of(len(s), folds, 1, seed)):
+            part[i] = j
+    held = HeldOut(kind, {k: v.oof for k, v in scored.items()}, s, c, part, None if oof is None else oof.index)
     fitted = {k: type(b)(b.kind, b.components, b.per_target, b.l2).fit(z, s, c, groups=groups) for k, (b, z) in blends.items()}
     for k, b in fitted.items():
         b.fit_info_ = dict(b.fit_info_, val_p_auccc_cv=scored[k].mean)
@@ -273,4 +287,4 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
     else:
         p_op = proba_va["prior" if winner == base else winner]
     op = operating_point(p_op, scores, costs, best_single, tolerance, guard_z)
-    return Serving(winner, fitted, info, op)
+    return Serving(winner, fitted, info, op, held)

@@ -26,12 +26,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 from .artifacts import member_state
 from .config import AppConfig
 from .dataset import Dataset, outcome_matrix
 from .errors import DataError
 from .evaluation import call_costs, output_token_medians
+from .held_out import FILE as HELD_OUT
+from .held_out import to_table
 from .importers import hash_split
 from .model import Preprocessor, SharedTrunkNet, TrainParams, bce, logit
 from .model_index import FeatureRef, ModelIndex
@@ -71,6 +74,7 @@ class Bundle:
     seconds: dict[str, float] = field(default_factory=dict)
     selection: dict = field(default_factory=dict)  # router_core.selection: every candidate's validation score
     operating_point: dict = field(default_factory=dict)  # route's default threshold, chosen on validation
+    held_out: pa.Table | None = None  # router_core.held_out: the candidates' probabilities on those rows
 
 
 def fit_in_process(data: tuple, params: TrainParams, seeds: list[int], name: str) -> tuple[dict, dict]:
@@ -197,16 +201,19 @@ def fit_ensemble(cfg: AppConfig, fit: Fit, name: str, p: dict, cols: list[str], 
 
 def cross_fit(cfg: AppConfig, fit: Fit, design, params: dict, logreg: PrefillLogReg, prefill: dict[str, np.ndarray],
               sem: np.ndarray | None, tasks: list | None, tr: np.ndarray, va: np.ndarray, scores: np.ndarray,
-              costs: np.ndarray, residual: bool) -> OutOfFold:
+              costs: np.ndarray, residual: bool, semantic: tuple[Fit, dict, tuple] | None = None) -> OutOfFold:
     """Out-of-fold probabilities on the training rows measured on every target, for the choice of the
     served router (router_core.selection): the train rows cut in ``train.cross_fit`` seeded parts;
     for each part the prior, the per-target logistic regression (``logreg``'s columns and Cs), the trunk's best setting ``params``
     (one seed, early-stopped and calibrated on the validation split as train does) and, with
-    ``residual``, the residual trunk are refitted on the other parts and predict that part."""
+    ``residual``, the residual trunk are refitted on the other parts and predict that part. With
+    ``semantic`` = (the semantic MLP's fit, its best setting, the kNN's ks) the semantic baselines
+    are refitted too (one seed), so that they are scored on the same rows, for the record."""
     tc = cfg.train
     one = cfg.model_copy(update={"train": tc.model_copy(update={"seeds": 1, "keep": 1})})
     rows = tr & ~np.isnan(scores).any(axis=1)
-    names = ["prior", "prefill_logreg", "prefill_trunk"] + (["prefill_trunk_residual"] if residual else [])
+    names = (["prior", "prefill_logreg", "prefill_trunk"] + (["prefill_trunk_residual"] if residual else [])
+             + (["semantic_mlp", "semantic_knn"] if semantic is not None and sem is not None else []))
     out = {k: np.full(scores.shape, np.nan) for k in names}
     part_of = np.full(len(scores), -1)
     cols = sorted(set(logreg.columns_))
@@ -231,8 +238,14 @@ def cross_fit(cfg: AppConfig, fit: Fit, design, params: dict, logreg: PrefillLog
             out["prefill_trunk_residual"][part] = fit_ensemble(
                 one, fit, f"prefill_trunk_residual-fold{j}", params, c, pre, data, scores.shape[1], offset=prior,
                 offsets=(off[fold], off[va]))[0].predict_proba(x)
+        if "semantic_mlp" in out:
+            sem_fit, sem_params, ks = semantic
+            c, pre, data = arrays(lambda p: (["semantic"], sem), sem_params, fold, va, scores)
+            out["semantic_mlp"][part] = fit_ensemble(one, sem_fit, f"semantic_mlp-fold{j}", sem_params, c, pre, data,
+                                                     scores.shape[1])[0].predict_proba(x)
+            out["semantic_knn"][part] = SemanticKNN(ks).fit(sem[fold], scores[fold], sem[va], scores[va]).predict_proba(x)
         log.info("train: cross-fit part %d/%d (%d rows) predicted", j + 1, tc.cross_fit, len(part))
-    return OutOfFold({k: v[rows] for k, v in out.items()}, scores[rows], costs[rows], part_of[rows])
+    return OutOfFold({k: v[rows] for k, v in out.items()}, scores[rows], costs[rows], part_of[rows], np.flatnonzero(rows))
 
 
 def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndarray], sem: np.ndarray,
@@ -359,7 +372,8 @@ def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndar
     if (tc.cross_fit and tc.serve == "auto" and "task_prior" not in tc.extra_inputs
             and measured_tr >= max(tc.cross_fit, 2 * tc.cv_folds)):
         oof = cross_fit(cfg, fit, prefill_design, trunk.best_params, logreg, prefill, sem, tasks if has_tasks else None,
-                        tr, va, scores, costs, tc.residual)
+                        tr, va, scores, costs, tc.residual,
+                        semantic=(sem_fit or fit, sem_mlp.best_params, bc.knn_k) if bc.cross_fit else None)
         seconds["cross_fit"] = time.perf_counter() - t
     elif tc.cross_fit:
         log.info("train: the served router chosen on validation rows, not out of fold (train.serve %s, extra_inputs "
@@ -373,8 +387,13 @@ def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndar
         "n_outcomes": ds.outcomes.num_rows}, default=str).encode()).hexdigest()
     common = {"targets": targets, "pool": ds.pool.model_dump(exclude_none=True), "data_fingerprint": fingerprint,
               "n_train": int(tr.sum()), "n_val": int(va.sum()), "code_version": code_version}
+    held = None
+    if serving.held_out is not None:
+        h = serving.held_out
+        held = to_table(h, [qids[i] for i in h.index], targets)
     return Bundle(routers, common, profile, serving.winner, targets[best_single],
-                  {t: float(m) for t, m in zip(targets, med)}, seconds, serving.selection, serving.operating_point)
+                  {t: float(m) for t, m in zip(targets, med)}, seconds, serving.selection, serving.operating_point,
+                  held)
 
 
 def serve_on_validation(cfg: AppConfig, routers: dict, prior_any: TaskPrior, prefill: dict, sem: np.ndarray,
@@ -397,6 +416,8 @@ def serve_on_validation(cfg: AppConfig, routers: dict, prior_any: TaskPrior, pre
     serving = choose_serving(fitted, prior_any, x_va, scores[rows], costs[rows], best_single, tc.cv_folds,
                              tc.cv_repeats, tc.seed, tolerance=tc.accuracy_tolerance,
                              guard_z=tc.accuracy_guard_z, oof=oof)
+    if serving.held_out is not None and serving.held_out.index is None:  # validation rows
+        serving.held_out.index = np.flatnonzero(rows)
     for name, b in serving.blends.items():
         routers[name] = (b, {"blend": b.fit_info_, "features_settings_key": routers["prefill_trunk"][1]["features_settings_key"],
                              "encoder": routers["prefill_trunk"][1]["encoder"]})
@@ -439,6 +460,8 @@ def save_bundle(storage, out: str, bundle: Bundle, features: dict[str, FeatureRe
                        selection=bundle.selection, operating_point=bundle.operating_point,
                        best_single=bundle.best_single, output_tokens_median=bundle.output_tokens_median,
                        features=features, layer_profile="layer_profile.json", seconds=bundle.seconds,
-                       config=meta["config"])
+                       config=meta["config"], held_out=HELD_OUT if bundle.held_out is not None else None)
+    if bundle.held_out is not None:
+        storage.write_table(bundle.held_out, join(out, HELD_OUT))
     index.save(storage, out)
     return index

@@ -1,6 +1,8 @@
-"""Replay the choice rule of ``router_core.selection.choose`` on a study's trained models, from the
-per-part scores each model recorded (``selection.candidates.*.per_part``): no router is refitted or
-predicted, so a change to the rule is measured on every seed in seconds.
+"""Replay the choice rule of ``router_core.selection.choose`` on a study's trained models: no router is
+refitted or predicted, so a change to the rule is measured on every seed in seconds. Each candidate's
+per-part scores are recomputed from the probabilities the model kept on the rows it chose on
+(MODEL/held_out.parquet, router_core.held_out), where it has them, so a rule may also read
+probabilities; else they are the scores it recorded (``selection.candidates.*.per_part``).
 
     python -m tests.bench.replay_choice STUDY/rb STUDY/lr ...   # folders written by study_router
 
@@ -17,7 +19,27 @@ from pathlib import Path
 
 import numpy as np
 
-from router_core.selection import COMPLEXITY, PRIORS, Scored, choose
+import pyarrow.parquet as pq
+
+from router_core.held_out import HeldOut, from_table
+from router_core.selection import COMPLEXITY, PRIORS, SERVABLE, Scored, choose
+
+
+def candidates(model: Path) -> tuple[dict[str, Scored], HeldOut | None]:
+    """The servable candidates of ``model`` with their per-part scores (and probabilities, where kept)."""
+    index = json.loads((model / "manifest.json").read_text())
+    cands = index["selection"]["candidates"]
+    if index.get("held_out"):
+        h = from_table(pq.read_table(model / index["held_out"]), str(model / index["held_out"]))[0]
+        scored = {k: Scored(0.0, h.per_part(k), p) for k, p in h.proba.items() if k in SERVABLE}
+        for k, s in scored.items():
+            s.mean = float(s.per_part.mean())
+            recorded = np.asarray(cands[k]["per_part"], float)
+            if recorded.shape != s.per_part.shape or np.abs(recorded - s.per_part).max() > 1e-5:
+                raise SystemExit(f"{model}: {k}'s per-part scores from {index['held_out']} differ from the recorded ones")
+        return scored, h
+    return {k: Scored(float(np.mean(v["per_part"])), np.asarray(v["per_part"], float), None)
+            for k, v in cands.items() if v.get("per_part") and k in SERVABLE}, None
 
 
 def replay(study: Path) -> list[dict]:
@@ -25,10 +47,7 @@ def replay(study: Path) -> list[dict]:
     out = []
     for name, d in runs.items():
         for run in d["runs"]:
-            manifest = study / name / f"seed{run['seed']}" / "model" / "manifest.json"
-            cands = json.loads(manifest.read_text())["selection"]["candidates"]
-            scored = {k: Scored(float(np.mean(v["per_part"])), np.asarray(v["per_part"], float), None)
-                      for k, v in cands.items() if v.get("per_part")}
+            scored, _ = candidates(study / name / f"seed{run['seed']}" / "model")
             if not scored:
                 print(f"{name} seed {run['seed']}: no per-part scores recorded (trained before they were); skipped")
                 continue

@@ -68,6 +68,24 @@ def test_train_tunes_saves_and_reloads_an_ensemble(trained, tmp_path):
     assert index["serve"] == index["default"] == sel["winner"] and sel["winner"].startswith("prefill_")
     assert sel["candidates"][sel["best"]]["val_p_auccc"] >= sel["candidates"][sel["winner"]]["val_p_auccc"]
     assert 0 <= op["tau"] <= 1 and 0 < op["val_rows"] <= m["n_val"]
+    # The rows the choice was made on, kept with every candidate's probabilities, the semantic ones
+    # refitted out of fold too (router_core.held_out): they replay each score the choice compared.
+    from router_core.held_out import from_table
+
+    h, qids, targets = from_table(Storage().read_table(f"{model}/{index['held_out']}"))
+    assert targets == index["targets"] and h.kind == sel["rows"]["kind"] == "out-of-fold training"
+    assert len(qids) == sel["rows"]["n"] and {"semantic_mlp", "semantic_knn", sel["winner"]} <= set(h.proba)
+    for k, v in sel["candidates"].items():
+        np.testing.assert_allclose(h.per_part(k), v["per_part"], atol=1e-6, err_msg=k)
+    assert sel["candidates"]["semantic_mlp"]["servable"] is False
+    ids = load_dataset(Storage(), data).queries.to_pylist()
+    assert set(qids) <= {r["query_id"] for r in ids if r["split"] == "train"}
+    from pathlib import Path
+
+    from tests.bench.replay_choice import candidates
+
+    replayed, _ = candidates(Path(model))  # the offline replay reads the same scores back
+    assert set(replayed) == {k for k, v in sel["candidates"].items() if v.get("servable", True)}
     residual = json.loads(open(f"{model}/prefill_trunk_residual/manifest.json").read())
     assert residual["uses_tasks"] and residual["offset"]["router"] == "task_prior"
     student = json.loads(open(f"{model}/prefill_trunk_distilled/manifest.json").read())
