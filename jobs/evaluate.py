@@ -22,6 +22,7 @@ from router_core.errors import ArtifactError, DataError
 from router_core.evaluation import (at_operating_point, build_report, call_costs, output_token_medians,
                                     paired_bootstrap, reliability)
 from router_core.features import load_features, read_manifest
+from router_core.held_out import HeldOut
 from router_core.model import ensemble_proba
 from router_core.model_index import read_index
 from router_core.reporting import report_files
@@ -39,6 +40,8 @@ class EvalRun:
     out: str
     report: dict
     seconds: float
+    test: HeldOut | None = None  # every router's probabilities on the evaluated test rows (studies replay rules on them)
+    test_targets: list[str] | None = None  # their columns
 
 
 def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str) -> EvalRun:
@@ -129,7 +132,8 @@ def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str)
         profile = read_json(storage, join(model, index.layer_profile))["profile"]
     for name, body in report_files(report, curves, profile).items():
         (storage.write_text if isinstance(body, str) else storage.write_bytes)(join(out, name), body)
-    return EvalRun(out, report, time.perf_counter() - t0)
+    test_rows = HeldOut("test", probas, x.scores[:, keep_k], costs, np.zeros(x.n, int), np.flatnonzero(rows))
+    return EvalRun(out, report, time.perf_counter() - t0, test_rows, scored)
 
 
 def _json_default(v):
