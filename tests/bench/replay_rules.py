@@ -140,16 +140,16 @@ def table(rows: list[dict], results: list[dict]) -> str:
     for r, res in zip(rows, results):
         groups.setdefault((r["pool"], r["variant"]), []).append(res)
     keys = [f"{rule} {s}" for s in SETS for rule in RULES]
-    head = "| rule | " + " | ".join(f"{p} {v} ({len(g)})" for (p, v), g in groups.items()) + " | worst |"
+    head = ("| rule | " + " | ".join(f"{p} {v} ({len(g)})" for (p, v), g in groups.items())
+            + f" | all ({len(results)}) |")
     lines = [head, "|" + "---|" * (len(groups) + 2)]
+
+    def cell(g: list[dict], k: str) -> str:
+        reg = [x[k]["regret"] for x in g]
+        return f"{np.mean(reg):.4f} / {max(reg):.4f} / {max(x[k]['shortfall'] for x in g):+.4f}"
+
     for k in keys:
-        cells, worst = [], -np.inf
-        for g in groups.values():
-            reg = [x[k]["regret"] for x in g]
-            short = max(x[k]["shortfall"] for x in g)
-            worst = max(worst, max(reg))
-            cells.append(f"{np.mean(reg):.4f} / {max(reg):.4f} / {short:+.4f}")
-        lines.append(f"| {k} | " + " | ".join(cells) + f" | {worst:.4f} |")
+        lines.append(f"| {k} | " + " | ".join(cell(g, k) for g in groups.values()) + f" | {cell(results, k)} |")
     return "\n".join(lines)
 
 
