@@ -71,7 +71,7 @@ def from_table(table: pa.Table, where: str = FILE) -> tuple[HeldOut, list[str], 
     blocks = {}
     for name in dict.fromkeys(cand):
         sel = np.flatnonzero(cand == name)
-        blocks[name] = (sel[np.argsort(rows[sel], kind="stable")])
+        blocks[name] = sel[np.argsort(rows[sel], kind="stable")]
     for need in (SCORE, COST):
         if need not in blocks:
             raise ArtifactError(f"{where}: no {need} rows")

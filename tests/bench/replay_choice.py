@@ -31,12 +31,15 @@ def candidates(model: Path) -> tuple[dict[str, Scored], HeldOut | None]:
     cands = index["selection"]["candidates"]
     if index.get("held_out"):
         h = from_table(pq.read_table(model / index["held_out"]), str(model / index["held_out"]))[0]
-        scored = {k: Scored(0.0, h.per_part(k), p) for k, p in h.proba.items() if k in SERVABLE}
-        for k, s in scored.items():
-            s.mean = float(s.per_part.mean())
-            recorded = np.asarray(cands[k]["per_part"], float)
-            if recorded.shape != s.per_part.shape or np.abs(recorded - s.per_part).max() > 1e-5:
+        scored = {}
+        for k, p in h.proba.items():
+            if k not in SERVABLE:
+                continue
+            per, recorded = h.per_part(k), np.asarray(cands[k]["per_part"], float)
+            # Validation rows were scored over several repeats of the folds; the file holds the first.
+            if len(recorded) < len(per) or np.abs(recorded[: len(per)] - per).max() > 1e-5:
                 raise SystemExit(f"{model}: {k}'s per-part scores from {index['held_out']} differ from the recorded ones")
+            scored[k] = Scored(float(recorded.mean()), recorded, p)
         return scored, h
     return {k: Scored(float(np.mean(v["per_part"])), np.asarray(v["per_part"], float), None)
             for k, v in cands.items() if v.get("per_part") and k in SERVABLE}, None

@@ -94,3 +94,32 @@ def test_the_table_round_trips_and_a_damaged_one_is_refused():
     with pytest.raises(ArtifactError, match="rows 0..39 once"):
         from_table(t.slice(0, t.num_rows - 1))
     assert SCORE in cand
+
+
+def test_the_replay_reads_a_model_chosen_on_validation_rows(tmp_path):
+    """Validation rows are scored over 5 repeats of 2 folds; the file holds the first repeat, and
+    the replay keeps all 10 recorded scores, checking the first 2 against the file."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from tests.bench.replay_choice import candidates
+
+    tasks, scores, costs = _pool()
+    n, K = scores.shape
+    va = np.arange(n) >= n // 2
+    prior = TaskPrior().fit([tasks[i] for i in np.flatnonzero(~va)], scores[~va])
+    x = RouterInputs(n=int(va.sum()), tasks=[tasks[i] for i in np.flatnonzero(va)])
+    sv = choose_serving({"prefill_trunk": _Noise(K, "prefill")}, prior, x, scores[va], costs[va], best_single=2,
+                        folds=2, repeats=5, seed=0, tolerance=0.005)
+    h = sv.held_out
+    pq.write_table(to_table(h, [f"q{i}" for i in range(len(h.scores))], ["a", "b", "c"]), tmp_path / "held_out.parquet")
+    (tmp_path / "manifest.json").write_text(json.dumps({"selection": sv.selection, "held_out": "held_out.parquet"}))
+    scored, kept = candidates(tmp_path)
+    assert set(scored) == set(sv.selection["candidates"]) and kept.kind == "validation"
+    for k, s in scored.items():
+        assert s.per_part.tolist() == sv.selection["candidates"][k]["per_part"] and s.oof.shape == (len(h.scores), K)
+    sv.selection["candidates"]["prefill_trunk"]["per_part"][0] += 0.01  # a file that does not match what was chosen
+    (tmp_path / "manifest.json").write_text(json.dumps({"selection": sv.selection, "held_out": "held_out.parquet"}))
+    with pytest.raises(SystemExit, match="prefill_trunk's per-part scores"):
+        candidates(tmp_path)
