@@ -37,9 +37,13 @@ class HeldOut:
 
     def per_part(self, name: str) -> np.ndarray:
         """Candidate ``name``'s P-AUCCC on each part, in part order."""
-        p = self.proba[name]
-        return np.array([M.p_auccc(p[i], self.scores[i], self.costs[i])
-                         for i in (np.flatnonzero(self.part == g) for g in np.unique(self.part))])
+        return part_scores(self.proba[name], self.scores, self.costs, self.part)
+
+
+def part_scores(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, part: np.ndarray) -> np.ndarray:
+    """P-AUCCC of ``proba`` on each part of ``part`` (each row's part), in part order."""
+    return np.array([M.p_auccc(proba[i], scores[i], costs[i])
+                     for i in (np.flatnonzero(part == g) for g in np.unique(part))])
 
 
 def to_table(h: HeldOut, query_ids: list[str], targets: list[str]) -> pa.Table:

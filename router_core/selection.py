@@ -263,12 +263,9 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
     groups = None if oof is None else oof.part  # out-of-fold rows: scored and fitted part by part
     scored = cv_scores(fixed, blends, s, c, folds, repeats, seed, groups=groups)
     winner, info = choose({k: v for k, v in scored.items() if k in SERVABLE}, COMPLEXITY, null=base)
-    for k, v in info["candidates"].items():
-        v["per_part"] = [round(float(x), 6) for x in scored[k].per_part]
-    for k, v in scored.items():  # the others, for the record
-        if k not in info["candidates"]:
-            info["candidates"][k] = {"val_p_auccc": v.mean, "servable": False,
-                                     "per_part": [round(float(x), 6) for x in v.per_part]}
+    for k, v in scored.items():  # the others (not servable) too, for the record
+        entry = info["candidates"].setdefault(k, {"val_p_auccc": v.mean, "servable": False})
+        entry["per_part"] = [round(float(x), 6) for x in v.per_part]
     kind = "validation" if oof is None else "out-of-fold training"
     info["rows"] = {"kind": kind, "n": int(len(s))}
     # The part each row was scored in: its cross-fit part, else its fold of the first repeat.

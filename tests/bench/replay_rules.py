@@ -32,10 +32,11 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from router_core import metrics as M
-from router_core.held_out import HeldOut, from_table
+from router_core.held_out import HeldOut, from_table, part_scores
 from router_core.selection import COMPLEXITY, PRIORS, RECORDED, SERVABLE, Scored, choose
 
-BASELINES = ("best_single", "task_prior", "semantic_mlp", "semantic_knn")
+from .study_rows import BASELINES
+
 RULES = ("today", "mean_se", "stack", "per_target")
 SETS = ("prefill", "+sem", "+front", "+sem+front")
 MASKED = -1e6  # a target off the front: enters the threshold policy only at tau = infinity (all at once,
@@ -72,7 +73,7 @@ def candidate_set(oof: HeldOut, test: HeldOut, which: str) -> tuple[dict, dict]:
 def _scored(h: dict, oof: HeldOut) -> dict[str, Scored]:
     out = {}
     for k, p in h.items():
-        per = HeldOut(oof.kind, {k: p}, oof.scores, oof.costs, oof.part).per_part(k)
+        per = part_scores(p, oof.scores, oof.costs, oof.part)
         out[k] = Scored(float(per.mean()), per, p)
     return out
 
