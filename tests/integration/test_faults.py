@@ -364,10 +364,13 @@ def test_a_lost_train_worker_is_replaced_and_training_resumes(trained, tmp_path)
     assert rc == 0, log[-3000:]
     index = json.loads((out / "manifest.json").read_text())
     assert "prefill_trunk" in index["routers"]
-    # Resumed, not restarted: one checkpoint per member (a fresh start would have saved member 1 again).
+    # Resumed, not restarted: member 1 is saved once (a fresh start would save it again), and every
+    # later checkpoint holds at least as many members. A member whose checkpoint the worker wrote but
+    # Ray Train had not yet registered when the kill came is fitted once more: [1, 2, 2, 3] is a resume.
     members = [len(json.loads((d / "losses.json").read_text()))
                for d in sorted((ckpt / "trunk-prefill_trunk-ensemble").glob("checkpoint_2*"))]
-    assert members == [1, 2, 3], log[-3000:]
+    assert members[0] == 1 and members.count(1) == 1, (members, log[-3000:])
+    assert members == sorted(members) and set(members) == {1, 2, 3} and len(members) <= 4, (members, log[-3000:])
     # baselines.in_process: the semantic MLP left no Ray Train run beside the trunk's.
     runs = sorted(p.name for p in ckpt.iterdir() if p.is_dir())
     assert "trunk-prefill_trunk-ensemble" in runs and not [r for r in runs if "semantic" in r], runs
