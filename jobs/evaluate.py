@@ -19,10 +19,11 @@ from router_core.artifacts import check_features_match, read_json
 from router_core.config import AppConfig
 from router_core.dataset import load_dataset, outcome_matrix
 from router_core.errors import ArtifactError, DataError
-from router_core.evaluation import (at_operating_point, build_report, call_costs, output_token_medians,
+from router_core.evaluation import (at_operating_point, build_report, call_costs, estimate_check, estimated_costs,
                                     paired_bootstrap, reliability)
 from router_core.features import load_features, read_manifest
 from router_core.held_out import HeldOut
+from router_core.lengths import OutputLengths, dataset_output_tokens, length_errors
 from router_core.model import ensemble_proba
 from router_core.model_index import read_index
 from router_core.reporting import report_files
@@ -92,11 +93,13 @@ def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str)
         raise DataError(f"{data}: none of the {counts['test']} test queries is measured on every target "
                         "and has features")
     tasks = q.column("task").to_pylist()
-    train = splits == "train"
     scored = [targets[k] for k in keep_k]
-    costs, cost_source = call_costs(
-        outcome_matrix(ds.outcomes, qids, scored, "cost_usd")[rows], [t for t, r in zip(q.column("text").to_pylist(), rows) if r],
-        ds.pool, scored, output_token_medians(outcome_matrix(ds.outcomes, qids, scored, "output_tokens")[train]))
+    # A call's cost where observed, else input tokens x price + its expected output tokens x price.
+    lengths, row_tasks = OutputLengths.of_index(index), [t for t, r in zip(tasks, rows) if r]
+    expect = lengths.expected(row_tasks if any(t is not None for t in row_tasks) else None, int(rows.sum()))
+    texts = [t for t, r in zip(q.column("text").to_pylist(), rows) if r]
+    costs, cost_source = call_costs(outcome_matrix(ds.outcomes, qids, scored, "cost_usd")[rows], texts, ds.pool,
+                                    scored, expect[:, keep_k])
     x = RouterInputs(n=int(rows.sum()), prefill={c: v[rows] for c, v in fs.columns.items()},
                      semantic=sem_x[rows], tasks=[t for t, r in zip(tasks, rows) if r], scores=scores[rows])
     if "task_prior" in routers and any(t is not None for t in x.tasks):
@@ -124,6 +127,8 @@ def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str)
         op = at_operating_point(probas[serve], x.scores[:, keep_k], costs, index.operating_point,
                                 scored.index(index.best_single) if index.best_single in scored else None)
         report["operating_point"] = dict(op, router=serve, reference=scored[op["reference_index"]])
+    report["output_lengths"] = length_report(lengths, ds, qids, rows, row_tasks, texts, keep_k, costs, cost_source,
+                                             probas[serve], index.operating_point, report.get("operating_point"))
     report.update(counts=counts, cost_source=cost_source, model=model, features=features, unscored_targets=unscored,
                   calibration=calibration, seconds=time.perf_counter() - t0)
     storage.write_text(join(out, "report.json"), json.dumps(report, indent=2, default=_json_default))
@@ -134,6 +139,23 @@ def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str)
         (storage.write_text if isinstance(body, str) else storage.write_bytes)(join(out, name), body)
     test_rows = HeldOut("test", probas, x.scores[:, keep_k], costs, np.zeros(x.n, int), np.flatnonzero(rows))
     return EvalRun(out, report, time.perf_counter() - t0, test_rows, scored)
+
+
+def length_report(lengths: OutputLengths, ds, qids: list[str], rows: np.ndarray, tasks: list, texts: list[str],
+                  keep_k: np.ndarray, costs: np.ndarray, cost_source: str, proba: np.ndarray, point: dict,
+                  op: dict | None) -> dict:
+    """The length model on the evaluated test calls (its log error against the median's, per target)
+    and, where the calls' costs were observed, the served routes' estimated against observed cost."""
+    task_list = tasks if any(t is not None for t in tasks) else None
+    tokens, source = dataset_output_tokens(ds, qids, lengths.targets, rows)
+    out = {"model": lengths.describe(), "kind": lengths.kind, "test_calls": source,
+           "per_target": length_errors(lengths, tokens, task_list)}
+    if point and op and cost_source == "observed cost_usd":
+        scored = [lengths.targets[k] for k in keep_k]
+        est = estimated_costs(np.array([len(t) for t in texts]), ds.pool, scored,
+                              lengths.expected(task_list, len(texts))[:, keep_k])
+        out["served_routes"] = estimate_check(proba, est, costs, float(point["tau"]), int(op["reference_index"]))
+    return out
 
 
 def _json_default(v):
@@ -175,6 +197,15 @@ def print_evaluate(run: EvalRun) -> None:
         print(f"route's default (tau {op['tau']:.4f}, chosen on validation): test accuracy {op['accuracy']:.4f} at "
               f"${op['mean_cost']:.6f}, saving {op['saving_pct']:.1f}% against always {op['reference']} "
               f"({op['reference_accuracy']:.4f} at ${op['reference_mean_cost']:.6f})")
+    lengths = r.get("output_lengths")
+    if lengths and lengths["per_target"]:
+        per = lengths["per_target"]
+        line = (f"output lengths: {lengths['model']}; log error below the median's on "
+                f"{sum(v['male_model'] < v['male_median'] for v in per.values())} of {len(per)} targets")
+        if "served_routes" in lengths:
+            s = lengths["served_routes"]
+            line += f"; the served routes' estimated saving {s['estimated_saving_pct']:.1f}%, observed {s['observed_saving_pct']:.1f}%"
+        print(line)
     for name, cal in r["calibration"].items():
         print(f"{name}: temperature {cal['temperature']:.3f}, test ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}")
     print(f"wrote {join(run.out, 'report.json')} and report.html")

@@ -9,8 +9,9 @@
    process loads the router once; memory stays bounded). A model whose served router is the prior
    (the task prior, or each target's mean without tasks: train serves it where no learned router
    beats it) skips 2 and 3: its probabilities are a lookup of each query's task.
-4. Assign routes by the policy (threshold, utility, or a batch budget) on estimated call costs
-   (input tokens x price + the target's median training output tokens x price).
+4. Assign routes by the policy (threshold, utility, or a batch budget) on estimated call costs:
+   input tokens x price + the output tokens expected of the call x price (router_core.lengths:
+   the mean of its task's training calls to that target, where the queries carry a task).
 5. Write ``OUT/routes/part-*.parquet``, ``OUT/rejects.parquet``, ``OUT/tally.json`` and last
    ``OUT/run.json`` (status complete). The run id (given, or a digest of queries, router and policy)
    owns OUT: a rerun of the same run rewrites the same files with the same routes; another run id is
@@ -34,12 +35,11 @@ from router_core import schemas
 from router_core.artifacts import read_json
 from router_core.config import AppConfig, Policy
 from router_core.errors import ArtifactError, DataError
-from router_core.evaluation import estimated_costs
+from router_core.lengths import index_costs
 from router_core.features import MANIFEST, column_digest, read_manifest, settings_for
 from router_core.model_index import read_index, resolve_model
 from router_core.routers import ROUTERS, RouterInputs, TrunkRouter, load_router, predict_any
 from router_core.routing import assign, tally
-from router_core.schemas import Pool
 from router_core.storage import Storage, join
 
 from .actors import plan_groups, predict_parts
@@ -105,7 +105,6 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
     if policy.name == "threshold" and policy.tau is None:  # the model's operating point, chosen on validation
         policy = policy.model_copy(update={"tau": float(index.operating_point.get("tau", 0.0))})
     targets = index.targets
-    pool = Pool.model_validate(index.pool)
 
     ensure_ray(cfg)  # up first: a large batch's texts are hashed in Ray tasks
     prep = prepare(storage, queries_uri)
@@ -137,17 +136,15 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
                                     else "no features were produced for this query"))
     routed = kept.filter(pa.array(have)) if not have.all() else kept
     proba = proba[have] if not have.all() else proba
-    chars = pc.utf8_length(routed.column("text")).to_numpy(zero_copy_only=False)
-    med = np.array([index.output_tokens_median.get(tg, 0.0) for tg in targets])
-    costs = estimated_costs(chars, pool, targets, med)
+    costs, lengths = index_costs(index, pc.utf8_length(routed.column("text")).to_numpy(zero_copy_only=False),
+                                 routed.column("task").to_pylist() if "task" in routed.column_names else None)
     try:
         routes, info = assign(policy.name, proba.astype(np.float64), costs, policy.tau, policy.lam, policy.budget_usd)
     except ValueError as e:
         raise DataError(f"route: {e}") from None
     best = targets.index(index.best_single) if index.best_single in targets else 0
     tal = tally(routes, proba, costs, targets, best)
-    tal["policy"] = {"name": policy.name, **info}
-    tal["router"] = name
+    tal.update(policy={"name": policy.name, **info}, router=name, cost_model=lengths.describe())
     if policy.name == "threshold" and index.operating_point and policy.tau == index.operating_point.get("tau"):
         tal["policy"]["source"] = "the model's operating point (chosen on validation)"
     if policy.name == "budget":
@@ -237,12 +234,13 @@ def print_route(run: RouteRun) -> None:
     print(f"route run {run.run_id}: {run.input_rows} queries in = {run.routed} routed + {run.rejected} rejected "
           f"({run.seconds['total']:.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in run.seconds.items() if k != "total")
           + ")")
-    rows = [[m, v["queries"], f"{100 * v['share']:.1f}%", v["cost_usd"]] for m, v in t["per_model"].items() if v["queries"]]
-    print(format_table(["model", "queries", "share", "est. $"], rows))
+    print(format_table(["model", "queries", "share", "est. $"], [[m, v["queries"], f"{100 * v['share']:.1f}%", v["cost_usd"]]
+                                                                 for m, v in t["per_model"].items() if v["queries"]]))
     p = run.policy
     print(f"policy {p['name']} " + ", ".join(f"{k}={v:.6g}" for k, v in p.items() if isinstance(v, (int, float)))
           + (f" ({p['source']})" if "source" in p else ""))
-    print(f"total ${t['total_cost_usd']:.4f}, expected accuracy {t['expected_accuracy']:.4f}")
+    print(f"total ${t['total_cost_usd']:.4f}, expected accuracy {t['expected_accuracy']:.4f}; output lengths: "
+          + t.get("cost_model", "median output tokens per target"))
     for key, label in (("always_most_expensive", "always the most expensive"), ("always_best_single", "always the best single")):
         b = t[key]
         print(f"  vs {label} ({b['model']}): ${b['cost_usd']:.4f}, expected accuracy {b['expected_accuracy']:.4f}; "

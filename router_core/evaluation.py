@@ -32,7 +32,8 @@ def call_costs(costs_observed: np.ndarray, texts: list[str], pool: Pool, targets
     """(n, K) dollars per call and how they were obtained.
 
     The observed ``cost_usd`` where the dataset has it; elsewhere input tokens (about 4 characters
-    each) x input price + the target's median training output tokens ``med`` (K,) x output price.
+    each) x input price + the output tokens ``med`` expected of each call (K,) or (n, K), such as
+    router_core.lengths' estimate, x output price.
     """
     estimate = estimated_costs(np.array([len(t) for t in texts]), pool, targets, med)
     observed = ~np.isnan(costs_observed)
@@ -42,13 +43,14 @@ def call_costs(costs_observed: np.ndarray, texts: list[str], pool: Pool, targets
 
 
 def estimated_costs(chars: np.ndarray, pool: Pool, targets: list[str], output_tokens: np.ndarray) -> np.ndarray:
-    """(n, K) dollars: input tokens (``chars`` / about 4 characters each) x input price +
-    ``output_tokens[k]`` x output price."""
+    """(n, K) dollars: input tokens (``chars`` / about 4 characters each) x input price + output
+    tokens x output price, ``output_tokens`` (K,) per target or (n, K) per call."""
     prices = {m.name: m for m in pool.models}
     in_tok = (np.asarray(chars, np.float64) / CHARS_PER_TOKEN)[:, None]
     p_in = np.array([prices[t].price_in_per_mtok for t in targets]) / 1e6
     p_out = np.array([prices[t].price_out_per_mtok for t in targets]) / 1e6
-    return in_tok * p_in[None, :] + np.asarray(output_tokens, np.float64)[None, :] * p_out[None, :]
+    out = np.asarray(output_tokens, np.float64)
+    return in_tok * p_in[None, :] + (out[None, :] if out.ndim == 1 else out) * p_out[None, :]
 
 
 def score_router(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, acc_best: float,
@@ -118,6 +120,20 @@ def at_operating_point(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray,
     if point.get("guarded"):  # where the expected-accuracy rule alone would have routed these rows
         out["without_guard"] = at(float(point["unguarded"]["tau"]))
     return out
+
+
+def estimate_check(proba: np.ndarray, estimated: np.ndarray, observed: np.ndarray, tau: float,
+                   reference: int) -> dict:
+    """The served router's routes as ``route`` decides them (threshold ``tau`` on the ``estimated``
+    costs), priced both ways: estimated and observed dollars, and the saving each way against always
+    calling the ``reference`` target. What a tally estimates next to what the calls cost."""
+    routes = threshold_routes(proba, estimated, tau)
+    rows = np.arange(len(routes))
+    est, obs = float(estimated[rows, routes].sum()), float(observed[rows, routes].sum())
+    ref_est, ref_obs = float(estimated[:, reference].sum()), float(observed[:, reference].sum())
+    return {"tau": tau, "queries": len(routes), "estimated_usd": est, "observed_usd": obs,
+            "reference_estimated_usd": ref_est, "reference_observed_usd": ref_obs,
+            "estimated_saving_pct": M.saving_pct(est, ref_est), "observed_saving_pct": M.saving_pct(obs, ref_obs)}
 
 
 def reliability(proba: np.ndarray, scores: np.ndarray, bins: int = 10) -> list[tuple[float, float, int]]:

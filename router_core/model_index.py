@@ -46,6 +46,7 @@ class ModelIndex(_Doc):
     routers: dict[str, str]  # name -> folder under the model folder
     best_single: str  # on train: the target the savings are measured against
     output_tokens_median: dict[str, float]  # per target, on train: the output length of a call
+    output_lengths: dict = {}  # router_core.lengths.OutputLengths: route's estimate of each call's output tokens
     features: dict[str, FeatureRef]  # "prefill", "semantic"
     layer_profile: str | None = None
     held_out: str | None = None  # router_core.held_out: the candidates' probabilities on the rows chosen on

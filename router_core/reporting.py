@@ -156,6 +156,27 @@ Oracle: {o['accuracy']:.4f} at ${o['mean_cost']:.6g}. Pareto-AUCCC of the single
 {_serving_html(report, cell)}
 {''.join(f'<h2>{html.escape(t)}</h2><img src="{f}" style="max-width:100%">' for t, f in figures)}
 <h2>Single models</h2><table><tr><th>model</th><th>accuracy</th><th>mean cost $</th></tr>{singles}</table>
+{_lengths_html(report.get("output_lengths"))}
 </body></html>"""
     files["report.html"] = doc
     return files
+
+
+def _lengths_html(lengths: dict | None) -> str:
+    """The output-length model on the test calls, and the served routes' estimated cost against observed."""
+    if not lengths:
+        return ""
+    head = f"<h2>Output lengths</h2><p>Estimate: {html.escape(lengths['model'])}.</p>"
+    if not lengths["per_target"]:
+        return head + "<p>No test call has a known or derivable output length.</p>"
+    rows = "\n".join(f"<tr><td>{html.escape(t)}</td><td>{v['calls']}</td><td>{v['male_model']:.3f}</td>"
+                     f"<td>{v['male_median']:.3f}</td><td>{v['mean_observed']:.1f}</td><td>{v['mean_expected']:.1f}</td></tr>"
+                     for t, v in lengths["per_target"].items())
+    out = head + ("<table><tr><th>target</th><th>calls</th><th>abs. log error</th><th>median's</th>"
+                  f"<th>mean tokens</th><th>expected</th></tr>{rows}</table>")
+    if "served_routes" in lengths:
+        r = lengths["served_routes"]
+        out += (f"<p>The served routes at tau {r['tau']:.4f}, decided on estimated costs as route decides them: "
+                f"{r['estimated_saving_pct']:.1f}% cheaper than always the reference on estimated costs, "
+                f"{r['observed_saving_pct']:.1f}% on observed costs.</p>")
+    return out

@@ -32,10 +32,11 @@ from .artifacts import member_state
 from .config import AppConfig
 from .dataset import Dataset, outcome_matrix
 from .errors import DataError
-from .evaluation import call_costs, output_token_medians
+from .evaluation import call_costs
 from .held_out import FILE as HELD_OUT
 from .held_out import to_table
 from .importers import hash_split
+from .lengths import dataset_output_tokens, fit_output_lengths
 from .model import Preprocessor, SharedTrunkNet, TrainParams, bce, logit
 from .model_index import FeatureRef, ModelIndex
 from .probes import layer_profile, select_columns
@@ -75,6 +76,7 @@ class Bundle:
     selection: dict = field(default_factory=dict)  # router_core.selection: every candidate's validation score
     operating_point: dict = field(default_factory=dict)  # route's default threshold, chosen on validation
     held_out: pa.Table | None = None  # router_core.held_out: the candidates' probabilities on those rows
+    output_lengths: dict = field(default_factory=dict)  # router_core.lengths.OutputLengths, as a dict
 
 
 def fit_in_process(data: tuple, params: TrainParams, seeds: list[int], name: str) -> tuple[dict, dict]:
@@ -352,8 +354,12 @@ def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndar
     cols = set(per_target)
     logreg = PrefillLogReg(bc.logreg_c).fit(per_target, {c: prefill[c][tr] for c in cols}, scores[tr],
                                             {c: prefill[c][va] for c in cols}, scores[va])
-    med = output_token_medians(outcome_matrix(ds.outcomes, qids, targets, "output_tokens")[tr])
-    costs = all_costs(ds, qids, targets, med)  # (n, K) dollars per call: the baselines' and the choice's
+    # Each call's output length (observed, else derived from its cost): where a cost is unknown, the
+    # estimate prices it (router_core.lengths); route's tally and evaluate use the same model.
+    tokens_tr, tok_source = dataset_output_tokens(ds, qids, targets, tr)
+    lengths = fit_output_lengths(tokens_tr, [tasks[i] for i in np.flatnonzero(tr)] if has_tasks else None, targets,
+                                 tok_source)
+    costs = all_costs(ds, qids, targets, lengths.expected(tasks if has_tasks else None, len(qids)))
     mean_cost = np.nanmean(costs[tr], axis=0)
     routers["prefill_logreg"] = (logreg, dict(logreg.fit_info_, **trunk_fields))
     routers["semantic_knn"] = (knn, dict(knn.fit_info_, **sem_fields))
@@ -392,8 +398,8 @@ def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndar
         h = serving.held_out
         held = to_table(h, [qids[i] for i in h.index], targets)
     return Bundle(routers, common, profile, serving.winner, targets[best_single],
-                  {t: float(m) for t, m in zip(targets, med)}, seconds, serving.selection, serving.operating_point,
-                  held)
+                  {t: float(m) for t, m in zip(targets, lengths.median)}, seconds, serving.selection,
+                  serving.operating_point, held, lengths.to_dict())
 
 
 def serve_on_validation(cfg: AppConfig, routers: dict, prior_any: TaskPrior, prefill: dict, sem: np.ndarray,
@@ -438,10 +444,11 @@ def serve_on_validation(cfg: AppConfig, routers: dict, prior_any: TaskPrior, pre
     return serving
 
 
-def all_costs(ds: Dataset, qids: list[str], targets: list[str], med: np.ndarray) -> np.ndarray:
-    """(n, K) dollars per call of every query: observed, else estimated from prices."""
+def all_costs(ds: Dataset, qids: list[str], targets: list[str], output_tokens: np.ndarray) -> np.ndarray:
+    """(n, K) dollars per call of every query: observed, else estimated from prices and the
+    ``output_tokens`` (K,) or (n, K) expected of each call."""
     observed = outcome_matrix(ds.outcomes, qids, targets, "cost_usd")
-    return call_costs(observed, ds.queries.column("text").to_pylist(), ds.pool, targets, med)[0]
+    return call_costs(observed, ds.queries.column("text").to_pylist(), ds.pool, targets, output_tokens)[0]
 
 
 def save_bundle(storage, out: str, bundle: Bundle, features: dict[str, FeatureRef], meta: dict) -> ModelIndex:
@@ -459,6 +466,7 @@ def save_bundle(storage, out: str, bundle: Bundle, features: dict[str, FeatureRe
     index = ModelIndex(**bundle.common, default=bundle.serve, serve=bundle.serve, routers=folders,
                        selection=bundle.selection, operating_point=bundle.operating_point,
                        best_single=bundle.best_single, output_tokens_median=bundle.output_tokens_median,
+                       output_lengths=bundle.output_lengths,
                        features=features, layer_profile="layer_profile.json", seconds=bundle.seconds,
                        config=meta["config"], held_out=HELD_OUT if bundle.held_out is not None else None)
     if bundle.held_out is not None:

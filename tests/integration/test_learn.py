@@ -63,6 +63,9 @@ def test_train_tunes_saves_and_reloads_an_ensemble(trained, tmp_path):
                                      "prefill_trunk_shrunk", "prefill_residual_shrunk", "prefill_logreg_shrunk",
                                      "prefill_stack", "prefill_trunk_mix", "prefill_residual_mix",
                                      "prefill_logreg_mix", "prefill_mix_mean"}
+    # The length model of the training calls (none known in LLMRouter's outcomes), with what it was fitted on.
+    assert index["output_lengths"]["kind"] == "median" and index["output_lengths"]["targets"] == index["targets"]
+    assert index["output_lengths"]["source"] == {"known": 0, "derived": 0, "unknown": index["n_train"] * 9}
     # What route serves: chosen on validation among the routers on prefill features, with its operating point.
     sel, op = index["selection"], index["operating_point"]
     assert index["serve"] == index["default"] == sel["winner"] and sel["winner"].startswith("prefill_")
@@ -126,7 +129,11 @@ def test_evaluate_reports_every_router(trained, tmp_path, capsys):
     op = rep["operating_point"]
     assert op["router"] == rep["serving"] and op["reference"] in rep["singles"] and 0 <= op["accuracy"] <= 1
     assert "paired bootstrap" in out and "route's default" in out
+    # No output length or cost in LLMRouter's outcomes: the length model is empty and says so.
+    lengths = rep["output_lengths"]
+    assert lengths["kind"] == "median" and lengths["per_target"] == {} and "served_routes" not in lengths
+    assert lengths["test_calls"] == {"known": 0, "derived": 0, "unknown": 40 * 9}
     html = (tmp_path / "r" / "report.html").read_text()
-    assert "paired bootstrap" in html and "What route serves by default" in html
+    assert "paired bootstrap" in html and "What route serves by default" in html and "<h2>Output lengths</h2>" in html
     for png in ("curves.png", "calibration.png", "layer_profile.png"):
         assert f'src="{png}"' in html and (tmp_path / "r" / png).read_bytes()[:4] == b"\x89PNG"

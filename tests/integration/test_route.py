@@ -70,6 +70,9 @@ def test_route_from_s3_reconciles_and_is_idempotent(trained, s3_server, bucket, 
     assert sum(v["cost_usd"] for v in per.values()) == pytest.approx(tally["total_cost_usd"])
     assert tally["total_cost_usd"] == pytest.approx(sum(routes.column("est_cost_usd").to_pylist()))
     assert tally["always_most_expensive"]["cost_usd"] >= tally["total_cost_usd"]
+    # LLMRouter's outcomes carry no output length or cost: calls are priced on their prompts alone, and it says so.
+    assert tally["cost_model"] == "median output tokens per target (none known on the training calls: 0 tokens)"
+    assert "output lengths: median output tokens per target" in text
     # Only new texts were encoded: the model's feature cache already held all 120.
     assert run["extract"]["extracted"] == 0 and run["extract"]["reused"] == 120
 
