@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from router_core import schemas
 from router_core.features import verify_part
+from router_core.lengths import LinearLengths
 from router_core.routers import RouterInputs, load_router, predict_any
 from router_core.storage import Storage
 
@@ -37,10 +38,13 @@ def plan_groups(located, n_groups: int) -> list[tuple[list[tuple[str, dict, np.n
 
 
 def predict_parts(parts: list[tuple[str, dict, np.ndarray | None]], storage_kw: dict, folder: str, digest: str,
-                  columns: list[str], dim: int, threads: int, tasks: list[str | None] | None = None) -> np.ndarray:
+                  columns: list[str], dim: int, threads: int, tasks: list[str | None] | None = None,
+                  lengths: LinearLengths | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """A Ray task of ``route``: P(correct) of the given rows of each part ((URI, manifest entry, rows
     or None for all of them) triples), in that order; each column read is checked against its digest.
     ``tasks``: the queries' tasks in that order, for a router that reads them (None: unknown).
+    ``lengths``: the model's output-length map on the same columns, whose (n, K) output tokens are
+    returned beside the probabilities (else None).
     The router is loaded once per worker process (kept by folder and weights digest), not per task."""
     import torch
 
@@ -50,7 +54,7 @@ def predict_parts(parts: list[tuple[str, dict, np.ndarray | None]], storage_kw: 
         _ROUTERS.clear()
         _ROUTERS[(folder, digest)] = load_router(storage, folder)[0]
     router = _ROUTERS[(folder, digest)]
-    probas, at = [], 0
+    probas, tokens, at = [], [], 0
     for part, entry, rows in parts:
         t = storage.read_table(part, columns=columns)
         verify_part(t, entry["sha256"], part)
@@ -60,4 +64,7 @@ def predict_parts(parts: list[tuple[str, dict, np.ndarray | None]], storage_kw: 
         part_tasks = tasks[at : at + t.num_rows] if tasks is not None else None
         at += t.num_rows
         probas.append(predict_any(router, RouterInputs(n=t.num_rows, prefill=x, tasks=part_tasks)).astype(np.float32))
-    return np.concatenate(probas) if probas else np.zeros((0, 0), np.float32)
+        if lengths is not None:
+            tokens.append(lengths.predict(x))
+    proba = np.concatenate(probas) if probas else np.zeros((0, 0), np.float32)
+    return proba, (np.concatenate(tokens) if tokens else None)

@@ -23,7 +23,8 @@ from router_core.evaluation import (at_operating_point, build_report, call_costs
                                     paired_bootstrap, reliability)
 from router_core.features import load_features, read_manifest
 from router_core.held_out import HeldOut
-from router_core.lengths import OutputLengths, dataset_output_tokens, length_errors
+from router_core.lengths import (LinearLengths, OutputLengths, dataset_output_tokens, expected_tokens,
+                                 length_errors)
 from router_core.model import ensemble_proba
 from router_core.model_index import read_index
 from router_core.reporting import report_files
@@ -94,9 +95,12 @@ def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str)
                         "and has features")
     tasks = q.column("task").to_pylist()
     scored = [targets[k] for k in keep_k]
-    # A call's cost where observed, else input tokens x price + its expected output tokens x price.
+    # A call's cost where observed, else input tokens x price + its expected output tokens x price
+    # (the model's length map on these rows' features where it serves such queries, else the means).
     lengths, row_tasks = OutputLengths.of_index(index), [t for t, r in zip(tasks, rows) if r]
-    expect = lengths.expected(row_tasks if any(t is not None for t in row_tasks) else None, int(rows.sum()))
+    lin = LinearLengths.load(storage, join(model, lengths.prefill["folder"])) if lengths.prefill else None
+    by_map = lin.predict({c: fs.columns[c][rows] for c in lin.columns}) if lin and set(lin.columns) <= set(fs.columns) else None
+    expect = expected_tokens(lengths, row_tasks, int(rows.sum()), by_map)
     texts = [t for t, r in zip(q.column("text").to_pylist(), rows) if r]
     costs, cost_source = call_costs(outcome_matrix(ds.outcomes, qids, scored, "cost_usd")[rows], texts, ds.pool,
                                     scored, expect[:, keep_k])
@@ -128,7 +132,8 @@ def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str)
                                 scored.index(index.best_single) if index.best_single in scored else None)
         report["operating_point"] = dict(op, router=serve, reference=scored[op["reference_index"]])
     report["output_lengths"] = length_report(lengths, ds, qids, rows, row_tasks, texts, keep_k, costs, cost_source,
-                                             probas[serve], index.operating_point, report.get("operating_point"))
+                                             probas[serve], index.operating_point, report.get("operating_point"), expect,
+                                             by_map)
     report.update(counts=counts, cost_source=cost_source, model=model, features=features, unscored_targets=unscored,
                   calibration=calibration, seconds=time.perf_counter() - t0)
     storage.write_text(join(out, "report.json"), json.dumps(report, indent=2, default=_json_default))
@@ -143,17 +148,17 @@ def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str)
 
 def length_report(lengths: OutputLengths, ds, qids: list[str], rows: np.ndarray, tasks: list, texts: list[str],
                   keep_k: np.ndarray, costs: np.ndarray, cost_source: str, proba: np.ndarray, point: dict,
-                  op: dict | None) -> dict:
-    """The length model on the evaluated test calls (its log error against the median's, per target)
-    and, where the calls' costs were observed, the served routes' estimated against observed cost."""
+                  op: dict | None, expect: np.ndarray, by_map: np.ndarray | None) -> dict:
+    """The length model on the evaluated test calls (its errors against the median's, per target;
+    the length map's too where the model has one) and, where the calls' costs were observed, the
+    served routes' estimated cost (on ``expect``, the tokens route would price with) against observed."""
     task_list = tasks if any(t is not None for t in tasks) else None
     tokens, source = dataset_output_tokens(ds, qids, lengths.targets, rows)
     out = {"model": lengths.describe(), "kind": lengths.kind, "test_calls": source,
-           "per_target": length_errors(lengths, tokens, task_list)}
+           "per_target": length_errors(lengths, tokens, task_list, by_map)}
     if point and op and cost_source == "observed cost_usd":
         scored = [lengths.targets[k] for k in keep_k]
-        est = estimated_costs(np.array([len(t) for t in texts]), ds.pool, scored,
-                              lengths.expected(task_list, len(texts))[:, keep_k])
+        est = estimated_costs(np.array([len(t) for t in texts]), ds.pool, scored, expect[:, keep_k])
         out["served_routes"] = estimate_check(proba, est, costs, float(point["tau"]), int(op["reference_index"]))
     return out
 
@@ -202,6 +207,9 @@ def print_evaluate(run: EvalRun) -> None:
         per = lengths["per_target"]
         line = (f"output lengths: {lengths['model']}; log error below the median's on "
                 f"{sum(v['male_model'] < v['male_median'] for v in per.values())} of {len(per)} targets")
+        if all("mae_prefill" in v for v in per.values()):
+            line += (f"; mean abs. error {np.mean([v['mae_prefill'] for v in per.values()]):.1f} tokens by the length "
+                     f"map, {np.mean([v['mae_mean'] for v in per.values()]):.1f} by the means")
         if "served_routes" in lengths:
             s = lengths["served_routes"]
             line += f"; the served routes' estimated saving {s['estimated_saving_pct']:.1f}%, observed {s['observed_saving_pct']:.1f}%"

@@ -4,18 +4,16 @@
    cannot be routed (no id, duplicate id, no text) go to the rejects with their reason.
 2. Prefill features through the extraction job's cache (the model's features folder unless
    ``--features`` names another): only texts it lacks are encoded, with the model's own settings.
-3. Predict P(correct) per target with the trained router, in Ray tasks over groups of feature parts
-   balanced by rows, one per CPU (each reads only its parts and the model's columns; each worker
-   process loads the router once; memory stays bounded). A model whose served router is the prior
-   (the task prior, or each target's mean without tasks: train serves it where no learned router
-   beats it) skips 2 and 3: its probabilities are a lookup of each query's task.
+3. Predict P(correct) per target with the trained router in Ray tasks over groups of feature parts
+   balanced by rows, one per CPU (each reads only its parts and the model's columns and loads the
+   router once per worker; memory stays bounded), and each call's output tokens where the model's
+   length map serves such queries. A model serving the prior (train serves it where no learned
+   router beats it) skips 2 and 3: its probabilities are a lookup of each query's task.
 4. Assign routes by the policy (threshold, utility, or a batch budget) on estimated call costs:
-   input tokens x price + the output tokens expected of the call x price (router_core.lengths:
-   the mean of its task's training calls to that target, where the queries carry a task).
-5. Write ``OUT/routes/part-*.parquet``, ``OUT/rejects.parquet``, ``OUT/tally.json`` and last
-   ``OUT/run.json`` (status complete). The run id (given, or a digest of queries, router and policy)
-   owns OUT: a rerun of the same run rewrites the same files with the same routes; another run id is
-   refused.
+   input tokens x price + expected output tokens x price (router_core.lengths).
+5. Write OUT/routes/part-*.parquet, OUT/rejects.parquet, OUT/tally.json and last OUT/run.json
+   (status complete). The run id (given, or a digest of queries, router and policy) owns OUT: a
+   rerun of the same run rewrites the same files with the same routes; another run id is refused.
 """
 
 from __future__ import annotations
@@ -35,7 +33,7 @@ from router_core import schemas
 from router_core.artifacts import read_json
 from router_core.config import AppConfig, Policy
 from router_core.errors import ArtifactError, DataError
-from router_core.lengths import index_costs
+from router_core.lengths import index_costs, length_map
 from router_core.features import MANIFEST, column_digest, read_manifest, settings_for
 from router_core.model_index import read_index, resolve_model
 from router_core.routers import ROUTERS, RouterInputs, TrunkRouter, load_router, predict_any
@@ -115,13 +113,14 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
 
     tasks = kept.column("task").to_pylist() if "task" in kept.column_names and rman.get("uses_tasks") else None
     rejects = list(prep.rejects)
-    if "prefill" in needs:
-        proba, have, failed, feats, extract = _predict_prefill(cfg, storage, index, folder, rman, prep, features,
-                                                               tasks, len(targets), seconds)
+    if "prefill" in needs:  # with each call's output tokens where the model's length map serves these queries
+        lin = length_map(storage, model, index, kept.column("task").to_pylist() if "task" in kept.column_names else None)
+        proba, have, failed, feats, extract, tokens = _predict_prefill(cfg, storage, index, folder, rman, prep, features,
+                                                                       tasks, len(targets), seconds, lin)
     else:  # the prior (train serves it where no learned router beats it): a table lookup, nothing to encode
         t = time.perf_counter()
         proba = predict_any(load_router(storage, folder)[0], RouterInputs(n=kept.num_rows, tasks=tasks)).astype(np.float32)
-        have, failed, feats, extract = np.ones(kept.num_rows, bool), {}, None, {"reused": 0, "extracted": 0, "rejected": 0}
+        have, failed, feats, tokens, extract = np.ones(kept.num_rows, bool), {}, None, None, dict(reused=0, extracted=0, rejected=0)
         log.info("route: %s reads no features (%s)", name,
                  "the queries' tasks" if tasks is not None else "no task column: every query gets the global mean")
         seconds["predict"] = time.perf_counter() - t
@@ -135,9 +134,9 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
                                     reason=f"the encoder could not read the text ({failed[qid]})" if qid in failed
                                     else "no features were produced for this query"))
     routed = kept.filter(pa.array(have)) if not have.all() else kept
-    proba = proba[have] if not have.all() else proba
+    proba, tokens = (proba[have], tokens[have] if tokens is not None else None) if not have.all() else (proba, tokens)
     costs, lengths = index_costs(index, pc.utf8_length(routed.column("text")).to_numpy(zero_copy_only=False),
-                                 routed.column("task").to_pylist() if "task" in routed.column_names else None)
+                                 routed.column("task").to_pylist() if "task" in routed.column_names else None, tokens)
     try:
         routes, info = assign(policy.name, proba.astype(np.float64), costs, policy.tau, policy.lam, policy.budget_usd)
     except ValueError as e:
@@ -190,11 +189,11 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
 
 
 def _predict_prefill(cfg: AppConfig, storage: Storage, index, folder: str, rman: dict, prep, features: str | None,
-                     tasks: list | None, n_targets: int, seconds: dict):
+                     tasks: list | None, n_targets: int, seconds: dict, lin=None):
     """P(correct) of the kept queries by a router on prefill features: the features through the
     extraction job's cache (only texts it lacks are encoded), then Ray tasks over groups of feature
     parts. Returns (proba, which rows have features, why the encoder failed per query id, the features
-    folder, the extraction counts)."""
+    folder, the extraction counts, output tokens by the length map ``lin`` or None)."""
     import ray
 
     kept, trained_on = prep.kept, index.features["prefill"].uri
@@ -214,15 +213,18 @@ def _predict_prefill(cfg: AppConfig, storage: Storage, index, folder: str, rman:
     dim = int(ex.manifest["feature_dim"])
     task = ray.remote(num_cpus=tcpu)(predict_parts)
     columns = sorted(set(rman["columns"]) - set(TrunkRouter.EXTRA))
+    lin = lin if lin is not None and set(lin.columns) <= set(columns) else None
     refs = [task.remote(items, storage.settings(), folder, rman["weights_sha256"], columns, dim, max(1, int(tcpu)),
-                        [tasks[i] for i in dst] if tasks is not None else None) for items, dst in groups]
+                        [tasks[i] for i in dst] if tasks is not None else None, lin) for items, dst in groups]
     proba, have = np.zeros((kept.num_rows, n_targets), np.float32), np.zeros(kept.num_rows, bool)
+    tokens = np.zeros((kept.num_rows, n_targets)) if lin is not None else None
     for done, (ref, (_, dst)) in enumerate(zip(refs, groups), 1):
-        proba[dst] = ray_get(ref)
-        have[dst] = True
+        (proba[dst], got), have[dst] = ray_get(ref), True
+        if tokens is not None:
+            tokens[dst] = got
         log.info("route: predicted %d/%d groups of feature parts", done, len(refs))
     seconds["predict"] = time.perf_counter() - t
-    return proba, have, failed, feats, {"reused": ex.reused, "extracted": ex.extracted, "rejected": ex.rejected}
+    return proba, have, failed, feats, {"reused": ex.reused, "extracted": ex.extracted, "rejected": ex.rejected}, tokens
 
 
 def print_route(run: RouteRun) -> None:

@@ -36,12 +36,12 @@ from .evaluation import call_costs
 from .held_out import FILE as HELD_OUT
 from .held_out import to_table
 from .importers import hash_split
-from .lengths import dataset_output_tokens, fit_output_lengths
+from .lengths import LinearLengths, dataset_output_tokens, fit_output_lengths, with_linear
 from .model import Preprocessor, SharedTrunkNet, TrainParams, bce, logit
 from .model_index import FeatureRef, ModelIndex
 from .probes import layer_profile, select_columns
 from .routers import (ConstantRouter, OracleRouter, PrefillLogReg, RandomRouter, Router, RouterInputs, SemanticKNN,
-                      TaskPrior, TrunkRouter, predict_any, save_router)
+                      TaskPrior, TrunkRouter, predict_any, prefill_columns, save_router)
 from .selection import OutOfFold, Serving, choose_serving, parts_of
 from .storage import join
 
@@ -59,6 +59,7 @@ SEARCH_SPACE = {
     # prefill only: the pooling ("all" = every pooling in the features), and which columns
     "selection": ["top_k_mean", "per_target"],
 }
+LENGTHS_FOLDER = "output_lengths"  # MODEL/output_lengths/: the LinearLengths of the model index
 REFERENCE = {"lr": 1e-3, "weight_decay": 1e-4, "width1": 256, "width2": 128, "dropout": 0.3, "pca_dim": 0}
 
 
@@ -77,6 +78,7 @@ class Bundle:
     operating_point: dict = field(default_factory=dict)  # route's default threshold, chosen on validation
     held_out: pa.Table | None = None  # router_core.held_out: the candidates' probabilities on those rows
     output_lengths: dict = field(default_factory=dict)  # router_core.lengths.OutputLengths, as a dict
+    length_map: LinearLengths | None = None  # its map on prefill features, saved under output_lengths["prefill"]["folder"]
 
 
 def fit_in_process(data: tuple, params: TrainParams, seeds: list[int], name: str) -> tuple[dict, dict]:
@@ -387,6 +389,13 @@ def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndar
     serving = serve_on_validation(cfg, routers, prior_any, prefill, sem, tasks if has_tasks else None, va, scores,
                                   costs, best_single, oof)
     seconds["selection"] = time.perf_counter() - t
+    t = time.perf_counter()
+    # Output lengths from the served router's own prefill columns (route reads them anyway), where they
+    # beat the means on validation (router_core.lengths).
+    tokens, _ = dataset_output_tokens(ds, qids, targets)
+    lengths, linear = with_linear(lengths, prefill, prefill_columns(routers[serving.winner][0]), tokens,
+                                  tasks if has_tasks else None, tr, va, LENGTHS_FOLDER)
+    seconds["output_lengths"] = time.perf_counter() - t
 
     fingerprint = hashlib.sha256(json.dumps({
         "queries": sorted(zip(qids, q.column("split").to_pylist()), key=lambda t: t[0]),
@@ -399,7 +408,7 @@ def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndar
         held = to_table(h, [qids[i] for i in h.index], targets)
     return Bundle(routers, common, profile, serving.winner, targets[best_single],
                   {t: float(m) for t, m in zip(targets, lengths.median)}, seconds, serving.selection,
-                  serving.operating_point, held, lengths.to_dict())
+                  serving.operating_point, held, lengths.to_dict(), linear)
 
 
 def serve_on_validation(cfg: AppConfig, routers: dict, prior_any: TaskPrior, prefill: dict, sem: np.ndarray,
@@ -471,5 +480,7 @@ def save_bundle(storage, out: str, bundle: Bundle, features: dict[str, FeatureRe
                        config=meta["config"], held_out=HELD_OUT if bundle.held_out is not None else None)
     if bundle.held_out is not None:
         storage.write_table(bundle.held_out, join(out, HELD_OUT))
+    if bundle.length_map is not None:
+        bundle.length_map.save(storage, join(out, LENGTHS_FOLDER), dict(bundle.common, **bundle.output_lengths["prefill"]))
     index.save(storage, out)
     return index

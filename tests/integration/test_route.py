@@ -183,3 +183,51 @@ def test_a_model_that_serves_the_prior_routes_without_features(trained, tmp_path
         got = np.stack([routes.column(f"p:{t}").to_numpy() for t in index.targets], axis=1)
         np.testing.assert_allclose(got, prior.prior(tasks, 30), atol=1e-6)
         assert (np.ptp(got, axis=0).max() > 1e-3) == (tasks is not None)  # by task, or one row for all
+
+
+def test_a_model_with_a_length_map_prices_each_call_by_its_features(trained, tmp_path, capsys):
+    """The model's length map (router_core.lengths.LinearLengths) where it serves: each routed call's
+    estimated cost is its prompt's input tokens x price + the map's output tokens for that query x
+    price, the map read in route's prediction tasks from the same feature columns; queries with a
+    task column where the map serves only those without one are priced by the means."""
+    from router_core.importers import CHARS_PER_TOKEN
+    from router_core.lengths import LinearLengths, OutputLengths
+
+    data, feats, model, _ = trained
+    m = tmp_path / "model"
+    shutil.copytree(model, m)
+    index = read_index(Storage(), str(m))
+    router, _ = load_router(Storage(), index.folder(str(m), index.serve))
+    cols = prefill_columns(router)
+    assert cols, "the fixture serves a router on prefill features"
+    k, d = len(index.targets), sum(load_features(Storage(), feats, load_dataset(Storage(), data).queries.slice(0, 1),
+                                                 cols).columns[c].shape[1] for c in cols)
+    rng = np.random.default_rng(0)
+    lin = LinearLengths(cols, rng.normal(0, 5, (d, k)), np.linspace(100, 600, k))
+    lin.save(Storage(), str(m / "output_lengths"), {"targets": index.targets})
+    means = OutputLengths(index.targets, np.full(k, 7.0), np.full(k, 7.0), np.full(k, 100),
+                          prefill={"folder": "output_lengths", "columns": cols,
+                                   "use": {"tasks": False, "no_tasks": True}, "validation_mae": {}})
+    index.output_lengths = means.to_dict()
+    index.save(Storage(), str(m))
+
+    q = load_dataset(Storage(), data).queries.select(["query_id", "text", "task"]).take(list(range(0, 120, 4)))
+    pq.write_table(q.select(["query_id", "text"]), tmp_path / "q.parquet")
+    pq.write_table(q, tmp_path / "q_tasks.parquet")
+    prices = {p["name"]: p for p in index.pool["models"]}
+    fs = load_features(Storage(), feats, q, cols)
+    by_map = lin.predict(fs.columns)
+    for src, tokens in (("q.parquet", by_map), ("q_tasks.parquet", np.full((30, k), 7.0))):
+        out = tmp_path / src.split(".")[0]
+        capsys.readouterr()
+        assert main(["route", "--queries", str(tmp_path / src), "--model", str(m), "--out", str(out)]) == 0
+        routes = pq.read_table(out / "routes")
+        assert routes.column("query_id").to_pylist() == q.column("query_id").to_pylist()
+        chosen = [index.targets.index(t) for t in routes.column("model").to_pylist()]
+        want = [len(text) / CHARS_PER_TOKEN * prices[index.targets[c]]["price_in_per_mtok"] / 1e6
+                + tokens[i, c] * prices[index.targets[c]]["price_out_per_mtok"] / 1e6
+                for i, (text, c) in enumerate(zip(q.column("text").to_pylist(), chosen))]
+        np.testing.assert_allclose(routes.column("est_cost_usd").to_numpy(), want, rtol=1e-4)
+        tally = json.loads((out / "tally.json").read_text())
+        assert ("a ridge on prefill features" in tally["cost_model"]) and "queries without a task" in tally["cost_model"]
+    assert np.ptp(by_map, axis=0).max() > 10  # the map tells the queries apart

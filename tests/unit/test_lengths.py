@@ -106,3 +106,42 @@ def test_the_estimate_check_prices_routes_decided_on_estimates_both_ways():
     assert got["estimated_usd"] == pytest.approx(12.0) and got["observed_usd"] == pytest.approx(17.0)
     assert got["estimated_saving_pct"] == pytest.approx(60.0)
     assert got["observed_saving_pct"] == pytest.approx(100 * (1 - 17.0 / 30.0))
+
+
+def _features_and_lengths(rng, n=400, d=24):
+    """Two prefill columns; the output length of each target a linear function of the first one."""
+    x = {"mean_04": rng.normal(size=(n, d)).astype(np.float32), "mean_08": rng.normal(size=(n, d)).astype(np.float32)}
+    signal = x["mean_04"][:, 0].astype(np.float64)
+    tokens = np.stack([200 + 80 * signal, 50 + 10 * signal], axis=1) + rng.normal(0, 5, (n, 2))
+    return x, np.maximum(tokens, 0)
+
+
+def test_a_length_read_from_the_prefill_features_is_fitted_saved_and_chosen_over_the_means(tmp_path):
+    from router_core.lengths import LinearLengths, expected_tokens, fit_linear_lengths, with_linear
+    from router_core.storage import Storage
+
+    rng = np.random.default_rng(4)
+    x, tokens = _features_and_lengths(rng)
+    tasks = ["t"] * len(tokens)
+    train, val = np.arange(400) < 300, np.arange(400) >= 300
+    means = fit_output_lengths(tokens[train], tasks[:300], ["a", "b"], {"known": 600})
+    lengths, linear = with_linear(means, x, ["mean_04", "mean_08"], tokens, tasks, train, val, "output_lengths")
+    p = lengths.prefill
+    assert p["use"] == {"tasks": True, "no_tasks": True} and p["validation_mae"]["prefill"] < 0.2 * p["validation_mae"]["task_mean"]
+    assert "a ridge on prefill features" in lengths.describe() and OutputLengths.from_dict(lengths.to_dict()).prefill == p
+    # Saved as safetensors with a manifest, and read back to the same predictions.
+    linear.save(Storage(), str(tmp_path / "m" / "output_lengths"), {"targets": ["a", "b"]})
+    back = LinearLengths.load(Storage(), str(tmp_path / "m" / "output_lengths"))
+    got = back.predict({c: v[val] for c, v in x.items()})
+    np.testing.assert_allclose(got, linear.predict({c: v[val] for c, v in x.items()}), rtol=1e-5)
+    assert np.abs(got - tokens[val]).mean() < 10
+    assert expected_tokens(lengths, tasks[:100], 100, got) is got
+    # A map no better than the means is kept for the record and not used.
+    noise = {c: rng.normal(size=v.shape).astype(np.float32) for c, v in x.items()}
+    lengths2, _ = with_linear(means, noise, ["mean_04", "mean_08"], tokens, tasks, train, val, "output_lengths")
+    assert lengths2.prefill["use"] == {"tasks": False, "no_tasks": False}
+    assert expected_tokens(lengths2, tasks[:100], 100, got) is not got
+    # No columns (the prior serves) or no lengths: no map.
+    assert with_linear(means, x, [], tokens, tasks, train, val, "f") == (means, None)
+    assert with_linear(means, x, ["mean_04"], np.full_like(tokens, np.nan), tasks, train, val, "f") == (means, None)
+    assert not fit_linear_lengths({"mean_04": x["mean_04"][:5]}, ["mean_04"], tokens[:5]).weight.any()  # too few: a mean
