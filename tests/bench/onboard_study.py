@@ -17,7 +17,10 @@ training calls, the most accurate, and the one of median accuracy among the rest
 
 Each row: the target's test AUC (that router's column) and the pool's test P-AUCCC with the served
 router's other columns, on the test queries measured on every target of the pool (the ``without``
-row on the same queries, its own targets). Rows are appended to a JSON-lines file as each ends;
+row on the same queries, its own targets), on its targets' cost axis and on the whole pool's
+(``pool_p_auccc_full_axis``: the cheapest and dearest single of every target set the range and the
+floor; only this one compares a pool without the target to one with it). A ``without`` model
+trained by an earlier session is evaluated again, not retrained. Rows are appended to a JSON-lines file as each ends;
 rows already there are skipped, so the study fills over sessions, each giving it ``--budget-min``.
 Order: every ``without`` run first (its cheap fits follow at once, seconds each), then the n=200
 retrains, then the other n.
@@ -99,12 +102,14 @@ def train_and_test(pool: str, data: str, feats: str, where: Path, cache: Path) -
                       [f"train.seed={SEED}", f"baselines.random_seed={SEED}", "train.in_process=true",
                        f"baselines.semantic_features={cache / pool / 'semantic_features'}"])
     t0 = time.perf_counter()
-    tr = run_train(cfg, data, feats, str(where / "model"), fit_in_process)
+    done = (where / "model" / "manifest.json").exists()  # a model an earlier session trained: evaluated again
+    if not done:
+        run_train(cfg, data, feats, str(where / "model"), fit_in_process)
     t1 = time.perf_counter()
     ev = run_evaluate(cfg, data, feats, str(where / "model"), str(where / "report"))
     served = ev.report["serving"]
     return {"served": served, "proba": ev.test.proba[served], "index": ev.test.index, "targets": ev.test_targets,
-            "train_s": round(t1 - t0, 1), "columns": _trunk_columns(where / "model"), "index_doc": tr.index}
+            "train_s": None if done else round(t1 - t0, 1), "columns": _trunk_columns(where / "model")}
 
 
 def _trunk_columns(model: Path) -> list[str]:
@@ -168,7 +173,11 @@ class Test:
 
         cols = [self.targets.index(c) for c in columns]
         s, c = self.scores[:, cols], self.costs[:, cols]
-        out = {"pool_p_auccc": M.p_auccc(proba, s, c), "n_test": len(self.rows), "targets": len(columns)}
+        # On its own targets' axis (cost range and floor of their singles), and on the whole pool's: a
+        # pool without its cheapest target has a dearer floor, and only the second compares across rows.
+        out = {"pool_p_auccc": M.p_auccc(proba, s, c), "n_test": len(self.rows), "targets": len(columns),
+               "pool_p_auccc_full_axis": M.p_auccc_of(M.threshold_curve(proba, s, c),
+                                                      M.single_points(self.scores, self.costs))}
         if target in columns:
             k = columns.index(target)
             out["target_auc"] = M.mean_auc(proba[:, [k]], s[:, [k]])
@@ -249,6 +258,36 @@ def plan(pools: list[str], ns: list[int]) -> list[tuple]:
     return jobs + [(p, r, "masked", n) for n in order for p in pools for r in ROLES]
 
 
+def table(rows: list[dict], ns: list[int]) -> str:
+    """The rows as docs/onboarding.md shows them: per pool and target, each method's target AUC and the
+    pool's P-AUCCC by n, beside the bounds (every outcome; the target left out)."""
+    by = {(r["pool"], r["role"], r["method"], r["n"]): r for r in rows}
+    head = ("| pool | target | method | " + " | ".join(f"AUC n={n}" for n in ns) + " | "
+            + " | ".join(f"P-AUCCC n={n}" for n in ns) + " |")
+    out = [head, "|" + "---|" * (3 + 2 * len(ns))]
+    for pool in dict.fromkeys(r["pool"] for r in rows):
+        for role in ROLES:
+            first = next((r for r in rows if r["pool"] == pool and r["role"] == role), None)
+            if first is None:
+                continue
+            name = f"{first['target']} ({role})"
+            for method in ("masked", "prior", "logreg"):
+                cells = [by.get((pool, role, method, n)) for n in ns]
+                if any(cells):
+                    out.append(f"| {pool} | {name} | {method} | "
+                               + " | ".join(f"{c['target_auc']:.4f}" if c else "" for c in cells) + " | "
+                               + " | ".join(f"{c['pool_p_auccc']:.4f}" if c else "" for c in cells) + " |")
+            for method, label in (("all", "every outcome"), ("without", "left out")):
+                r = by.get((pool, role, method, None))
+                if r:
+                    auc = f"{r['target_auc']:.4f}" if "target_auc" in r else "n/a"
+                    full = r.get("pool_p_auccc_full_axis", r["pool_p_auccc"] if method == "all" else None)
+                    out.append(f"| {pool} | {name} | {label} | " + " | ".join([auc] + [""] * (len(ns) - 1)) + " | "
+                               + " | ".join([f"{full:.4f}" if full is not None else "n/a"] + [""] * (len(ns) - 1))
+                               + " |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=Path, required=True, help="JSON-lines file the rows are appended to")
@@ -258,7 +297,12 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "prefill-router" / "study")
     ap.add_argument("--pools", default=",".join(POOLS), help="comma-separated, of " + ", ".join(POOLS))
     ap.add_argument("--ns", default=",".join(map(str, NS)), help="the target's training labels kept, comma-separated")
+    ap.add_argument("--table", action="store_true", help="print the rows already written as a Markdown table; run nothing")
     a = ap.parse_args(argv)
+    if a.table:
+        rows = [json.loads(x) for x in a.rows.read_text().splitlines() if x.strip()] if a.rows.exists() else []
+        print(table(rows, [int(x) for x in a.ns.split(",")]))
+        return 0
     from jobs.runtime import code_version
     from router_core.dataset import load_dataset
     from router_core.storage import Storage
@@ -297,7 +341,8 @@ def main(argv=None) -> int:
                 from router_core.dataset import save_dataset
                 save_dataset(Storage(), str(data), cut(st["ds"], target, n))
             run = train_and_test(pool, str(data), st["feats"], where, a.cache)
-            took.append(time.perf_counter() - t0)
+            if run["train_s"] is not None:
+                took.append(time.perf_counter() - t0)
         base = {"pool": pool, "role": role, "target": target, "seed": SEED, "commit": code_version()}
         rows = [dict(base, method=kind, n=n, served=run["served"], train_s=run["train_s"],
                      **test.score(test.take(run), target, list(run["targets"])))]
