@@ -1,9 +1,12 @@
 """router_core.lengths: each call's output tokens, derived from its cost where unknown, and the
 per-task estimate that prices route's calls."""
 
+import json
+
 import numpy as np
 import pytest
 
+from router_core.errors import ArtifactError
 from router_core.evaluation import estimate_check
 from router_core.lengths import OutputLengths, derive_output_tokens, fit_output_lengths, length_errors
 from router_core.model_index import ModelIndex
@@ -135,6 +138,13 @@ def test_a_length_read_from_the_prefill_features_is_fitted_saved_and_chosen_over
     got = back.predict({c: v[val] for c, v in x.items()})
     np.testing.assert_allclose(got, linear.predict({c: v[val] for c, v in x.items()}), rtol=1e-5)
     assert np.abs(got - tokens[val]).mean() < 10
+    saved = tmp_path / "m" / "output_lengths"
+    manifest = json.loads((saved / "manifest.json").read_text())
+    assert manifest["kind"] == "prefill-router-output-lengths" and manifest["targets"] == ["a", "b"]
+    assert manifest["columns"] == ["mean_04", "mean_08"] and len(manifest["weights_sha256"]) == 64
+    (saved / "weights.safetensors").write_bytes((saved / "weights.safetensors").read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ArtifactError, match="SHA-256"):
+        LinearLengths.load(Storage(), str(saved))
     assert expected_tokens(lengths, tasks[:100], 100, got) is got
     # A map no better than the means is kept for the record and not used.
     noise = {c: rng.normal(size=v.shape).astype(np.float32) for c, v in x.items()}
