@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.bench import study_rows
 from tests.bench.study_rows import REPO, prepare
 
 POOLS, NS, ROLES = ("rb", "lr"), (50, 100, 200, 400), ("cheapest", "middle", "best")
@@ -238,16 +239,7 @@ def cheap_fits(test: Test, ds, feats: str, target: str, n: int, without: dict) -
 
 
 def done_keys(rows: Path) -> set[tuple]:
-    keys = set()
-    if rows.exists():
-        for n, line in enumerate(rows.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise SystemExit(f"onboard_study: {rows} line {n}: not JSON ({e})") from None
-                keys.add((r["pool"], r["role"], r["method"], r["n"]))
-    return keys
+    return study_rows.done_keys(rows, ("pool", "role", "method", "n"), "onboard_study")
 
 
 def plan(pools: list[str], ns: list[int]) -> list[tuple]:

@@ -175,7 +175,10 @@ def load_query_ids(data: str) -> list[str]:
     return load_dataset(Storage(), data).queries.column("query_id").to_pylist()
 
 
-def done_keys(rows: Path) -> set[tuple]:
+def done_keys(rows: Path, fields: tuple[str, ...] = ("pool", "variant", "seed"), who: str = "study_rows"
+              ) -> set[tuple]:
+    """The ``fields`` of every row already in the JSON-lines file ``rows`` (none if it is absent); a
+    line that is not JSON stops ``who`` with the line's number."""
     if not rows.exists():
         return set()
     keys = set()
@@ -184,8 +187,8 @@ def done_keys(rows: Path) -> set[tuple]:
             try:
                 r = json.loads(line)
             except json.JSONDecodeError as e:
-                raise SystemExit(f"study_rows: {rows} line {n}: not JSON ({e})") from None
-            keys.add((r["pool"], r["variant"], r["seed"]))
+                raise SystemExit(f"{who}: {rows} line {n}: not JSON ({e})") from None
+            keys.add(tuple(r[f] for f in fields))
     return keys
 
 
