@@ -135,7 +135,7 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
                                     else "no features were produced for this query"))
     routed = kept.filter(pa.array(have)) if not have.all() else kept
     proba, tokens = (proba[have], tokens[have] if tokens is not None else None) if not have.all() else (proba, tokens)
-    costs, lengths = index_costs(index, pc.utf8_length(routed.column("text")).to_numpy(zero_copy_only=False),
+    costs, lengths, by = index_costs(index, pc.utf8_length(routed.column("text")).to_numpy(zero_copy_only=False),
                                  routed.column("task").to_pylist() if "task" in routed.column_names else None, tokens)
     try:
         routes, info = assign(policy.name, proba.astype(np.float64), costs, policy.tau, policy.lam, policy.budget_usd)
@@ -143,7 +143,7 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
         raise DataError(f"route: {e}") from None
     best = targets.index(index.best_single) if index.best_single in targets else 0
     tal = tally(routes, proba, costs, targets, best)
-    tal.update(policy={"name": policy.name, **info}, router=name, cost_model=lengths.describe())
+    tal.update(policy={"name": policy.name, **info}, router=name, cost_model=lengths.describe(), output_tokens_by=by)
     if policy.name == "threshold" and index.operating_point and policy.tau == index.operating_point.get("tau"):
         tal["policy"]["source"] = "the model's operating point (chosen on validation)"
     if policy.name == "budget":
@@ -241,8 +241,8 @@ def print_route(run: RouteRun) -> None:
     p = run.policy
     print(f"policy {p['name']} " + ", ".join(f"{k}={v:.6g}" for k, v in p.items() if isinstance(v, (int, float)))
           + (f" ({p['source']})" if "source" in p else ""))
-    print(f"total ${t['total_cost_usd']:.4f}, expected accuracy {t['expected_accuracy']:.4f}; output lengths: "
-          + t.get("cost_model", "median output tokens per target"))
+    print(f"total ${t['total_cost_usd']:.4f}, expected accuracy {t['expected_accuracy']:.4f}; output tokens by "
+          f"{t.get('output_tokens_by', 'median')} (the model: {t.get('cost_model', 'median output tokens per target')})")
     for key, label in (("always_most_expensive", "always the most expensive"), ("always_best_single", "always the best single")):
         b = t[key]
         print(f"  vs {label} ({b['model']}): ${b['cost_usd']:.4f}, expected accuracy {b['expected_accuracy']:.4f}; "

@@ -202,15 +202,26 @@ def length_errors(model: OutputLengths, tokens: np.ndarray, tasks: list | None,
 
 
 def index_costs(index, chars: np.ndarray, tasks: list | None, prefill_tokens: np.ndarray | None = None
-                ) -> tuple[np.ndarray, OutputLengths]:
+                ) -> tuple[np.ndarray, OutputLengths, str]:
     """(n, K) estimated dollars of each query's call to each of a model index's targets: input tokens
-    (``chars`` / about 4 each) x input price + the expected output tokens x output price; and the
-    length model that estimated them. The output tokens are ``prefill_tokens`` (the model's
-    LinearLengths on the queries' features) where the model chose them for queries with or without
-    tasks as these are, else the task means (``expected``)."""
+    (``chars`` / about 4 each) x input price + the expected output tokens x output price; the length
+    model that estimated them; and what priced these queries' output (``priced_by``). The output
+    tokens are ``prefill_tokens`` (the model's LinearLengths on the queries' features) where the
+    model chose them for queries with or without tasks as these are, else the means (``expected``)."""
     lengths = OutputLengths.of_index(index)
     tokens = expected_tokens(lengths, tasks, len(chars), prefill_tokens)
-    return estimated_costs(chars, Pool.model_validate(index.pool), list(index.targets), tokens), lengths
+    return (estimated_costs(chars, Pool.model_validate(index.pool), list(index.targets), tokens), lengths,
+            priced_by(lengths, tasks, prefill_tokens))
+
+
+def priced_by(lengths: OutputLengths, tasks: list | None, prefill_tokens: np.ndarray | None) -> str:
+    """Which estimate gave these queries' output tokens (``expected_tokens``' choice), in a few words."""
+    has = _has_tasks(tasks)
+    if prefill_tokens is not None and lengths.uses_prefill(has):
+        return "the length map on prefill features"
+    if lengths.kind == "median":
+        return "each target's median"
+    return "each task's mean per target" if has and lengths.per_task else "each target's mean"
 
 
 def expected_tokens(lengths: OutputLengths, tasks: list | None, n: int, prefill_tokens: np.ndarray | None = None

@@ -72,7 +72,7 @@ def test_route_from_s3_reconciles_and_is_idempotent(trained, s3_server, bucket, 
     assert tally["always_most_expensive"]["cost_usd"] >= tally["total_cost_usd"]
     # LLMRouter's outcomes carry no output length or cost: calls are priced on their prompts alone, and it says so.
     assert tally["cost_model"] == "median output tokens per target (none known on the training calls: 0 tokens)"
-    assert "output lengths: median output tokens per target" in text
+    assert tally["output_tokens_by"] == "each target's median" and "output tokens by each target's median" in text
     # Only new texts were encoded: the model's feature cache already held all 120.
     assert run["extract"]["extracted"] == 0 and run["extract"]["reused"] == 120
 
@@ -217,7 +217,8 @@ def test_a_model_with_a_length_map_prices_each_call_by_its_features(trained, tmp
     prices = {p["name"]: p for p in index.pool["models"]}
     fs = load_features(Storage(), feats, q, cols)
     by_map = lin.predict(fs.columns)
-    for src, tokens in (("q.parquet", by_map), ("q_tasks.parquet", np.full((30, k), 7.0))):
+    for src, tokens, by in (("q.parquet", by_map, "the length map on prefill features"),
+                            ("q_tasks.parquet", np.full((30, k), 7.0), "each target's mean")):
         out = tmp_path / src.split(".")[0]
         capsys.readouterr()
         assert main(["route", "--queries", str(tmp_path / src), "--model", str(m), "--out", str(out)]) == 0
@@ -230,4 +231,5 @@ def test_a_model_with_a_length_map_prices_each_call_by_its_features(trained, tmp
         np.testing.assert_allclose(routes.column("est_cost_usd").to_numpy(), want, rtol=1e-4)
         tally = json.loads((out / "tally.json").read_text())
         assert ("a ridge on prefill features" in tally["cost_model"]) and "queries without a task" in tally["cost_model"]
+        assert tally["output_tokens_by"] == by
     assert np.ptp(by_map, axis=0).max() > 10  # the map tells the queries apart

@@ -8,7 +8,8 @@ import pytest
 
 from router_core.errors import ArtifactError
 from router_core.evaluation import estimate_check
-from router_core.lengths import OutputLengths, derive_output_tokens, fit_output_lengths, length_errors
+from router_core.lengths import (OutputLengths, derive_output_tokens, fit_output_lengths, length_errors,
+                                 priced_by)
 from router_core.model_index import ModelIndex
 
 P_IN, P_OUT = np.array([1.0, 10.0, 0.5]), np.array([2.0, 30.0, 0.0])  # dollars per million tokens
@@ -81,6 +82,7 @@ def test_a_pool_without_lengths_estimates_zero_tokens_and_says_median():
     model = fit_output_lengths(np.full((5, 2), np.nan), ["t"] * 5, ["a", "b"], {"known": 0, "derived": 0, "unknown": 10})
     assert model.kind == "median"
     assert "none known" in model.describe()
+    assert priced_by(model, ["t"], None) == "each target's median"
     assert not model.expected(["t"] * 3, 3).any()
     assert length_errors(model, np.full((3, 2), np.nan), ["t"] * 3) == {}
 
@@ -146,6 +148,9 @@ def test_a_length_read_from_the_prefill_features_is_fitted_saved_and_chosen_over
     with pytest.raises(ArtifactError, match="SHA-256"):
         LinearLengths.load(Storage(), str(saved))
     assert expected_tokens(lengths, tasks[:100], 100, got) is got
+    assert priced_by(lengths, tasks[:3], got[:3]) == "the length map on prefill features"
+    assert priced_by(lengths, tasks[:3], None) == "each task's mean per target"  # the map was not computed
+    assert priced_by(means, None, got[:3]) == "each target's mean"
     # A map no better than the means is kept for the record and not used.
     noise = {c: rng.normal(size=v.shape).astype(np.float32) for c, v in x.items()}
     lengths2, _ = with_linear(means, noise, ["mean_04", "mean_08"], tokens, tasks, train, val, "output_lengths")
