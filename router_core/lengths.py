@@ -174,11 +174,12 @@ def length_errors(model: OutputLengths, tokens: np.ndarray, tasks: list | None,
     """Per target, on calls of known (or derived) length ``tokens`` (n, K): the mean absolute log
     error (log1p tokens) of the model's ``typical`` estimate and of the target's median alone, the
     mean absolute error in tokens of both and of the means (``mae_mean``), and the mean tokens
-    observed and expected (the estimate
-    route prices with: ``prefill_tokens``, the length map's, where the model uses it for such
-    queries, else the means); with ``prefill_tokens``, their errors too (``*_prefill``)."""
+    observed and expected (by the estimate route prices with: ``prefill_tokens``, the length map's,
+    where the model uses it for such queries, else the means); with ``prefill_tokens``, their
+    errors too (``*_prefill``)."""
     n = len(tokens)
-    typical, expected = model.typical(tasks, n), expected_tokens(model, tasks, n, prefill_tokens)
+    typical, means = model.typical(tasks, n), model.expected(tasks, n)
+    expected = expected_tokens(model, tasks, n, prefill_tokens)
     out = {}
     for k, target in enumerate(model.targets):
         got = np.isfinite(tokens[:, k])
@@ -191,7 +192,7 @@ def length_errors(model: OutputLengths, tokens: np.ndarray, tasks: list | None,
             "male_median": float(np.abs(np.log1p(model.median[k]) - np.log1p(y)).mean()),
             "mae_model": float(np.abs(typical[got, k] - y).mean()),
             "mae_median": float(np.abs(model.median[k] - y).mean()),
-            "mae_mean": float(np.abs(model.expected(tasks, n)[got, k] - y).mean()),  # the means (per task where known)
+            "mae_mean": float(np.abs(means[got, k] - y).mean()),  # the means (per task where known)
             "mean_observed": float(y.mean()),
             "mean_expected": float(expected[got, k].mean()),
         }
