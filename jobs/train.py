@@ -16,7 +16,7 @@ from router_core.config import AppConfig
 from router_core.dataset import load_dataset
 from router_core.features import load_features, read_manifest
 from router_core.model_index import FeatureRef, ModelIndex
-from router_core.selection import PRIORS
+from router_core.selection import PRIORS, explain
 from router_core.storage import join
 from router_core.training import Bundle, fit_bundle, fit_in_process, save_bundle
 
@@ -89,9 +89,8 @@ def print_train(run: TrainRun) -> None:
         rows = sel.get("rows", {"kind": "validation"})
         on = f"{rows['n']} {rows['kind']}" if "n" in rows else rows["kind"]
         print("  serving:  " + f"{run.index.serve} (P-AUCCC on {on} rows, cross-validated: "
-              + ", ".join(f"{k} {v['val_p_auccc']:.4f}" for k, v in cands[:6])
-              + (f"; the simplest within one standard error of {sel['best']}" if run.index.serve != sel["best"] else "")
-              + ")")
+              + ", ".join(f"{k} {v['val_p_auccc']:.4f}" for k, v in cands[:6]) + ")")
+        print(f"  why:      {explain(sel, run.index.serve)}")
         if run.index.serve in PRIORS:
             print("  no learned router scores above the prior on held-out rows: route serves it, looking up each "
                   "query's task and encoding nothing")

@@ -35,27 +35,54 @@ def _plt():
     return plt
 
 
-def plot_curves(report: dict, curves: dict[str, np.ndarray]) -> bytes:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for name, pts in curves.items():
-        if name in ("best_single", "cheapest", "most_expensive", "oracle"):
-            continue
-        ax.plot(pts[:, 0], pts[:, 1], drawstyle="steps-post", lw=1.6 if name in HIGHLIGHT else 1,
-                color=HIGHLIGHT.get(name), label=f"{name} (P-AUCCC {report['routers'][name]['p_auccc']:.3f})")
+BASELINES = ("task_prior", "semantic_mlp", "semantic_knn", "random")
+NOT_ROUTERS = ("best_single", "cheapest", "most_expensive", "oracle")  # drawn as points, not curves
+
+
+def curve_panels(report: dict, curves: dict[str, np.ndarray]) -> tuple[list[str], list[str]]:
+    """The routers of the cost-accuracy figure's two panels: the served router and the four
+    baselines, then every other candidate (the served router again, as the reference)."""
+    served = report.get("serving")
+    first = [n for n in dict.fromkeys((served, *BASELINES)) if n in curves]
+    rest = [n for n in curves if n not in first and n not in NOT_ROUTERS]
+    return first, ([served] if served in curves else []) + rest
+
+
+def _singles_and_oracle(ax, report: dict, annotate: bool) -> None:
     singles = np.array([[v["mean_cost"], v["accuracy"]] for v in report["singles"].values()])
     ax.scatter(singles[:, 0], singles[:, 1], color="black", s=18, zorder=5, label="single models")
-    for (c, a), t in zip(singles, report["singles"]):
-        ax.annotate(t[:22], (c, a), fontsize=6, xytext=(3, -8), textcoords="offset points")
+    if annotate:
+        for (c, a), t in zip(singles, report["singles"]):
+            ax.annotate(t[:22], (c, a), fontsize=6, xytext=(3, -8), textcoords="offset points")
     front = pareto_front(singles)
     ax.plot(front[:, 0], front[:, 1], "k--", lw=0.8, label=f"singles' Pareto front ({report['pareto_auccc']:.3f})")
     o = report["oracle"]
     ax.scatter([o["mean_cost"]], [o["accuracy"]], marker="*", s=90, color="gold", edgecolor="k", zorder=6,
                label="oracle")
-    ax.set(xscale="log", xlabel="mean cost per query ($, log)", ylabel="accuracy",
-           title=f"Cost-accuracy on {report['n_test']} test queries (threshold policy, tau swept)")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(alpha=0.3)
+
+
+def plot_curves(report: dict, curves: dict[str, np.ndarray]) -> bytes:
+    """Two panels on the same axes: the served router in bold against the baselines, the singles'
+    front and the oracle; then the other candidates. Legends sit below the axes, off the points."""
+    plt = _plt()
+    first, rest = curve_panels(report, curves)
+    served = report.get("serving")
+    fig, axes = plt.subplots(1, 2 if len(rest) > 1 else 1, figsize=(14, 6.5) if len(rest) > 1 else (8, 6.5),
+                             sharey=True, squeeze=False)
+    titles = ["served router and baselines", "the other candidates"]
+    for ax, names, title in zip(axes[0], (first, rest), titles):
+        for name in names:
+            pts, bold = curves[name], name == served
+            label = f"{name} (P-AUCCC {report['routers'][name]['p_auccc']:.3f})" + (", served" if bold else "")
+            color = HIGHLIGHT.get(name, "tab:purple" if bold else None)
+            ax.plot(pts[:, 0], pts[:, 1], drawstyle="steps-post", lw=2.6 if bold else 1.1, zorder=4 if bold else 3,
+                    color=color, alpha=0.45 if bold and ax is not axes[0][0] else 1.0, label=label)
+        _singles_and_oracle(ax, report, annotate=title == titles[0])
+        ax.set(xscale="log", xlabel="mean cost per query ($, log)", title=title)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy")
+    fig.suptitle(f"Cost-accuracy on {report['n_test']} test queries (threshold policy, tau swept)")
     return _png(fig)
 
 

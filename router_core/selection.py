@@ -107,6 +107,27 @@ def choose(scored: dict[str, Scored], complexity: dict[str, int], null: str | No
     return winner, {"best": best, "winner": winner, "candidates": table}
 
 
+RULE = ("one standard error, the rule with the smallest worst-case regret of those replayed in "
+        "docs/study.md")
+
+
+def explain(selection: dict, served: str) -> str:
+    """Which rule served ``served`` and why, in one line (``selection``: ``choose``'s record)."""
+    cand, best = selection["candidates"], selection["best"]
+    rows = selection.get("rows", {"kind": "validation"})
+    on = f"{rows['n']} {rows['kind']} rows" if "n" in rows else f"{rows['kind']} rows"
+    if served in PRIORS:
+        why = f"the prior scored at least as well as every learned router on {on}"
+    elif served == best:
+        why = f"it scored best on {on}"
+    else:
+        c, b = cand[served], cand[best]
+        ties = sum(1 for k, v in cand.items() if v.get("within_noise") and v.get("servable", True) and k not in PRIORS)
+        why = (f"it is the simplest of {ties} candidates within one standard error of {best} on {on} "
+               f"({c['val_p_auccc']:.4f} against {b['val_p_auccc']:.4f}, standard error {c['se']:.4f})")
+    return f"{served} serves: {why}; rule: {RULE}"
+
+
 def operating_point(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, best_single: int,
                     tolerance: float, guard_z: float | None = None) -> dict:
     """The threshold policy's tau at which ``route`` runs by default: the largest tau (the cheapest

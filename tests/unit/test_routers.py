@@ -6,6 +6,7 @@ import pytest
 from router_core.errors import ArtifactError
 from router_core.evaluation import build_report, call_costs, output_token_medians
 from router_core.model import Preprocessor, SharedTrunkNet, fit_temperature
+from router_core.reporting import curve_panels, plot_curves
 from router_core.routers import (ConstantRouter, OracleRouter, PrefillLogReg, RandomRouter, RouterInputs,
                                  SemanticKNN, TaskPrior, TrunkRouter, load_router, save_router)
 from router_core.schemas import Pool
@@ -163,3 +164,19 @@ def test_distilled_student_reproduces_its_teacher():
     assert spread > 0.05  # the teacher's outputs vary, so agreement is not trivial
     assert np.abs(p_s - p_t).mean() < 0.4 * spread  # measured 0.23; an untrained student: 1.05
     assert info["train_rows"] == 400 * 5 and 0 <= info["val_top1_agreement"] <= 1
+
+
+def test_the_curves_figure_draws_the_served_router_against_the_baselines_then_the_rest():
+    rng = np.random.default_rng(3)
+    s = (rng.random((60, 3)) < [0.4, 0.6, 0.8]).astype(float)
+    c = np.tile([1.0, 2.0, 5.0], (60, 1))
+    names = ["prefill_trunk_mix", "prefill_trunk", "prefill_logreg", "task_prior", "semantic_mlp", "random", "oracle"]
+    rep, curves = build_report("toy", ["a", "b", "c"], s, c, {n: rng.random((60, 3)) for n in names})
+    rep["serving"] = "prefill_trunk_mix"
+    first, rest = curve_panels(rep, curves)
+    assert first == ["prefill_trunk_mix", "task_prior", "semantic_mlp", "random"]  # semantic_knn absent here
+    assert rest == ["prefill_trunk_mix", "prefill_trunk", "prefill_logreg"]  # the oracle is a point
+    rep["serving"] = "task_prior"  # the prior served: once in the first panel
+    assert curve_panels(rep, curves)[0] == ["task_prior", "semantic_mlp", "random"]
+    png = plot_curves(rep, curves)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
