@@ -127,6 +127,15 @@ STAGES: list[Stage] = [
               cfg, a.queries, a.model, a.out,
               make_policy(name=a.policy, tau=a.tau, lam=a.lam, budget_usd=a.budget_usd), a.features, a.run_id,
               a.router), _stage("route", "print_route"), _rejected),
+    Stage("onboard", "add a new target model from a few hundred labelled answers, without retraining",
+          "Fit only the new target's column on its labelled train/val answers: a head on the served router's "
+          "probabilities for the other targets (a new model is right where models like it are right) or its task "
+          "prior, chosen by out-of-fold log loss; the old routers are kept bit for bit. The target is added only "
+          "where, out of fold, the pool routes at least as well with it (onboard.require_gain). Writes OUT/dataset, "
+          "OUT/model (a new version with lineage and a new operating point), OUT/report (evaluate), "
+          "OUT/decision.json and OUT/rejects.parquet. Needs onboard.min_labels labels.", A.onboard_args,
+          lambda cfg, a: _stage("onboard", "run_onboard")(cfg, a.data, a.features, a.model, a.new, a.out),
+          _stage("onboard", "print_onboard"), _rejected),
     Stage("submit", "run a stage as a Ray Job on a cluster; follow its logs; exit as it did",
           "Submit `STAGE ARGS...` to a Ray cluster's Jobs API (JobSubmissionClient): the repository is "
           "uploaded as the working directory and the stage runs as `python -m jobs.cli STAGE ARGS...` on the "

@@ -50,6 +50,15 @@ def evaluate_args(p):
     p.add_argument("--out", required=True, help="report folder")
 
 
+def onboard_args(p):
+    p.add_argument("--data", required=True, help="the dataset the model was trained on (local or s3://)")
+    p.add_argument("--features", required=True, help="its prefill features folder made by `extract`")
+    p.add_argument("--model", required=True, help="model folder made by `train` (or a retrain folder: its champion)")
+    p.add_argument("--new", required=True, help="folder with the new target's outcomes.parquet (canonical schema, one "
+                   "model) and pool.yaml with its prices")
+    p.add_argument("--out", required=True, help="folder for dataset/, model/, report/, decision.json and rejects")
+
+
 def route_args(p):
     p.add_argument("--queries", required=True, help="queries: Parquet file, folder/prefix of parts, or dataset folder")
     p.add_argument("--model", required=True, help="model folder made by `train` (or a retrain folder: its champion)")

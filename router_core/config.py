@@ -250,6 +250,19 @@ class RetrainConfig(Strict):
     models: str | None = Field(None, description="versioned model folders and champion.json")
 
 
+class OnboardConfig(Strict):
+    """``onboard``: a new target from a few hundred labelled answers, the pool's routers untouched."""
+
+    min_labels: int = Field(50, ge=10, description="fewest labelled train/val answers of the new target; at least "
+                            "5 right and 5 wrong among them")
+    prior_weight: float = Field(10.0, ge=0, description="pseudo-labels that shrink the prior head's task means "
+                                "toward the labels' overall mean")
+    folds: int = Field(5, ge=2, description="cross-validation parts on the labels: the head is chosen by its "
+                       "out-of-fold log loss, and the pool's gain measured out of fold")
+    require_gain: bool = Field(True, description="add the target only where, out of fold on the labelled rows "
+                               "measured on every target, the pool's P-AUCCC with it is at least that without it")
+
+
 class AppConfig(Strict):
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
@@ -262,6 +275,7 @@ class AppConfig(Strict):
     pipeline: PipelineConfig = PipelineConfig()
     nightly: NightlyConfig = NightlyConfig()
     retrain: RetrainConfig = RetrainConfig()
+    onboard: OnboardConfig = OnboardConfig()
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:

@@ -54,6 +54,7 @@ class ModelIndex(_Doc):
     operating_point: dict = {}  # route's default policy: {"policy": "threshold", "tau", validation figures}
     seconds: dict[str, float] = {}
     config: dict = {}
+    onboard: dict = {}  # targets added by ``onboard``: from which model, on which labels, with which head
 
     def folder(self, model: str, name: str) -> str:
         """The folder of router ``name`` under the model folder ``model``."""

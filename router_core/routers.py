@@ -582,6 +582,82 @@ class MixMean(MixRouter):
         return self
 
 
+# -- targets added later (``onboard``) ---------------------------------------------------------
+@dataclass
+class Head:
+    """One added target's column, from what is known without retraining the pool
+    (router_core.onboard fits it): ``prior``, the mean of its labels in the query's task (``table``
+    per task in ``tasks``; ``fallback`` elsewhere); ``similar``, a logistic regression on the
+    standardised logits of the base router's probabilities for the other targets."""
+
+    kind: str  # "prior" | "similar"
+    tasks: list[str] = field(default_factory=list)
+    table: np.ndarray = field(default_factory=lambda: np.zeros(0))  # prior: (T,)
+    fallback: float = 0.5  # prior: the overall mean
+    mean: np.ndarray = field(default_factory=lambda: np.zeros(0))  # similar: (K,) of the logits
+    scale: np.ndarray = field(default_factory=lambda: np.ones(0))
+    w: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    b: float = 0.0
+
+    def predict(self, base: np.ndarray, tasks: list[str | None] | None) -> np.ndarray:
+        """(n,) P(correct) of the added target, from the base router's (n, K) probabilities."""
+        n = len(base)
+        if self.kind == "prior":
+            if tasks is None:
+                return np.full(n, self.fallback)
+            at = {t: i for i, t in enumerate(self.tasks)}
+            return np.array([self.table[at[t]] if t in at else self.fallback for t in tasks], np.float64)
+        if base.shape[1] != len(self.w):
+            raise ArtifactError(f"a similar head reads {len(self.w)} targets' probabilities, given {base.shape[1]}")
+        return _sigmoid(((logit(base) - self.mean) / self.scale) @ self.w + self.b)
+
+    def state(self, prefix: str) -> tuple[dict[str, np.ndarray], dict]:
+        arrays = {"table": self.table, "mean": self.mean, "scale": self.scale, "w": self.w}
+        return ({f"{prefix}.{k}": np.asarray(v, np.float64) for k, v in arrays.items()},
+                {"kind": self.kind, "tasks": self.tasks, "fallback": self.fallback, "b": self.b})
+
+    @classmethod
+    def from_state(cls, prefix: str, tensors: dict[str, np.ndarray], meta: dict) -> "Head":
+        arr = {k: np.asarray(tensors[f"{prefix}.{k}"], np.float64) for k in ("table", "mean", "scale", "w")}
+        return cls(meta["kind"], list(meta["tasks"]), fallback=float(meta["fallback"]), b=float(meta["b"]), **arr)
+
+
+class Onboarded(Router):
+    """A router with targets added by ``onboard``: the base router's probabilities for its own
+    targets, untouched (its state is nested as it was saved), then one column per added target from
+    its ``Head``. Inputs given for the whole pool (a prior input, observed scores) reach the base
+    cut to its targets, which come first."""
+
+    kind = "onboarded"
+
+    def __init__(self, base: Router, base_targets: list[str], heads: list[Head]):
+        self.base, self.base_targets, self.heads = base, list(base_targets), list(heads)
+        self.needs = tuple(sorted(set(base.needs) | ({"tasks"} if any(h.kind == "prior" for h in heads) else set())))
+
+    def predict_proba(self, x: RouterInputs) -> np.ndarray:
+        k = len(self.base_targets)
+        cut = RouterInputs(n=x.n, prefill=x.prefill, semantic=x.semantic, tasks=x.tasks,
+                           scores=None if x.scores is None else x.scores[:, :k],
+                           prior=None if x.prior is None else x.prior[:, :k])
+        p = predict_any(self.base, cut)
+        return np.column_stack([p] + [h.predict(p, x.tasks) for h in self.heads])
+
+    def state(self):
+        tensors, base = nest("base", self.base)
+        metas = []
+        for j, h in enumerate(self.heads):
+            t, m = h.state(f"head{j}")
+            tensors.update(t)
+            metas.append(m)
+        return tensors, {"base": base, "base_targets": self.base_targets, "heads": metas,
+                         "columns": prefill_columns(self.base)}
+
+    @classmethod
+    def from_state(cls, tensors, meta):
+        base = unnest("base", tensors, meta["base"], meta["base_targets"])
+        return cls(base, meta["base_targets"], [Head.from_state(f"head{j}", tensors, m) for j, m in enumerate(meta["heads"])])
+
+
 def predict_any(router: Router, x: RouterInputs) -> np.ndarray:
     """A router's probabilities; the task prior falls back to the global mean without tasks."""
     if isinstance(router, TaskPrior):
@@ -597,6 +673,8 @@ def prefill_columns(router: Router) -> list[str]:
         return sorted(set(router.columns_))
     if isinstance(router, BlendRouter):
         return router.columns
+    if isinstance(router, Onboarded):
+        return prefill_columns(router.base)
     return []
 
 
@@ -608,6 +686,8 @@ def uses_tasks(router: Router) -> bool:
         return router.offset is not None or "task_prior" in router.columns
     if isinstance(router, BlendRouter):
         return any(uses_tasks(c) for c in router.components)
+    if isinstance(router, Onboarded):
+        return uses_tasks(router.base) or any(h.kind == "prior" and h.tasks for h in router.heads)
     return False
 
 
@@ -618,7 +698,7 @@ ROUTERS: dict[str, type[Router]] = {
     "prefill_trunk_residual": TrunkRouter, "prefill_trunk_platt": BlendRouter, "prefill_trunk_shrunk": BlendRouter,
     "prefill_logreg_shrunk": BlendRouter, "prefill_residual_shrunk": BlendRouter, "prefill_stack": BlendRouter,
     "prefill_trunk_mix": MixRouter, "prefill_residual_mix": MixRouter, "prefill_logreg_mix": MixRouter,
-    "prefill_mix_mean": MixMean,
+    "prefill_mix_mean": MixMean, "onboarded": Onboarded,
 }
 ORDER = list(ROUTERS)  # how reports list them; others after, by name
 

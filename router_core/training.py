@@ -397,9 +397,7 @@ def fit_bundle(cfg: AppConfig, fit: Fit, ds: Dataset, prefill: dict[str, np.ndar
                                   tasks if has_tasks else None, tr, va, LENGTHS_FOLDER)
     seconds["output_lengths"] = time.perf_counter() - t
 
-    fingerprint = hashlib.sha256(json.dumps({
-        "queries": sorted(zip(qids, q.column("split").to_pylist()), key=lambda t: t[0]),
-        "n_outcomes": ds.outcomes.num_rows}, default=str).encode()).hexdigest()
+    fingerprint = data_fingerprint(ds)
     common = {"targets": targets, "pool": ds.pool.model_dump(exclude_none=True), "data_fingerprint": fingerprint,
               "n_train": int(tr.sum()), "n_val": int(va.sum()), "code_version": code_version}
     held = None
@@ -451,6 +449,14 @@ def serve_on_validation(cfg: AppConfig, routers: dict, prior_any: TaskPrior, pre
              serving.selection.get("rows", {}).get("kind", "validation"),
              serving.selection["best"], serving.operating_point["tau"], serving.operating_point["val_saving_pct"])
     return serving
+
+
+def data_fingerprint(ds: Dataset) -> str:
+    """A model's dataset, identified: its queries with their splits, and how many outcomes."""
+    q = ds.queries
+    return hashlib.sha256(json.dumps({
+        "queries": sorted(zip(q.column("query_id").to_pylist(), q.column("split").to_pylist()), key=lambda t: t[0]),
+        "n_outcomes": ds.outcomes.num_rows}, default=str).encode()).hexdigest()
 
 
 def all_costs(ds: Dataset, qids: list[str], targets: list[str], output_tokens: np.ndarray) -> np.ndarray:

@@ -13,7 +13,10 @@ training calls, the most accurate, and the one of median accuracy among the rest
   target the mean of its n labels per task (shrunk toward their overall mean by 10 pseudo-labels);
 - ``logreg``: cheap, no retrain: the same, the target's column a logistic regression on the
   ``without`` model's trunk columns (standardised, PCA to 64 dims fitted on every training query),
-  C chosen by 5-fold cross-validation on the n labels.
+  C chosen by 5-fold cross-validation on the n labels;
+- ``similar``: cheap, no retrain: the same, the target's column a logistic regression on the logits
+  of the ``without`` model's served probabilities for the other targets (out of fold on the label
+  rows), C by cross-validation: a new model is right where the models like it are right.
 
 Each row: the target's test AUC (that router's column) and the pool's test P-AUCCC with the served
 router's other columns, on the test queries measured on every target of the pool (the ``without``
@@ -47,6 +50,7 @@ from tests.bench.study_rows import REPO, prepare
 
 POOLS, NS, ROLES = ("rb", "lr"), (50, 100, 200, 400), ("cheapest", "middle", "best")
 SEED, PRIOR_WEIGHT, PCA_DIM = 0, 10.0, 64
+CHEAP = ("prior", "logreg", "similar")  # the fits beside the ``without`` model, seconds each
 
 
 def pick_targets(ds) -> dict[str, str]:
@@ -110,7 +114,8 @@ def train_and_test(pool: str, data: str, feats: str, where: Path, cache: Path) -
     ev = run_evaluate(cfg, data, feats, str(where / "model"), str(where / "report"))
     served = ev.report["serving"]
     return {"served": served, "proba": ev.test.proba[served], "index": ev.test.index, "targets": ev.test_targets,
-            "train_s": None if done else round(t1 - t0, 1), "columns": _trunk_columns(where / "model")}
+            "train_s": None if done else round(t1 - t0, 1), "columns": _trunk_columns(where / "model"),
+            "model": where / "model"}
 
 
 def _trunk_columns(model: Path) -> list[str]:
@@ -186,7 +191,7 @@ class Test:
 
 
 def cheap_fits(test: Test, ds, feats: str, target: str, n: int, without: dict) -> dict[str, dict]:
-    """``prior`` and ``logreg`` for ``target`` on its n labels (the ``masked`` run's rows), beside
+    """``prior``, ``logreg`` and ``similar`` for ``target`` on its n labels (the ``masked`` run's rows), beside
     the ``without`` model's routes for the others: method -> row fields."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
@@ -235,7 +240,53 @@ def cheap_fits(test: Test, ds, feats: str, target: str, n: int, without: dict) -
                           C=float(np.atleast_1d(model.C_)[0]) if hasattr(model, "C_") else model.get_params()["C"])
     for r in rows.values():
         r["labels"], r["positives"] = len(lab), int(y.sum())
+    rows["similar"] = similar_fit(test, target, lab, y, others, without)
     return rows
+
+
+def similar_fit(test: Test, target: str, lab: np.ndarray, y: np.ndarray, others: np.ndarray, without: dict) -> dict:
+    """``similar``: the target's column a logistic regression of its labels on the logits of the
+    ``without`` model's served probabilities for the other targets (a new model is right where
+    models like it are right), fitted on the label rows' out-of-fold probabilities (held_out.parquet:
+    each predicted by a refit that did not see it), C by cross-validation; on test, the served
+    router's probabilities."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from router_core.held_out import from_table
+    from router_core.model import logit
+    from router_core.storage import Storage
+
+    t0 = time.perf_counter()
+    index = json.loads((without["model"] / "manifest.json").read_text())
+    held, _, targets = from_table(Storage().read_table(str(without["model"] / index["held_out"])))
+    if targets != list(without["targets"]):
+        raise SystemExit(f"onboard_study: {without['model']}: held-out targets differ from the model's")
+    pos = {int(r): i for i, r in enumerate(held.index)}
+    have = np.array([int(r) in pos for r in lab])
+    x_fit = logit(held.proba[without["served"]][[pos[int(r)] for r in lab[have]]])
+    y_fit = y[have]
+    minority = int(min(y_fit.sum(), (~y_fit).sum()))
+    if minority >= 2:
+        folds = StratifiedKFold(min(5, minority), shuffle=True, random_state=SEED)
+        lr = LogisticRegressionCV(Cs=np.logspace(-4, 2, 13), cv=folds, scoring="neg_log_loss", max_iter=3000,
+                                  l1_ratios=(0.0,), use_legacy_attributes=False)
+    else:
+        lr = LogisticRegression(C=1e-3, max_iter=3000)
+    model = make_pipeline(StandardScaler(), lr)
+    if minority >= 1:
+        p = model.fit(x_fit, y_fit).predict_proba(logit(others))[:, 1]
+    else:
+        p = np.full(len(others), float(y.mean()))
+    by_name = {t: others[:, i] for i, t in enumerate(without["targets"])}
+    by_name[target] = p
+    proba = np.stack([by_name[t] for t in test.targets], axis=1)
+    fitted = model[-1]
+    return dict(test.score(proba, target, test.targets), fit_s=round(time.perf_counter() - t0, 2),
+                C=float(np.atleast_1d(getattr(fitted, "C_", fitted.C))[0]), labels=int(have.sum()),
+                positives=int(y_fit.sum()), labels_without_held_out=int((~have).sum()))
 
 
 def done_keys(rows: Path) -> set[tuple]:
@@ -263,7 +314,7 @@ def table(rows: list[dict], ns: list[int]) -> str:
             if first is None:
                 continue
             name = f"{first['target']} ({role})"
-            for method in ("masked", "prior", "logreg"):
+            for method in ("masked", *CHEAP):
                 cells = [by.get((pool, role, method, n)) for n in ns]
                 if any(cells):
                     out.append(f"| {pool} | {name} | {method} | "
@@ -306,7 +357,7 @@ def main(argv=None) -> int:
     t_start, took, done = time.perf_counter(), [], done_keys(a.rows)
     state: dict[str, dict] = {}
     for pool, role, kind, n in plan(pools, ns):
-        wanted = [(pool, role, kind, n)] + ([(pool, role, m, x) for m in ("prior", "logreg") for x in ns]
+        wanted = [(pool, role, kind, n)] + ([(pool, role, m, x) for m in CHEAP for x in ns]
                                             if kind == "without" else [])
         if all(w in done for w in wanted):
             continue

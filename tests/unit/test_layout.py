@@ -8,7 +8,7 @@ from pathlib import Path
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
 WIRING = {"runtime", "common", "actors", "extract_pool", "train_workers", "encoding", "progress"}  # Ray pieces and helpers every stage may use
-COMPOSERS = {"cli", "pipeline", "nightly", "retrain"}
+COMPOSERS = {"cli", "pipeline", "nightly", "retrain", "onboard"}  # onboard runs evaluate, as retrain does
 MAX_LINES = 250
 
 
