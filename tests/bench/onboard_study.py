@@ -289,6 +289,39 @@ def similar_fit(test: Test, target: str, lab: np.ndarray, y: np.ndarray, others:
                 positives=int(y_fit.sum()), labels_without_held_out=int((~have).sum()))
 
 
+def onboard_row(ds, feats: str, target: str, n: int, without: Path) -> dict:
+    """``onboard`` itself (the product, demo config) on the ``without`` model: n train labels of the
+    target (the ``masked`` run's rows) and its test labels, the gain rule off so that the head's test
+    AUC is measured either way; the served pool is the one with the target where the rule adds it
+    (out of fold on the labelled rows), else the one without it."""
+    import pyarrow as pa
+    import yaml
+
+    from jobs.onboard import run_onboard
+    from router_core.config import load_config
+    from router_core.storage import Storage
+
+    c = cut(ds, target, n)
+    split = dict(zip(c.queries.column("query_id").to_pylist(), c.queries.column("split").to_pylist()))
+    o = c.outcomes
+    keep = [m == target and split[q] in ("train", "test")
+            for m, q in zip(o.column("model").to_pylist(), o.column("query_id").to_pylist())]
+    new = without.parent / f"new{n}"
+    Storage().write_table(o.filter(pa.array(keep)), str(new / "outcomes.parquet"))
+    price = next(m for m in ds.pool.model_dump(exclude_none=True)["models"] if m["name"] == target)
+    (new / "pool.yaml").write_text(yaml.safe_dump({"models": [price]}))
+    cfg = load_config(str(REPO / "configs/demo.yaml"), ["onboard.require_gain=false", f"train.seed={SEED}"])
+    t0 = time.perf_counter()
+    run = run_onboard(cfg, str(without / "data"), feats, str(without / "model"), str(new), str(without.parent / f"onboard{n}"))
+    d, t, g = run.decision, run.decision["test"], run.decision["pool_gain"]
+    added = g["gain"] >= 0
+    served = t["p_auccc"] if added else t["p_auccc_without"]
+    return {"served": t["router"], "target_auc": t["target_auc"], "pool_p_auccc": served,
+            "pool_p_auccc_full_axis": served, "p_auccc_with": t["p_auccc"], "p_auccc_without": t["p_auccc_without"],
+            "added": added, "oof_gain": g, "head": d["head"], "heads": d["heads"], "labels": d["labels"],
+            "onboard_s": round(time.perf_counter() - t0, 1), "n_test": t["n_test"]}
+
+
 def done_keys(rows: Path) -> set[tuple]:
     return study_rows.done_keys(rows, ("pool", "role", "method", "n"), "onboard_study")
 
@@ -314,7 +347,7 @@ def table(rows: list[dict], ns: list[int]) -> str:
             if first is None:
                 continue
             name = f"{first['target']} ({role})"
-            for method in ("masked", *CHEAP):
+            for method in ("masked", *CHEAP, "onboard"):
                 cells = [by.get((pool, role, method, n)) for n in ns]
                 if any(cells):
                     out.append(f"| {pool} | {name} | {method} | "
@@ -357,7 +390,7 @@ def main(argv=None) -> int:
     t_start, took, done = time.perf_counter(), [], done_keys(a.rows)
     state: dict[str, dict] = {}
     for pool, role, kind, n in plan(pools, ns):
-        wanted = [(pool, role, kind, n)] + ([(pool, role, m, x) for m in CHEAP for x in ns]
+        wanted = [(pool, role, kind, n)] + ([(pool, role, m, x) for m in (*CHEAP, "onboard") for x in ns]
                                             if kind == "without" else [])
         if all(w in done for w in wanted):
             continue
@@ -391,7 +424,10 @@ def main(argv=None) -> int:
                      **test.score(test.take(run), target, list(run["targets"])))]
         if kind == "without":
             rows += [dict(base, method=m, n=x, served=run["served"], train_s=0.0, **r)
-                     for x in ns for m, r in cheap_fits(test, st["ds"], st["feats"], target, x, run).items()]
+                     for x in ns for m, r in cheap_fits(test, st["ds"], st["feats"], target, x, run).items()
+                     if (pool, role, m, x) not in done]
+            rows += [dict(base, method="onboard", n=x, train_s=0.0, **onboard_row(st["ds"], st["feats"], target, x, where))
+                     for x in ns if (pool, role, "onboard", x) not in done]
         with a.rows.open("a") as f:
             for r in rows:
                 if (r["pool"], r["role"], r["method"], r["n"]) not in done:
