@@ -129,8 +129,8 @@ STAGES: list[Stage] = [
               a.router), _stage("route", "print_route"), _rejected),
     Stage("onboard", "add a new target model from a few hundred labelled answers, without retraining",
           "Fit only the new target's column on its labelled train/val answers: a head on the served router's "
-          "probabilities for the other targets (a new model is right where models like it are right) or its task "
-          "prior, chosen by out-of-fold log loss; the old routers are kept bit for bit. The target is added only "
+          "probabilities for the other targets (a new model is right where models like it are right), or its task "
+          "prior where that is clearly better out of fold (onboard.margin_se); the old routers are kept bit for bit. The target is added only "
           "where, out of fold, the pool routes at least as well with it (onboard.require_gain). Writes OUT/dataset, "
           "OUT/model (a new version with lineage and a new operating point), OUT/report (evaluate), "
           "OUT/decision.json and OUT/rejects.parquet. Needs onboard.min_labels labels.", A.onboard_args,

@@ -118,7 +118,7 @@ def run_onboard(cfg: AppConfig, data: str, features: str, model: str, new: str, 
         raise DataError(f"{new}: {len(rows)} usable labels of {target} on train/val queries ({right} right); onboard "
                         f"needs at least {oc.min_labels} (onboard.min_labels), with at least 5 right and 5 wrong")
     tasks = [tasks_all[i] for i in rows] if has_tasks else None
-    choice = choose_head(base, tasks, y, oc.prior_weight, oc.folds, cfg.train.seed)
+    choice = choose_head(base, tasks, y, oc.prior_weight, oc.folds, cfg.train.seed, margin_se=oc.margin_se)
 
     # The pool with and without the target, out of fold, on the labelled rows measured on every target.
     tokens, source = dataset_output_tokens(merged, qids, targets, splits == "train")
@@ -185,6 +185,7 @@ def write_model(storage: Storage, model: str, index: ModelIndex, out: str, merge
                   data_fingerprint=data_fingerprint(merged), default=index.serve, routers={n: n for n in names},
                   best_single=best_single, output_tokens_median={t: float(m) for t, m in zip(targets, lengths.median)},
                   output_lengths=lengths.to_dict(), held_out=None, operating_point=op,
+                  seconds={"onboard": float(lineage["seconds"])},
                   config=dict(index.config, onboard=cfg.onboard.model_dump()),
                   onboard={"targets": [*index.onboard.get("targets", []), targets[-1]],
                            "from_index_sha256": digest, **lineage})

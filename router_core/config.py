@@ -259,6 +259,8 @@ class OnboardConfig(Strict):
                                 "toward the labels' overall mean")
     folds: int = Field(5, ge=2, description="cross-validation parts on the labels: the head is chosen by its "
                        "out-of-fold log loss, and the pool's gain measured out of fold")
+    margin_se: float = Field(2.0, ge=0, description="the prior head replaces the similar head only where its "
+                             "out-of-fold log loss is lower by more than this many standard errors")
     require_gain: bool = Field(True, description="add the target only where, out of fold on the labelled rows "
                                "measured on every target, the pool's P-AUCCC with it is at least that without it")
 

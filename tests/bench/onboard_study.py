@@ -261,12 +261,12 @@ def similar_fit(test: Test, target: str, lab: np.ndarray, y: np.ndarray, others:
 
     t0 = time.perf_counter()
     index = json.loads((without["model"] / "manifest.json").read_text())
-    held, _, targets = from_table(Storage().read_table(str(without["model"] / index["held_out"])))
+    held, ids, targets = from_table(Storage().read_table(str(without["model"] / index["held_out"])))
     if targets != list(without["targets"]):
         raise SystemExit(f"onboard_study: {without['model']}: held-out targets differ from the model's")
-    pos = {int(r): i for i, r in enumerate(held.index)}
-    have = np.array([int(r) in pos for r in lab])
-    x_fit = logit(held.proba[without["served"]][[pos[int(r)] for r in lab[have]]])
+    pos = {q: i for i, q in enumerate(ids)}
+    have = np.array([test.qids[r] in pos for r in lab])
+    x_fit = logit(held.proba[without["served"]][[pos[test.qids[r]] for r in lab[have]]])
     y_fit = y[have]
     minority = int(min(y_fit.sum(), (~y_fit).sum()))
     if minority >= 2:
@@ -285,7 +285,7 @@ def similar_fit(test: Test, target: str, lab: np.ndarray, y: np.ndarray, others:
     proba = np.stack([by_name[t] for t in test.targets], axis=1)
     fitted = model[-1]
     return dict(test.score(proba, target, test.targets), fit_s=round(time.perf_counter() - t0, 2),
-                C=float(np.atleast_1d(getattr(fitted, "C_", fitted.C))[0]), labels=int(have.sum()),
+                C=float(np.atleast_1d(fitted.C_ if hasattr(fitted, "C_") else fitted.C)[0]), labels=int(have.sum()),
                 positives=int(y_fit.sum()), labels_without_held_out=int((~have).sum()))
 
 

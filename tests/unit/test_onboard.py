@@ -73,3 +73,16 @@ def test_an_onboarded_router_keeps_the_old_columns_to_the_bit_and_round_trips(tm
     const = ConstantRouter("best_single").fit(np.array([[1.0, 0.0, 1.0]]))
     assert np.array_equal(Onboarded(const, ["t0", "t1", "t2"], [similar]).predict_proba(x)[:, :3],
                           const.predict_proba(x))
+
+
+def test_without_clear_evidence_for_the_prior_the_similar_head_serves():
+    """Labels that follow neither the tasks nor the pool: the two heads' out-of-fold log losses are
+    within noise of each other, and the similar head (the first) is kept; with the margin at 0 the
+    lower mean wins, whichever it is."""
+    rng, d, tasks, base = _pool(n=300, seed=4)
+    y = (rng.random(300) < 0.6).astype(float)
+    ch = choose_head(base, tasks, y, folds=5, seed=0)
+    p = ch.table["prior"]
+    assert ch.kind == "similar" and abs(p["vs_first"]) < 2 * p["se"]
+    loose = choose_head(base, tasks, y, folds=5, seed=0, margin_se=0.0)
+    assert loose.kind == min(loose.table, key=lambda k: loose.table[k]["oof_log_loss"])
