@@ -94,6 +94,7 @@ def run_onboard(cfg: AppConfig, data: str, features: str, model: str, new: str, 
     index = read_index(storage, model)
     ds = load_dataset(storage, data)
     new_o, entry, rejects = read_new(storage, new, ds, index)
+    unknown = len(rejects)
     pool = ds.pool.model_copy(deep=True)
     pool.models.append(entry)
     res = validate(Dataset(ds.queries, pa.concat_tables([ds.outcomes, new_o]), pool), join(data, "queries.parquet"),
@@ -108,9 +109,11 @@ def run_onboard(cfg: AppConfig, data: str, features: str, model: str, new: str, 
     y_all = outcome_matrix(merged.outcomes, qids, [target])[:, 0]
     labelled = np.flatnonzero(np.isin(splits, ["train", "val"]) & np.isfinite(y_all))
     base, have, oof = served_proba(storage, model, index, index.serve, merged, features, labelled)
-    for r in labelled[~have]:
-        rejects.append(dict(source=join(new, "outcomes.parquet"), query_id=qids[r], model=target, column="query_id",
-                            reason=f"no features of this query in {features}"))
+    # Every row read ends in the new dataset or in the rejects; of those joined, some fit the head.
+    joined = int(np.isfinite(y_all).sum())
+    counts = {"read": new_o.num_rows + unknown, "rejected_unknown_query": unknown,
+              "rejected_invalid": len(rejects) - unknown, "joined": joined, "fitted": int(have.sum()),
+              "train_val_without_features": int((~have).sum()), "test_or_other_split": joined - len(labelled)}
     rows, base = labelled[have], base[have]
     y = y_all[rows]
     right = int((y >= 0.5).sum())
@@ -137,7 +140,7 @@ def run_onboard(cfg: AppConfig, data: str, features: str, model: str, new: str, 
                 "head": choice.kind, "heads": choice.table, "head_fit": choice.info, "pool_gain": gain,
                 "rule": "add the target where, out of fold on the labelled rows measured on every target, the pool's "
                         "P-AUCCC with it is at least that without it (onboard.require_gain)",
-                "added": added, "rejected": len(rejects)}
+                "added": added, "rejected": len(rejects), "counts": counts}
     if rejects:
         storage.write_table(schemas.rejects_table(rejects), join(out, "rejects.parquet"))
     report = None

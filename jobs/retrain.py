@@ -10,6 +10,9 @@ Layout under ``retrain.models`` (local or s3://)::
    not in the pool, its prices in ``pool.yaml``. New queries join the ``train`` split, so the test
    split stays the one both models are judged on. Outcomes of a model with no price are rejected
    with that reason (``vNNNN/rejects.parquet``); the rest is checked by ``validate``'s rules.
+   A batch of one model not in the champion's pool, with fewer than ``onboard.max_rows`` outcomes
+   and its prices, goes through ``onboard`` instead (one per run, into the next ``vNNNN/``, promoted
+   where onboard adds the target); the next run merges it with the rest and retrains in full.
 2. Features: the extraction job's cache (``retrain.features``): only new texts are encoded.
 3. The challenger is trained with the same settings (this config) into ``vNNNN/model``.
 4. Challenger and champion are evaluated on the same fixed test split; the challenger is promoted
@@ -102,6 +105,36 @@ def merge_new(storage: Storage, base: Dataset, new_prefix: str) -> tuple[Dataset
     return merged, rejects, counts
 
 
+def onboard_batch(storage: Storage, new_prefix: str, pool: list[str], max_rows: int) -> str | None:
+    """The first batch folder under ``new_prefix`` that ``onboard`` takes instead of a full retrain:
+    outcomes of one model not in ``pool``, fewer than ``max_rows`` of them, its prices in pool.yaml."""
+    batches = sorted({f.rsplit("/", 1)[0] for f in storage.list_files(new_prefix, "outcomes.parquet")})
+    for b in batches:
+        if not storage.exists(join(b, "pool.yaml")):
+            continue
+        models = set(storage.read_table(join(b, "outcomes.parquet"), columns=["model"]).column("model").to_pylist())
+        if len(models) == 1 and not models & set(pool):
+            if storage.read_table(join(b, "outcomes.parquet"), columns=["model"]).num_rows < max_rows:
+                return b
+    return None
+
+
+def _onboard(cfg: AppConfig, storage: Storage, champion: Champion, batch: str, version: str) -> RetrainRun:
+    """A new target from few labels: ``onboard`` on the champion into vNNNN/, promoted where added."""
+    from .onboard import run_onboard
+
+    rc, root = cfg.retrain, join(cfg.retrain.models, version)
+    run = run_onboard(cfg, champion.dataset, rc.features, champion.model, batch, root)
+    d = dict(run.decision, version=version, merge={"batches": 1, "new_queries": 0, "new_outcomes": run.decision["labels"],
+                                                   "new_models": [run.decision["target"]]}, promoted=run.added,
+             via="onboard", rule_promote="promote where onboard adds the target (onboard.require_gain)")
+    storage.write_text(join(root, "decision.json"), json.dumps(d, indent=2))
+    if run.added:
+        Champion(version=version, model=join(root, "model"), dataset=join(root, "dataset"), features=rc.features,
+                 p_auccc=float(d["test"]["p_auccc"]), promoted_unix=int(time.time())).save(storage, rc.models)
+    return RetrainRun(version, run.added, d)
+
+
 def run_retrain(cfg: AppConfig) -> RetrainRun:
     from .evaluate import run_evaluate
     from .extract import run_extract
@@ -116,6 +149,10 @@ def run_retrain(cfg: AppConfig) -> RetrainRun:
     version = f"v{(int(versions[-1][1:]) + 1) if versions else 1:04d}"
     root = join(rc.models, version)
     champion = read_champion(storage, rc.models)
+    if champion is not None and cfg.onboard.max_rows:
+        batch = onboard_batch(storage, rc.new, read_index(storage, champion.model).targets, cfg.onboard.max_rows)
+        if batch is not None:  # one new target per run; the next run merges the rest (and retrains in full)
+            return _onboard(cfg, storage, champion, batch, version)
     base = load_dataset(storage, champion.dataset if champion else rc.data)
     merged, rejects, counts = merge_new(storage, base, rc.new)
     res = validate(merged, join(root, "dataset", "queries.parquet"), join(root, "dataset", "outcomes.parquet"))
@@ -159,6 +196,13 @@ def run_retrain(cfg: AppConfig) -> RetrainRun:
 
 def print_retrain(run: RetrainRun) -> None:
     d = run.decision
+    if d.get("via") == "onboard":
+        g = d["pool_gain"]
+        print(f"retrain {run.version}: {d['target']} onboarded from {d['labels']} labels (head {d['head']}; out of fold "
+              f"the pool's P-AUCCC {g['p_auccc_with']:.4f} with it, {g['p_auccc_without']:.4f} without), no full retrain")
+        print(("promoted: champion.json now points at " + d["model"]) if run.promoted else
+              "not added, not promoted: the champion stays")
+        return
     m = d["merge"]
     print(f"retrain {run.version}: {m['batches']} batch(es), {m['new_queries']} new queries, {m['new_outcomes']} new "
           f"outcomes, new models: {', '.join(m['new_models']) or 'none'}; {d['rejected']} rows rejected")

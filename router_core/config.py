@@ -261,6 +261,8 @@ class OnboardConfig(Strict):
                        "out-of-fold log loss, and the pool's gain measured out of fold")
     margin_se: float = Field(2.0, ge=0, description="the prior head replaces the similar head only where its "
                              "out-of-fold log loss is lower by more than this many standard errors")
+    max_rows: int = Field(2000, ge=0, description="retrain: a batch under retrain.new of one model not in the pool, "
+                          "with fewer outcomes than this, goes through onboard instead of a full retrain (0: never)")
     require_gain: bool = Field(True, description="add the target only where, out of fold on the labelled rows "
                                "measured on every target, the pool's P-AUCCC with it is at least that without it")
 

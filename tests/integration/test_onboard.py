@@ -73,6 +73,9 @@ def test_onboard_adds_the_target_keeps_the_old_columns_to_the_bit_and_routes_it(
 
     d = json.loads((Path(out) / "decision.json").read_text())
     assert d["added"] and d["labels"] == 80 and d["head"] in ("prior", "similar") and d["rejected"] == 2
+    c = d["counts"]  # every row read: joined or rejected; every row joined: fitted, or on test (or without features)
+    assert c["read"] == 122 and c["read"] == c["joined"] + c["rejected_unknown_query"] + c["rejected_invalid"]
+    assert c["joined"] == c["fitted"] + c["test_or_other_split"] + c["train_val_without_features"] == 120
     assert d["label_rows"]["out_of_fold"] > 0 and set(d["heads"]) == {"prior", "similar"}
     g = d["pool_gain"]
     assert g["rows"] == 80 and np.isclose(g["gain"], g["p_auccc_with"] - g["p_auccc_without"])
@@ -132,3 +135,48 @@ def test_onboard_refuses_bad_input_in_one_line(trained, tmp_path, capsys):
     assert "outcomes of 2 models" in refused(str(two))
     assert "no outcomes.parquet" in refused(str(tmp_path / "nothing"))
     assert not (tmp_path / "out" / "model").exists()
+
+
+def test_retrain_sends_a_new_targets_small_batch_through_onboard_and_promotes_it(trained, tmp_path, capsys):
+    from router_core.model_index import Champion, read_champion
+
+    data, feats, model, _ = trained
+    models = tmp_path / "models"
+    (models / "v0001").mkdir(parents=True)
+    (models / "v0001" / "decision.json").write_text("{}")
+    Champion(version="v0001", model=model, dataset=data, features=feats, p_auccc=0.0,
+             promoted_unix=0).save(Storage(), str(models))  # as an earlier retrain leaves it
+    _new_folder(tmp_path / "new" / "batch-007", data, model)
+    cfg = tmp_path / "retrain.yaml"
+    cfg.write_text(yaml.safe_dump({"retrain": {"data": data, "new": str(tmp_path / "new"), "features": feats,
+                                               "models": str(models)}, "onboard": {"require_gain": False}}))
+    assert main(["retrain", "--config", str(cfg)]) == 0
+    assert f"{NEW} onboarded from 80 labels" in capsys.readouterr().out
+    d = json.loads((models / "v0002" / "decision.json").read_text())
+    assert d["via"] == "onboard" and d["promoted"] and d["merge"]["new_models"] == [NEW]
+    champ = read_champion(Storage(), str(models))
+    assert champ.version == "v0002" and champ.model == str(models / "v0002" / "model")
+    assert read_index(Storage(), champ.model).targets[-1] == NEW
+    assert NEW in load_dataset(Storage(), champ.dataset).pool.names
+
+
+def test_only_a_small_batch_of_one_unknown_priced_model_is_onboarded(tmp_path):
+    from jobs.retrain import onboard_batch
+
+    st = Storage()
+
+    def batch(name: str, models: list[str], prices: bool = True) -> None:
+        t = pa.table({"query_id": [f"q{i}" for i in range(len(models))], "model": models,
+                      "score": [1.0] * len(models)})
+        st.write_table(t, str(tmp_path / name / "outcomes.parquet"))
+        if prices:
+            (tmp_path / name / "pool.yaml").write_text("models: []\n")
+
+    batch("a-mixed", ["new", "old"])
+    batch("b-known", ["old", "old"])
+    batch("c-unpriced", ["new", "new"], prices=False)
+    batch("d-large", ["new"] * 5)
+    assert onboard_batch(st, str(tmp_path), ["old"], max_rows=5) is None
+    batch("e-small", ["new"] * 4)
+    assert onboard_batch(st, str(tmp_path), ["old"], max_rows=5) == str(tmp_path / "e-small")
+    assert onboard_batch(st, str(tmp_path), ["old"], max_rows=6) == str(tmp_path / "d-large")
