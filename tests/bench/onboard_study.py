@@ -347,7 +347,7 @@ def table(rows: list[dict], ns: list[int]) -> str:
             if first is None:
                 continue
             name = f"{first['target']} ({role})"
-            for method in ("masked", *CHEAP, "onboard"):
+            for method in ("masked", *CHEAP, "onboard_logloss", "onboard"):
                 cells = [by.get((pool, role, method, n)) for n in ns]
                 if any(cells):
                     out.append(f"| {pool} | {name} | {method} | "
