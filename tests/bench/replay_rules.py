@@ -3,7 +3,7 @@ from the probabilities each run kept: the candidates' on the rows the choice was
 (MODEL/held_out.parquet) and every router's on the test rows (test_proba.parquet). Nothing is
 refitted; a rule is judged on test, never chosen there.
 
-    python -m tests.bench.replay_rules --rows docs/study-rows.jsonl [--cache DIR] [--markdown]
+    python -m tests.bench.replay_rules --rows docs/study-rows.jsonl [--cache DIR]   # prints the Markdown table
 
 A rule gives each target's probabilities as a weighted mean of the candidates' (weights >= 0,
 summing to 1 per target), chosen on the held-out rows alone:
