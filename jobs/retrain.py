@@ -125,14 +125,22 @@ def _onboard(cfg: AppConfig, storage: Storage, champion: Champion, batch: str, v
 
     rc, root = cfg.retrain, join(cfg.retrain.models, version)
     run = run_onboard(cfg, champion.dataset, rc.features, champion.model, batch, root)
+    t = run.decision.get("test", {})
+    # The champion beside the challenger on the same test rows: its served router's columns are the
+    # challenger's first ones, bit for bit, so the pool without the new column is the champion's.
+    promoted = run.added and (not t.get("target_scored") or t["p_auccc"] >= t["p_auccc_without"])
     d = dict(run.decision, version=version, merge={"batches": 1, "new_queries": 0, "new_outcomes": run.decision["labels"],
-                                                   "new_models": [run.decision["target"]]}, promoted=run.added,
-             via="onboard", rule_promote="promote where onboard adds the target (onboard.require_gain)")
+                                                   "new_models": [run.decision["target"]]}, promoted=promoted,
+             via="onboard", rule_promote="promote where onboard adds the target and, where the test split has its "
+             "labels, the served router's test P-AUCCC with it is not below the champion's without it (both on the "
+             "whole pool's cost axis)")
+    if t.get("target_scored"):
+        d["champion"] = {"version": champion.version, "p_auccc": t["p_auccc_without"], "router": t["router"]}
     storage.write_text(join(root, "decision.json"), json.dumps(d, indent=2))
-    if run.added:
+    if promoted:
         Champion(version=version, model=join(root, "model"), dataset=join(root, "dataset"), features=rc.features,
                  p_auccc=float(d["test"]["p_auccc"]), promoted_unix=int(time.time())).save(storage, rc.models)
-    return RetrainRun(version, run.added, d)
+    return RetrainRun(version, promoted, d)
 
 
 def run_retrain(cfg: AppConfig) -> RetrainRun:
@@ -200,8 +208,11 @@ def print_retrain(run: RetrainRun) -> None:
         g = d["pool_gain"]
         print(f"retrain {run.version}: {d['target']} onboarded from {d['labels']} labels (head {d['head']}; out of fold "
               f"the pool's P-AUCCC {g['p_auccc_with']:.4f} with it, {g['p_auccc_without']:.4f} without), no full retrain")
+        if "champion" in d:
+            print(f"test P-AUCCC {d['test']['p_auccc']:.4f} with it vs champion {d['champion']['version']} "
+                  f"{d['champion']['p_auccc']:.4f} without it (the same rows, the whole pool's axis)")
         print(("promoted: champion.json now points at " + d["model"]) if run.promoted else
-              "not added, not promoted: the champion stays")
+              "not promoted: the champion stays")
         return
     m = d["merge"]
     print(f"retrain {run.version}: {m['batches']} batch(es), {m['new_queries']} new queries, {m['new_outcomes']} new "

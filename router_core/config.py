@@ -257,8 +257,8 @@ class OnboardConfig(Strict):
                             "5 right and 5 wrong among them")
     prior_weight: float = Field(10.0, ge=0, description="pseudo-labels that shrink the prior head's task means "
                                 "toward the labels' overall mean")
-    folds: int = Field(5, ge=2, description="cross-validation parts on the labels: the head is chosen by its "
-                       "out-of-fold log loss, and the pool's gain measured out of fold")
+    folds: int = Field(5, ge=2, description="cross-validation parts on the labels: the heads are compared by their "
+                       "out-of-fold log loss, and the pool's gain is measured out of fold")
     margin_se: float = Field(2.0, ge=0, description="the prior head replaces the similar head only where its "
                              "out-of-fold log loss is lower by more than this many standard errors")
     max_rows: int = Field(2000, ge=0, description="retrain: a batch under retrain.new of one model not in the pool, "

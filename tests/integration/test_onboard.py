@@ -24,12 +24,12 @@ NEW = "newcomer-9b"
 
 
 def _new_folder(root: Path, data: str, model: str, *, name: str = NEW, rows: slice = slice(None),
-                prices: bool = True, unknown: int = 0) -> str:
+                prices: bool = True, unknown: int = 0, price: float = 0.15, need: int = 2) -> str:
     ds = load_dataset(Storage(), data)
     qids = ds.queries.column("query_id").to_pylist()[rows]
     targets = read_index(Storage(), model).targets
     s = outcome_matrix(ds.outcomes, qids, [targets[0], targets[3], targets[6]])
-    right = (np.nansum(s, axis=1) >= 2) ^ (np.random.default_rng(7).random(len(qids)) < 0.1)
+    right = (np.nansum(s, axis=1) >= need) ^ (np.random.default_rng(7).random(len(qids)) < 0.1)
     ids = qids + [f"never-seen-{i}" for i in range(unknown)]
     scores = np.r_[right.astype(float), np.ones(unknown)]
     t = pa.table({"query_id": ids, "model": [name] * len(ids), "score": scores,
@@ -38,8 +38,8 @@ def _new_folder(root: Path, data: str, model: str, *, name: str = NEW, rows: sli
     root.mkdir(parents=True, exist_ok=True)
     pq.write_table(t, root / "outcomes.parquet")
     if prices:
-        (root / "pool.yaml").write_text(yaml.safe_dump({"models": [{"name": name, "price_in_per_mtok": 0.15,
-                                                                    "price_out_per_mtok": 0.6}]}))
+        (root / "pool.yaml").write_text(yaml.safe_dump({"models": [{"name": name, "price_in_per_mtok": price,
+                                                                    "price_out_per_mtok": 4 * price}]}))
     return str(root)
 
 
@@ -146,18 +146,37 @@ def test_retrain_sends_a_new_targets_small_batch_through_onboard_and_promotes_it
     (models / "v0001" / "decision.json").write_text("{}")
     Champion(version="v0001", model=model, dataset=data, features=feats, p_auccc=0.0,
              promoted_unix=0).save(Storage(), str(models))  # as an earlier retrain leaves it
-    _new_folder(tmp_path / "new" / "batch-007", data, model)
+    _new_folder(tmp_path / "new" / "batch-007", data, model, price=0.001, need=1)  # cheap, right where any of 3 is
     cfg = tmp_path / "retrain.yaml"
     cfg.write_text(yaml.safe_dump({"retrain": {"data": data, "new": str(tmp_path / "new"), "features": feats,
                                                "models": str(models)}, "onboard": {"require_gain": False}}))
     assert main(["retrain", "--config", str(cfg)]) == 0
     assert f"{NEW} onboarded from 80 labels" in capsys.readouterr().out
     d = json.loads((models / "v0002" / "decision.json").read_text())
-    assert d["via"] == "onboard" and d["promoted"] and d["merge"]["new_models"] == [NEW]
+    assert d["via"] == "onboard" and d["merge"]["new_models"] == [NEW] and d["champion"]["version"] == "v0001"
+    # Judged beside the champion on the same test rows: promoted where added and not worse there.
+    assert d["promoted"] == (d["added"] and d["test"]["p_auccc"] >= d["champion"]["p_auccc"])
+    assert d["promoted"]  # a cheap model right wherever one of three is: the pool routes better with it
     champ = read_champion(Storage(), str(models))
     assert champ.version == "v0002" and champ.model == str(models / "v0002" / "model")
     assert read_index(Storage(), champ.model).targets[-1] == NEW
     assert NEW in load_dataset(Storage(), champ.dataset).pool.names
+
+    # A weaker newcomer (right where two of three are): the pointer moves only with the decision
+    # (on these 40 test queries this one routes worse than the champion: it stays).
+    weak = tmp_path / "weak"
+    (weak / "models" / "v0001").mkdir(parents=True)
+    (weak / "models" / "v0001" / "decision.json").write_text("{}")
+    Champion(version="v0001", model=model, dataset=data, features=feats, p_auccc=0.0,
+             promoted_unix=0).save(Storage(), str(weak / "models"))
+    _new_folder(weak / "new" / "batch-001", data, model, price=0.001)
+    cfg.write_text(yaml.safe_dump({"retrain": {"data": data, "new": str(weak / "new"), "features": feats,
+                                               "models": str(weak / "models")}, "onboard": {"require_gain": False}}))
+    assert main(["retrain", "--config", str(cfg)]) == 0
+    d2 = json.loads((weak / "models" / "v0002" / "decision.json").read_text())
+    assert d2["promoted"] == (d2["added"] and d2["test"]["p_auccc"] >= d2["champion"]["p_auccc"])
+    assert read_champion(Storage(), str(weak / "models")).version == ("v0002" if d2["promoted"] else "v0001")
+    assert ("promoted: champion.json" in capsys.readouterr().out) == d2["promoted"]
 
 
 def test_only_a_small_batch_of_one_unknown_priced_model_is_onboarded(tmp_path):
