@@ -112,10 +112,10 @@ def onboard_batch(storage: Storage, new_prefix: str, pool: list[str], max_rows: 
     for b in batches:
         if not storage.exists(join(b, "pool.yaml")):
             continue
-        models = set(storage.read_table(join(b, "outcomes.parquet"), columns=["model"]).column("model").to_pylist())
-        if len(models) == 1 and not models & set(pool):
-            if storage.read_table(join(b, "outcomes.parquet"), columns=["model"]).num_rows < max_rows:
-                return b
+        t = storage.read_table(join(b, "outcomes.parquet"), columns=["model"])
+        models = set(t.column("model").to_pylist())
+        if len(models) == 1 and not models & set(pool) and t.num_rows < max_rows:
+            return b
     return None
 
 

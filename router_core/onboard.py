@@ -169,16 +169,14 @@ def served_proba(storage: Storage, model: str, index: ModelIndex, name: str, ds:
     fs = load_features(storage, features, q, cols) if cols else None
     have = fs.present[rows] if fs is not None else np.ones(len(rows), bool)
     tasks_all = q.column("task").to_pylist()
-    tasks = [tasks_all[i] for i in rows] if any(t is not None for t in tasks_all) else None
-    x = RouterInputs(n=len(rows), prefill={c: v[rows] for c, v in fs.columns.items()} if fs else {}, tasks=tasks)
-    if "task_prior" in index.routers and tasks is not None:
-        x.prior = predict_any(load_router(storage, index.folder(model, "task_prior"))[0], x)
     proba = np.full((len(rows), len(index.targets)), np.nan)
-    if have.any():
-        sub = RouterInputs(n=int(have.sum()), prefill={c: v[have] for c, v in x.prefill.items()},
-                           tasks=[t for t, h in zip(tasks, have) if h] if tasks is not None else None,
-                           prior=x.prior[have] if x.prior is not None else None)
-        proba[have] = predict_any(router, sub)
+    if have.any():  # predicted on the rows with features
+        keep = rows[have]
+        tasks = [tasks_all[i] for i in keep] if any(t is not None for t in tasks_all) else None
+        x = RouterInputs(n=len(keep), prefill={c: v[keep] for c, v in fs.columns.items()} if fs else {}, tasks=tasks)
+        if "task_prior" in index.routers and tasks is not None:
+            x.prior = predict_any(load_router(storage, index.folder(model, "task_prior"))[0], x)
+        proba[have] = predict_any(router, x)
     oof = np.zeros(len(rows), bool)
     if index.held_out and storage.exists(join(model, index.held_out)):
         held, ids, targets = from_table(storage.read_table(join(model, index.held_out)), join(model, index.held_out))
