@@ -199,7 +199,7 @@ def print_evaluate(run: EvalRun) -> None:
             for k, v in boot["vs"].items() if k not in ("oracle", "random", "cheapest", "most_expensive")]))
     op = r.get("operating_point")
     if op:
-        print(f"route's default (tau {op['tau']:.4f}, chosen on validation): test accuracy {op['accuracy']:.4f} at "
+        print(f"route's default (tau {op['tau']:.4f}, chosen by train on held-out rows): test accuracy {op['accuracy']:.4f} at "
               f"${op['mean_cost']:.6f}, saving {op['saving_pct']:.1f}% against always {op['reference']} "
               f"({op['reference_accuracy']:.4f} at ${op['reference_mean_cost']:.6f})")
     lengths = r.get("output_lengths")

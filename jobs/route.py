@@ -100,7 +100,7 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
     if rman.get("router") not in ROUTERS or not set(needs) <= {"prefill", "tasks"}:
         raise ArtifactError(f"router {name} reads {', '.join(needs)}; `route` serves routers on prefill features "
                             "and the task column (either optional) only")
-    if policy.name == "threshold" and policy.tau is None:  # the model's operating point, chosen on validation
+    if policy.name == "threshold" and policy.tau is None:  # the model's operating point, chosen by train
         policy = policy.model_copy(update={"tau": float(index.operating_point.get("tau", 0.0))})
     targets = index.targets
 
@@ -145,7 +145,7 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
     tal = tally(routes, proba, costs, targets, best)
     tal.update(policy={"name": policy.name, **info}, router=name, cost_model=lengths.describe(), output_tokens_by=by)
     if policy.name == "threshold" and index.operating_point and policy.tau == index.operating_point.get("tau"):
-        tal["policy"]["source"] = "the model's operating point (chosen on validation)"
+        tal["policy"]["source"] = "the model's operating point (chosen by train on held-out rows)"
     if policy.name == "budget":
         tal["policy"]["used_usd"] = tal["total_cost_usd"]
     seconds["assign"] = time.perf_counter() - t

@@ -16,7 +16,7 @@ from router_core.config import AppConfig
 from router_core.dataset import load_dataset
 from router_core.features import load_features, read_manifest
 from router_core.model_index import FeatureRef, ModelIndex
-from router_core.selection import PRIORS, explain
+from router_core.selection import PRIORS, explain, operating_line
 from router_core.storage import join
 from router_core.training import Bundle, fit_bundle, fit_in_process, save_bundle
 
@@ -95,8 +95,4 @@ def print_train(run: TrainRun) -> None:
             print("  no learned router scores above the prior on held-out rows: route serves it, looking up each "
                   "query's task and encoding nothing")
     if op:
-        print(f"  operating point: tau {op['tau']:.4f}, on validation accuracy {op['val_accuracy']:.4f} vs "
-              f"{op['best_single_val_accuracy']:.4f} always calling {run.index.best_single}, "
-              f"{op['val_saving_pct']:.1f}% cheaper"
-              + (f" (guarded: the expected accuracy alone would have routed {op['unguarded']['val_saving_pct']:.1f}% "
-                 f"cheaper at measured {op['unguarded']['val_accuracy']:.4f})" if op.get("guarded") else ""))
+        print(f"  operating point: {operating_line(op, run.index.best_single)}")

@@ -150,12 +150,19 @@ class TrainConfig(Strict):
                           "scored part by cross_fit part)")
     cv_repeats: int = Field(5, ge=1, description="seeded repeats of that partition (validation rows only)")
     accuracy_tolerance: float = Field(0.005, ge=0.0, le=1.0, description="route's default operating point: the "
-                                      "cheapest threshold whose expected validation accuracy is at most this much "
-                                      "below always calling the best single target's (0.005 = half a point)")
-    accuracy_guard_z: float | None = Field(1.645, ge=0.0, description="route's default operating point, guarded: it also "
-                                    "stops before the first threshold whose *measured* validation accuracy, row by row "
-                                    "against the best single target, is below -accuracy_tolerance by more than this "
-                                    "many standard errors (1.645 = one-sided 95%); null = no guard")
+                                      "cheapest threshold whose accuracy is at most this much below always calling "
+                                      "the best single target's (0.005 = half a point)")
+    accuracy_guard_z: float | None = Field(1.645, ge=0.0, description="route's default operating point, guarded. "
+                                    "measured: the walk stops before the first threshold whose measured accuracy, row "
+                                    "by row against the best single target, may be below -accuracy_tolerance at this "
+                                    "many standard errors (mean - z SE; 1.645 = one-sided 95%); null = the point "
+                                    "estimate alone. expected: it stops where the measured accuracy is below by more "
+                                    "than this many standard errors (mean + z SE); null = no guard")
+    operating_rule: Literal["measured", "expected"] = Field(
+        "measured", description="how train chooses route's default threshold: measured = on the measured routed "
+        "accuracy of every held-out row (the out-of-fold training rows the served router was chosen on, plus "
+        "validation); expected = the earlier rule, on the router's own expected accuracy over validation alone "
+        "(kept for the study: optimistic where it decides a route, issue 47)")
 
 
 class BaselinesConfig(Strict):
@@ -190,7 +197,7 @@ class Policy(Strict):
         "threshold", description="threshold: cheapest within tau of the best; utility: argmax p - lam x cost; "
         "budget: most expected accuracy within budget_usd for the batch")
     tau: float | None = Field(None, ge=0, le=1, description="threshold: 0 = the most probable target, 1 = the cheapest; "
-                              "None = the model's operating point, chosen on validation by train (train.accuracy_tolerance)")
+                              "None = the model's operating point, chosen by train on held-out rows (train.operating_rule)")
     lam: float = Field(0.0, ge=0, description="utility: accuracy traded per dollar")
     budget_usd: float | None = Field(None, description="budget: total dollars for a batch (> 0)")
 

@@ -103,8 +103,8 @@ def build_report(dataset: str, targets: list[str], scores: np.ndarray, costs: np
 
 def at_operating_point(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, point: dict,
                        reference: int | None) -> dict:
-    """The served router at the model's operating point (threshold tau chosen on validation) on
-    these rows, against always calling the ``reference`` target (the best single on train; None =
+    """The served router at the model's operating point (threshold tau chosen by train on held-out
+    rows; ``chosen`` keeps its figures there) on these rows, against always calling the ``reference`` target (the best single on train; None =
     the best on these rows)."""
     ref = int(scores.mean(axis=0).argmax()) if reference is None else reference
     ref_acc, ref_cost = float(scores[:, ref].mean()), float(costs[:, ref].mean())
@@ -116,8 +116,8 @@ def at_operating_point(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray,
                 "accuracy_change_points": 100.0 * (acc - ref_acc)}
 
     out = dict(at(float(point["tau"])), reference_index=ref, reference_accuracy=ref_acc,
-               reference_mean_cost=ref_cost, validation=point)
-    if point.get("guarded"):  # where the expected-accuracy rule alone would have routed these rows
+               reference_mean_cost=ref_cost, chosen=point)
+    if point.get("guarded"):  # where the rule without its guard would have routed these rows
         out["without_guard"] = at(float(point["unguarded"]["tau"]))
     return out
 

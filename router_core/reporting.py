@@ -125,7 +125,7 @@ def _serving_html(report: dict, cell) -> str:
     op = report.get("operating_point")
     if op:
         parts.append(f"<h2>What route serves by default</h2><p><b>{html.escape(op['router'])}</b> at threshold tau "
-                     f"{op['tau']:.4f} (chosen on validation): test accuracy {op['accuracy']:.4f} at "
+                     f"{op['tau']:.4f} (chosen by train on held-out rows): test accuracy {op['accuracy']:.4f} at "
                      f"${op['mean_cost']:.6g} per query, <b>{op['saving_pct']:.1f}% cheaper</b> than always calling "
                      f"{html.escape(op['reference'])} ({op['reference_accuracy']:.4f} at "
                      f"${op['reference_mean_cost']:.6g}).</p>")

@@ -16,9 +16,11 @@ by refits that did not see it, several times as many rows to choose with.
   at least the best's minus one standard error of their paired per-part difference (the one
   standard error rule): a more complex router has to pay for itself. The prior itself
   (``PRIORS``) serves where it is the best (``route`` then encodes nothing), never for being simple.
-- **Operating point.** On the winner's validation probabilities (out of fold), the cheapest
-  threshold policy whose expected accuracy (the router's own probabilities) is within a tolerance
-  of always calling the best single target's: the saving a user gets by default.
+- **Operating point.** On every held-out row (the out-of-fold training rows plus validation), the
+  cheapest threshold policy whose *measured* accuracy, row by row against always calling the best
+  single target, is within a tolerance of it at a one-sided bound (``operating_point_measured``):
+  the saving a user gets by default. The earlier rule, on the router's expected accuracy over
+  validation alone, stays for the study (``operating_point``, train.operating_rule: expected).
 """
 
 from __future__ import annotations
@@ -129,60 +131,185 @@ def explain(selection: dict, served: str) -> str:
 
 
 def operating_point(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, best_single: int,
-                    tolerance: float, guard_z: float | None = None) -> dict:
-    """The threshold policy's tau at which ``route`` runs by default: the largest tau (the cheapest
+                    tolerance: float, guard_z: float | None = None, rows: dict[str, int] | None = None) -> dict:
+    """The study's earlier rule (``train.operating_rule: expected``): the largest tau (the cheapest
     routes) at which the router's own *expected* accuracy on these rows, the mean of its
     probability for the target each row is sent to, is at most ``tolerance`` below the expected
     accuracy of always calling the best single target (the same probabilities, row by row); placed
-    halfway to the next gap where a route would change.
+    halfway to the next gap where a route would change. ``rows``: what the rows are, for the record
+    ({"validation": n} where None).
 
-    Why expected and not measured accuracy: a few hundred validation rows measure an accuracy
-    difference with a standard error of 1-2 points, so "the cheapest tau at measured iso-accuracy"
-    chases noise (it saved 24-53% on validation and lost 0.4-2.3 points on test, docs/study.md),
-    and "the last tau before the first dip" stops at the first unlucky row (3% saved). The
-    calibrated probabilities carry no label noise; what they miss is their own bias.
+    The probabilities carry no label noise, but they are optimistic exactly where they decide a
+    route (the winner's curse of an argmax over noisy probabilities): on two pools of a few hundred
+    training queries this rule promised iso-accuracy and lost about 4 points on test (issue 47).
 
-    That bias is the guard's business (``guard_z``, None = none): the probabilities that decide a
-    route are the ones most likely overstated for the target chosen (the winner's curse). So the walk also
-    stops before the first tau at which the *measured* accuracy is significantly worse than
-    tolerance allows: the per-row difference d = correct(routed) - correct(best single) has
-    mean(d) + guard_z * SE(d) < -tolerance. Noise alone seldom trips it (a one-sided test at each
-    tau); a real overshoot of a few points on a few hundred rows does. ``unguarded`` records where
-    the expected rule alone would have stopped, so a report can show both."""
-    rows = np.arange(len(scores))
+    The guard (``guard_z``, None = none) stops the walk before the first tau at which the *measured*
+    accuracy is significantly worse than tolerance allows: the per-row difference d =
+    correct(routed) - correct(best single) has mean(d) + guard_z * SE(d) < -tolerance.
+    ``unguarded`` records where the expected rule alone would have stopped."""
+    n = len(scores)
+    idx = np.arange(n)
     ref_acc, ref_cost = float(scores[:, best_single].mean()), float(costs[:, best_single].mean())
     ref_exp = float(proba[:, best_single].mean())
     ref_row = scores[:, best_single].astype(float)
     gaps = np.unique(np.round(proba.max(axis=1, keepdims=True) - proba, 12))
-    points, stop, guard_tau = [], len(gaps), None  # per tau: (tau, expected, accuracy, cost)
+    points, stop, guard_tau = [], len(gaps), None  # per tau: (tau, expected, accuracy, cost, se of d)
     for j, tau in enumerate(gaps):
         r = threshold_routes(proba, costs, float(tau))
-        expected = float(proba[rows, r].mean())
+        expected = float(proba[idx, r].mean())
         if points and expected < ref_exp - tolerance - 1e-12:
             stop = j
             break
-        got = scores[rows, r]
-        if points and guard_z is not None and guard_tau is None:
-            d = got - ref_row
-            se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
-            if d.mean() + guard_z * se < -tolerance - 1e-12:
-                guard_tau = j  # the first tau the measured accuracy rules out
-        points.append((float(tau), expected, float(got.mean()), float(costs[rows, r].mean())))
+        got = scores[idx, r]
+        d = got - ref_row
+        se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+        if points and guard_z is not None and guard_tau is None and d.mean() + guard_z * se < -tolerance - 1e-12:
+            guard_tau = j  # the first tau the measured accuracy rules out
+        points.append((float(tau), expected, float(got.mean()), float(costs[idx, r].mean()), se))
 
     def placed(last: int, nxt: int) -> dict:
-        tau, expected, acc, cost = points[last]
-        if nxt < len(gaps) and tau > 0:
-            tau = (tau + float(gaps[nxt])) / 2
-        return {"tau": float(min(tau, 1.0)), "val_expected_accuracy": expected, "val_accuracy": acc,
-                "val_mean_cost": cost, "val_saving_pct": M.saving_pct(cost, ref_cost)}
+        tau, expected, acc, cost, se = points[last]
+        return dict(_point(tau, float(gaps[nxt]) if nxt < len(gaps) else None, acc, cost, se, ref_acc, ref_cost),
+                    expected_accuracy=expected)
 
     unguarded = placed(len(points) - 1, stop)
     chosen = unguarded if guard_tau is None else placed(guard_tau - 1, guard_tau)
     return {"policy": "threshold", "rule": "expected accuracy within tolerance of the best single"
             + ("" if guard_z is None else ", measured accuracy not significantly below it"),
-            "tolerance": float(tolerance), "guard_z": guard_z, "guarded": guard_tau is not None, **chosen,
-            "best_single_val_expected_accuracy": ref_exp, "best_single_val_accuracy": ref_acc,
-            "best_single_val_mean_cost": ref_cost, "val_rows": int(len(scores)), "unguarded": unguarded}
+            "operating_rule": "expected", "tolerance": float(tolerance), "guard_z": guard_z,
+            "guarded": guard_tau is not None, **chosen, "best_single_expected_accuracy": ref_exp,
+            "best_single_accuracy": ref_acc, "best_single_mean_cost": ref_cost,
+            "rows": rows or {"validation": int(n)}, "unguarded": unguarded}
+
+
+def _point(tau: float, next_tau: float | None, acc: float, cost: float, se: float, ref_acc: float,
+           ref_cost: float) -> dict:
+    """One operating point's record; tau placed halfway to ``next_tau`` (the next gap where a route
+    would change; None = none), except at tau 0 (each query to its most probable target)."""
+    if next_tau is not None and tau > 0:
+        tau = (tau + next_tau) / 2
+    return {"tau": float(min(tau, 1.0)), "accuracy": acc, "mean_cost": cost,
+            "saving_pct": M.saving_pct(cost, ref_cost), "accuracy_change": acc - ref_acc, "accuracy_change_se": se}
+
+
+def measured_walk(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, best_single: int) -> dict[str, np.ndarray]:
+    """The threshold policy at every distinct tau where a route changes, measured on these rows:
+    ``tau``, ``accuracy``, ``mean_cost`` and the per-row difference d = score(routed) - score(best
+    single) as its mean (``change``) and standard error (``se``), each (m,) in tau order.
+
+    One pass over the policy's events (metrics.threshold_events, at most K per row): each event moves
+    one row's d, so sums of d and d^2 are cumulative sums, O(nK log nK) in all, where a walk
+    recomputing every row's route at each tau is O(n^2 K^2)."""
+    tau, q, d_score, d_cost = M.threshold_events(proba, scores, costs)
+    n = len(scores)
+    ref = scores[:, best_single].astype(float)
+    # Each event's row score after it: the running sum of that row's changes (events are in tau order).
+    by_row = np.lexsort((np.arange(len(q)), q))
+    run = np.cumsum(d_score[by_row])
+    first_of_row = np.r_[True, q[by_row][1:] != q[by_row][:-1]]
+    start = np.maximum.accumulate(np.where(first_of_row, np.arange(len(q)), 0))
+    after = np.empty(len(q))
+    after[by_row] = run - np.r_[0.0, run][start]
+    first = np.zeros(len(q), bool)
+    first[by_row[first_of_row]] = True  # a row's first event gives it its route (at tau 0): d from nothing
+    d_after = after - ref[q]
+    d_before = np.where(first, 0.0, after - d_score - ref[q])
+    s1, s2 = np.cumsum(d_after - d_before), np.cumsum(d_after ** 2 - d_before ** 2)
+    last = np.r_[tau[1:] != tau[:-1], True]  # the state once every event of one tau is in
+    change = s1[last] / n
+    var = np.maximum(s2[last] / n - change ** 2, 0.0)
+    return {"tau": tau[last], "change": change, "se": np.sqrt(var / max(n - 1, 1)),
+            "accuracy": float(ref.mean()) + change, "mean_cost": np.cumsum(d_cost)[last] / n}
+
+
+def operating_point_measured(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, best_single: int,
+                             tolerance: float, guard_z: float | None, rows: dict[str, int]) -> dict:
+    """The threshold policy's tau at which ``route`` runs by default (``train.operating_rule:
+    measured``), chosen on *measured* outcomes: the routed accuracy on these rows, row by row
+    against always calling the best single target (d = score(routed) - score(best single)), never
+    the router's own expected accuracy, which is optimistic where it decides a route.
+
+    The rows are every held-out row there is (``rows`` says which: the out-of-fold training rows the
+    served router was chosen on, plus validation), each predicted by a fit that did not see it, so
+    the standard error of d is several times smaller than on validation alone.
+
+    The walk goes up from tau 0 (each query to its most probable target) and stops before the first
+    tau whose one-sided bound mean(d) - guard_z * SE(d) falls below -``tolerance``: the cheapest point
+    at which the rows say, at that confidence, that the router gives away at most ``tolerance``
+    (guard_z None = 0: the point estimate alone). ``unguarded`` records where the point estimate
+    alone would have stopped. Tau 0 is kept even where its own bound is below: what serves there
+    instead is issue 47's next slice (``promise_kept`` says whether the bound held at the point)."""
+    w = measured_walk(proba, scores, costs, best_single)
+    z = 0.0 if guard_z is None else float(guard_z)
+    ref_acc, ref_cost = float(scores[:, best_single].mean()), float(costs[:, best_single].mean())
+
+    def end(ok: np.ndarray) -> int:  # the last point of the walk before the first one ruled out
+        bad = np.flatnonzero(~ok[1:])
+        return int(bad[0]) if len(bad) else len(ok) - 1
+
+    def placed(j: int) -> dict:
+        nxt = float(w["tau"][j + 1]) if j + 1 < len(w["tau"]) else None
+        return _point(float(w["tau"][j]), nxt, float(w["accuracy"][j]), float(w["mean_cost"][j]),
+                      float(w["se"][j]), ref_acc, ref_cost)
+
+    floor = -tolerance - 1e-12
+    j_bound, j_point = end(w["change"] - z * w["se"] >= floor), end(w["change"] >= floor)
+    chosen = placed(j_bound)
+    return {"policy": "threshold", "operating_rule": "measured",
+            "rule": "the cheapest tau before the first whose measured accuracy, against always calling the best "
+                    f"single on {sum(rows.values())} held-out rows, may be more than the tolerance below it "
+                    f"(one-sided bound, z {z:g})",
+            "tolerance": float(tolerance), "guard_z": guard_z, "guarded": j_bound < j_point, **chosen,
+            "promise_kept": bool(chosen["accuracy_change"] - z * chosen["accuracy_change_se"] >= floor),
+            "best_single_accuracy": ref_acc, "best_single_mean_cost": ref_cost, "rows": dict(rows),
+            "unguarded": placed(j_point)}
+
+
+def point_for(rule: str, name: str, held: HeldOut | None, p_va: np.ndarray, s_va: np.ndarray, c_va: np.ndarray,
+              best_single: int, tolerance: float, guard_z: float | None) -> dict:
+    """Router ``name``'s operating point by ``rule`` (train.operating_rule). ``p_va``: its probabilities
+    on the validation rows (``s_va``, ``c_va``) from the router fitted on all of train; ``held``: the
+    rows the served router was chosen on, with ``name``'s probabilities there where it was a candidate.
+
+    measured: on the out-of-fold training rows plus validation (each predicted by a fit that did not
+    see it), or on validation alone where it was chosen there (``held``'s cross-validated
+    probabilities of a blend, fitted on the other parts). expected: on validation, as before."""
+    if rule == "expected" or held is None or name not in held.proba:
+        p, s, c, rows = p_va, s_va, c_va, {"validation": len(s_va)}
+    elif held.kind == "validation":
+        p, s, c, rows = held.proba[name], held.scores, held.costs, {"validation": len(held.scores)}
+    else:
+        p, s, c = np.r_[held.proba[name], p_va], np.r_[held.scores, s_va], np.r_[held.costs, c_va]
+        rows = {"out_of_fold": len(held.scores), "validation": len(s_va)}
+    return point_on(rule, p, s, c, best_single, tolerance, guard_z, rows)
+
+
+def point_on(rule: str, proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, best_single: int,
+             tolerance: float, guard_z: float | None, rows: dict[str, int]) -> dict:
+    """The operating point by ``rule`` (train.operating_rule) on these rows (``rows``: what they are)."""
+    if rule == "measured":
+        return operating_point_measured(proba, scores, costs, best_single, tolerance, guard_z, rows)
+    if rule == "expected":
+        return operating_point(proba, scores, costs, best_single, tolerance, guard_z, rows)
+    raise ValueError(f"train.operating_rule: {rule!r} is neither measured nor expected")
+
+
+def operating_line(op: dict, best_single: str) -> str:
+    """``op`` (an operating point's record) in one line: where, how accurate against always calling
+    ``best_single``, how much cheaper, and on which rows."""
+    rows = op["rows"]
+    on = " + ".join(f"{n} {k.replace('_', '-')}" for k, n in rows.items())
+    line = (f"tau {op['tau']:.4f} ({op['operating_rule']} rule): accuracy {op['accuracy']:.4f} vs "
+            f"{op['best_single_accuracy']:.4f} always calling {best_single} ({100 * op['accuracy_change']:+.2f} points, "
+            f"standard error {100 * op['accuracy_change_se']:.2f}), {op['saving_pct']:.1f}% cheaper, on {on} rows")
+    if op.get("guarded"):
+        u = op["unguarded"]
+        alone = "the point estimate" if op["operating_rule"] == "measured" else "the expected accuracy"
+        line += (f" (guarded: {alone} alone would have routed {u['saving_pct']:.1f}% cheaper at "
+                 f"{100 * u['accuracy_change']:+.2f} points)")
+    if op.get("promise_kept") is False:
+        line += "; even tau 0 may give away more than the tolerance on these rows"
+    return line
 
 
 # What route can serve (routers on prefill features, the task column optional, and the prior itself),
@@ -243,7 +370,7 @@ class OutOfFold:
 
 def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.ndarray, best_single: int,
                    folds: int, repeats: int, seed: int, tolerance: float, l2: float = 10.0,
-                   guard_z: float | None = None, oof: OutOfFold | None = None) -> Serving:
+                   guard_z: float | None = None, oof: OutOfFold | None = None, rule: str = "measured") -> Serving:
     """Blends of the fitted ``routers`` (name -> router) with ``prior`` (the task prior, the global
     mean without tasks), every candidate scored by cross-validated P-AUCCC; the servable winner
     (``choose``) and its operating point on the validation rows ``x_va`` (RouterInputs, rows measured
@@ -251,8 +378,9 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
 
     The rows the candidates are scored and the blends fitted on: ``x_va`` itself, or with ``oof`` the
     out-of-fold training rows (several times more rows than validation; only the routers ``oof``
-    holds are candidates). Then the operating point is measured on the validation rows with the
-    blends fitted on the training rows: probabilities of rows none of their weights was chosen on."""
+    holds are candidates). The operating point (``point_for``, by ``rule``): measured, on those rows
+    plus validation (the blends fitted on the training rows: probabilities of rows none of their
+    weights was chosen on); expected, on validation alone."""
     from .errors import ArtifactError
     from .model import logit
     from .routers import predict_any
@@ -304,5 +432,5 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
         p_op = fitted[winner].proba_of(z_of(proba_va, dict((n, p) for n, p, _ in BLENDS)[winner]))
     else:
         p_op = proba_va["prior" if winner == base else winner]
-    op = operating_point(p_op, scores, costs, best_single, tolerance, guard_z)
+    op = point_for(rule, winner, held, p_op, scores, costs, best_single, tolerance, guard_z)
     return Serving(winner, fitted, info, op, held)

@@ -75,7 +75,7 @@ class Bundle:
     output_tokens_median: dict[str, float]
     seconds: dict[str, float] = field(default_factory=dict)
     selection: dict = field(default_factory=dict)  # router_core.selection: every candidate's validation score
-    operating_point: dict = field(default_factory=dict)  # route's default threshold, chosen on validation
+    operating_point: dict = field(default_factory=dict)  # route's default threshold, chosen on held-out rows
     held_out: pa.Table | None = None  # router_core.held_out: the candidates' probabilities on those rows
     output_lengths: dict = field(default_factory=dict)  # router_core.lengths.OutputLengths, as a dict
     length_map: LinearLengths | None = None  # its map on prefill features, saved under output_lengths["prefill"]["folder"]
@@ -428,7 +428,7 @@ def serve_on_validation(cfg: AppConfig, routers: dict, prior_any: TaskPrior, pre
     fitted = {k: r for k, (r, _) in routers.items()}
     serving = choose_serving(fitted, prior_any, x_va, scores[rows], costs[rows], best_single, tc.cv_folds,
                              tc.cv_repeats, tc.seed, tolerance=tc.accuracy_tolerance,
-                             guard_z=tc.accuracy_guard_z, oof=oof)
+                             guard_z=tc.accuracy_guard_z, oof=oof, rule=tc.operating_rule)
     if serving.held_out is not None and serving.held_out.index is None:  # validation rows
         serving.held_out.index = np.flatnonzero(rows)
     for name, b in serving.blends.items():
@@ -438,16 +438,19 @@ def serve_on_validation(cfg: AppConfig, routers: dict, prior_any: TaskPrior, pre
         if tc.serve not in routers:
             raise DataError(f"train.serve: no router {tc.serve!r} (routers: {', '.join(routers)})")
         from .routers import predict_any
-        from .selection import operating_point
+        from .selection import point_for
 
         serving.winner = tc.serve
         serving.selection["forced"] = tc.serve
-        serving.operating_point = operating_point(predict_any(routers[tc.serve][0], x_va), scores[rows], costs[rows],
-                                                  best_single, tc.accuracy_tolerance, tc.accuracy_guard_z)
-    log.info("train: serving %s (P-AUCCC %.4f on %s rows, best %s); operating point tau %.4f, val saving %.1f%%",
+        serving.operating_point = point_for(tc.operating_rule, tc.serve, serving.held_out,
+                                            predict_any(routers[tc.serve][0], x_va), scores[rows], costs[rows],
+                                            best_single, tc.accuracy_tolerance, tc.accuracy_guard_z)
+    log.info("train: serving %s (P-AUCCC %.4f on %s rows, best %s); operating point tau %.4f, saving %.1f%% on "
+             "%s held-out rows",
              serving.winner, serving.selection["candidates"].get(serving.winner, {}).get("val_p_auccc", float("nan")),
              serving.selection.get("rows", {}).get("kind", "validation"),
-             serving.selection["best"], serving.operating_point["tau"], serving.operating_point["val_saving_pct"])
+             serving.selection["best"], serving.operating_point["tau"], serving.operating_point["saving_pct"],
+             sum(serving.operating_point["rows"].values()))
     return serving
 
 

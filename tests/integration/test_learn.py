@@ -70,7 +70,8 @@ def test_train_tunes_saves_and_reloads_an_ensemble(trained, tmp_path):
     sel, op = index["selection"], index["operating_point"]
     assert index["serve"] == index["default"] == sel["winner"] and sel["winner"].startswith("prefill_")
     assert sel["candidates"][sel["best"]]["val_p_auccc"] >= sel["candidates"][sel["winner"]]["val_p_auccc"]
-    assert 0 <= op["tau"] <= 1 and 0 < op["val_rows"] <= m["n_val"]
+    assert 0 <= op["tau"] <= 1 and 0 < op["rows"]["validation"] <= m["n_val"]
+    assert op["operating_rule"] == "measured" and op["rows"]["out_of_fold"] == sel["rows"]["n"]
     # The rows the choice was made on, kept with every candidate's probabilities, the semantic ones
     # refitted out of fold too (router_core.held_out): they replay each score the choice compared.
     from router_core.held_out import from_table

@@ -86,7 +86,7 @@ def test_onboard_adds_the_target_keeps_the_old_columns_to_the_bit_and_routes_it(
     lineage = idx.onboard
     assert lineage["targets"] == [NEW] and lineage["from_model"] == model and lineage["labels"] == 80
     assert lineage["from_index_sha256"] == hashlib.sha256((Path(model) / "manifest.json").read_bytes()).hexdigest()
-    assert idx.data_fingerprint != old.data_fingerprint and idx.operating_point["val_rows"] == 80
+    assert idx.data_fingerprint != old.data_fingerprint and idx.operating_point["rows"] == {"labelled": 80}
     assert _digests(model) == before  # the old version untouched
 
     # The old targets' probabilities, bit for bit; the new column beside them.

@@ -62,7 +62,7 @@ def test_route_from_s3_reconciles_and_is_idempotent(trained, s3_server, bucket, 
     assert len(set(routes.column("query_id").to_pylist())) == 120
     p = np.stack([routes.column(f"p:{t}").to_numpy() for t in targets], axis=1)
     chosen = [targets.index(m) for m in routes.column("model").to_pylist()]
-    # By default the model's operating point (chosen on validation by train): within tau of the most probable.
+    # By default the model's operating point (chosen by train on held-out rows): within tau of the most probable.
     assert (p[np.arange(120), chosen] >= p.max(axis=1) - tau - 1e-6).all() and tally["policy"]["tau"] == tau
     # The tally adds up.
     per = tally["per_model"]

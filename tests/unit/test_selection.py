@@ -7,7 +7,10 @@ from router_core import metrics as M
 from router_core.evaluation import _weighted_aucs, at_operating_point, paired_bootstrap
 from router_core.model import Preprocessor, SharedTrunkNet, TrainParams, fit_trunk, logit
 from router_core.routers import BlendRouter, RouterInputs, TaskPrior, TrunkRouter, load_router, save_router
-from router_core.selection import Scored, choose, choose_serving, cv_scores, explain, operating_point
+from router_core.held_out import HeldOut
+from router_core.routing import threshold_routes
+from router_core.selection import (Scored, choose, choose_serving, cv_scores, explain, measured_walk, operating_line,
+                                   operating_point, operating_point_measured, point_for)
 from router_core.storage import Storage
 
 
@@ -165,7 +168,7 @@ def test_the_prior_is_served_where_no_learned_router_beats_it_and_named_by_what_
         above = max(v["val_p_auccc"] for k, v in cand.items() if k != name) > cand[name]["val_p_auccc"]
         assert (sv.winner == name) == (not above) and with_tasks != above  # it serves exactly where it is best
         assert {"task_prior", "best_single"} - {name} & set(cand) == set()  # one prior, under its served name
-        assert sv.operating_point["val_rows"] == int(va.sum())
+        assert sv.operating_point["rows"] == {"validation": int(va.sum())}
 
 
 def test_cv_scores_judge_blends_on_rows_they_were_not_fitted_on():
@@ -228,15 +231,15 @@ def test_operating_point_is_the_cheapest_tau_within_the_tolerance_of_expected_ac
     # cheap target (0.9) and q1 to the middle one (0.9), q3 to the cheap one (a tie): 0.0175 expected
     # below, measured the same 0.75, at cost (1 + 2 + 4 + 1) / 4. The next gap (0.7) loses far more.
     op = operating_point(p, s, c, best_single=2, tolerance=0.02)
-    assert op["val_expected_accuracy"] == pytest.approx((0.9 + 0.9 + 0.9 + 0.3) / 4)
-    assert op["val_accuracy"] == pytest.approx(0.75) and op["val_mean_cost"] == pytest.approx(2.0)
-    assert op["val_saving_pct"] == pytest.approx(50.0) and 0.05 <= op["tau"] < 0.7
+    assert op["expected_accuracy"] == pytest.approx((0.9 + 0.9 + 0.9 + 0.3) / 4)
+    assert op["accuracy"] == pytest.approx(0.75) and op["mean_cost"] == pytest.approx(2.0)
+    assert op["saving_pct"] == pytest.approx(50.0) and 0.05 <= op["tau"] < 0.7
     at = at_operating_point(p, s, c, op, 2)
     assert at["accuracy"] == pytest.approx(0.75) and at["saving_pct"] == pytest.approx(50.0)
     # A tighter tolerance stops at gap 0.02 (q1 to the middle target, 0.005 expected below) and keeps
     # q0 on the dear one; tau halfway to the next gap.
     tight = operating_point(p, s, c, best_single=2, tolerance=0.01)
-    assert tight["tau"] == pytest.approx(0.035) and tight["val_mean_cost"] == pytest.approx((4 + 2 + 4 + 1) / 4)
+    assert tight["tau"] == pytest.approx(0.035) and tight["mean_cost"] == pytest.approx((4 + 2 + 4 + 1) / 4)
 
 
 def test_the_guard_stops_where_the_measured_accuracy_falls_significantly_below_the_tolerance():
@@ -247,17 +250,98 @@ def test_the_guard_stops_where_the_measured_accuracy_falls_significantly_below_t
     p = np.tile([0.94, 0.95], (n, 1))
     half = np.c_[np.arange(n) % 2 == 0, np.ones(n)].astype(float)  # the cheap one right on half the rows
     bare = operating_point(p, half, c, best_single=1, tolerance=0.02)
-    assert not bare["guarded"] and bare["val_saving_pct"] == pytest.approx(75.0)
+    assert not bare["guarded"] and bare["saving_pct"] == pytest.approx(75.0)
     op = operating_point(p, half, c, best_single=1, tolerance=0.02, guard_z=1.645)
-    assert op["guarded"] and op["tau"] == 0.0 and op["val_saving_pct"] == pytest.approx(0.0)
-    assert op["unguarded"]["val_saving_pct"] == pytest.approx(75.0) and op["unguarded"]["val_accuracy"] == 0.5
+    assert op["guarded"] and op["tau"] == 0.0 and op["saving_pct"] == pytest.approx(0.0)
+    assert op["unguarded"]["saving_pct"] == pytest.approx(75.0) and op["unguarded"]["accuracy"] == 0.5
     at = at_operating_point(p, half, c, op, 1)
     assert at["saving_pct"] == 0.0 and at["without_guard"]["accuracy_change_points"] == pytest.approx(-50.0)
     # One miss in 200 is within the tolerance's noise: the guard lets the cheap route through.
     almost = np.c_[np.arange(n) != 7, np.ones(n)].astype(float)
     ok = operating_point(p, almost, c, best_single=1, tolerance=0.02, guard_z=1.645)
-    assert not ok["guarded"] and ok["val_saving_pct"] == pytest.approx(75.0) and "without_guard" not in \
+    assert not ok["guarded"] and ok["saving_pct"] == pytest.approx(75.0) and "without_guard" not in \
         at_operating_point(p, almost, c, ok, 1)
+
+
+def test_the_measured_walk_is_the_threshold_policy_row_by_row():
+    """Graded scores, tied costs and tied probabilities: at every tau of the walk, its accuracy, cost
+    and the mean and standard error of d = score(routed) - score(best single) are those of the
+    routes threshold_routes gives there."""
+    rng = np.random.default_rng(4)
+    n, K = 70, 4
+    p = np.round(rng.random((n, K)), 1)
+    s = np.round(rng.random((n, K)), 2)
+    c = np.tile([1.0, 1.0, 3.0, 8.0], (n, 1)) * rng.choice([1.0, 1.5], (n, 1))
+    w = measured_walk(p, s, c, best_single=3)
+    assert w["tau"][0] == 0 and (np.diff(w["tau"]) > 0).all() and len(w["tau"]) > 5
+    for j, tau in enumerate(w["tau"]):
+        r = threshold_routes(p, c, float(tau))
+        d = s[np.arange(n), r] - s[:, 3]
+        assert w["accuracy"][j] == pytest.approx(s[np.arange(n), r].mean())
+        assert w["mean_cost"][j] == pytest.approx(c[np.arange(n), r].mean())
+        assert w["change"][j] == pytest.approx(d.mean()) and w["se"][j] == pytest.approx(d.std(ddof=1) / np.sqrt(n))
+
+
+def _winners_curse(n: int, rng, lucky: bool = False):
+    """Two targets, cost 1 and 10; the dear one (the best single) right on 80% of rows. On easy rows
+    the cheap one is right exactly where the dear one is; on hard rows (half) only 50% of the time,
+    independently. The router cannot tell them apart as well as it thinks: the cheap target is 0.001
+    below the dear one on easy rows and 0.004 on hard ones, so its expected accuracy says routing
+    every row to the cheap target costs 0.25 points. ``lucky``: a sample where on hard rows the
+    cheap one happened to be right exactly where the dear one was."""
+    hard = np.arange(n) % 2 == 1
+    dear = rng.random(n) < 0.8
+    cheap = np.where(hard & ~lucky, rng.random(n) < 0.5, dear)
+    p_dear = np.clip(0.8 + rng.normal(0, 0.02, n), 0.01, 0.99)
+    p = np.c_[p_dear - np.where(hard, 0.004, 0.001), p_dear]
+    return p, np.c_[cheap, dear].astype(float), np.tile([1.0, 10.0], (n, 1))
+
+
+def test_the_operating_point_on_every_out_of_fold_row_keeps_the_promise_where_validation_alone_misleads():
+    """87 validation rows that happen to show no loss, as on issue 47's small pool: the expected rule
+    (the router's own probabilities, guarded on validation) and the measured rule on validation alone
+    both route every row to the cheap target and lose 15 points on fresh rows. On 600 out-of-fold
+    training rows plus validation, the measured rule sees the loss on hard rows and stops before it:
+    on fresh rows it gives away nothing and still saves 45%."""
+    rng = np.random.default_rng(0)
+    p_oof, s_oof, c_oof = _winners_curse(600, rng)
+    p_va, s_va, c_va = _winners_curse(87, rng, lucky=True)
+    p_te, s_te, c_te = _winners_curse(4000, rng)
+    held = HeldOut("out-of-fold training", {"prefill_trunk": p_oof}, s_oof, c_oof, np.arange(600) % 5)
+    old = point_for("expected", "prefill_trunk", held, p_va, s_va, c_va, 1, 0.005, 1.645)
+    alone = point_for("measured", "prefill_trunk", None, p_va, s_va, c_va, 1, 0.005, 1.645)
+    new = point_for("measured", "prefill_trunk", held, p_va, s_va, c_va, 1, 0.005, 1.645)
+    assert old["rows"] == alone["rows"] == {"validation": 87} and new["rows"] == {"out_of_fold": 600, "validation": 87}
+    assert not old["guarded"] and old["accuracy"] == old["best_single_accuracy"]  # validation: no loss seen
+    for misled in (old, alone):
+        test = at_operating_point(p_te, s_te, c_te, misled, 1)
+        assert test["accuracy_change_points"] < -10 and test["saving_pct"] > 85
+    test = at_operating_point(p_te, s_te, c_te, new, 1)
+    assert new["operating_rule"] == "measured" and new["promise_kept"] and 0.001 < new["tau"] < 0.004
+    assert test["accuracy_change_points"] == 0.0 and 40 < test["saving_pct"] < 50  # the promise, kept
+    assert new["unguarded"]["tau"] == new["tau"] and not new["guarded"]  # the point estimate stops there too
+    assert "on 600 out-of-fold + 87 validation rows" in operating_line(new, "dear")
+
+
+def test_the_measured_bound_stops_sooner_than_the_point_estimate_and_says_when_even_tau_0_falls_short():
+    n = 200
+    c = np.tile([1.0, 4.0], (n, 1))
+    p = np.tile([0.94, 0.95], (n, 1))
+    # The cheap one wrong on 3 rows of 200: 1.5 points below, within the 2-point tolerance as a point
+    # estimate, but not at the one-sided 95% bound (standard error 0.86 points).
+    three = np.c_[np.arange(n) % 67 != 5, np.ones(n)].astype(float)
+    op = operating_point_measured(p, three, c, 1, 0.02, 1.645, {"validation": n})
+    assert op["guarded"] and op["tau"] == 0.0 and op["saving_pct"] == 0.0 and op["promise_kept"]
+    assert op["unguarded"]["saving_pct"] == pytest.approx(75.0)
+    assert op["unguarded"]["accuracy_change"] == pytest.approx(-0.015)
+    assert "guarded: the point estimate alone would have routed 75.0% cheaper at -1.50 points" in operating_line(op, "b")
+    bare = operating_point_measured(p, three, c, 1, 0.02, None, {"validation": n})
+    assert not bare["guarded"] and bare["saving_pct"] == pytest.approx(75.0)
+    # Where the router at tau 0 is already far below the best single, the record says so.
+    flipped = operating_point_measured(p[:, ::-1], np.c_[np.arange(n) % 2, np.ones(n)].astype(float), c, 1,
+                                       0.02, 1.645, {"validation": n})
+    assert flipped["tau"] == 0.0 and not flipped["promise_kept"] and flipped["accuracy_change"] == pytest.approx(-0.5)
+    assert "even tau 0 may give away more than the tolerance" in operating_line(flipped, "b")
 
 
 def test_weighted_auc_is_scikit_learns_on_the_resampled_rows():

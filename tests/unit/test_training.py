@@ -64,10 +64,12 @@ def test_bundle_serves_the_router_validation_chooses_and_it_round_trips(tmp_path
     else:
         assert sel["rows"] == {"kind": "validation", "n": n_val} and "prefill_trunk_distilled" in c
     op = bundle.operating_point
-    assert 0 <= op["tau"] <= 1  # within the tolerance of expected accuracy, or argmax (tau 0)
-    assert op["tolerance"] == 0.005 and (op["tau"] == 0 or op["val_expected_accuracy"]
-                                         >= op["best_single_val_expected_accuracy"] - op["tolerance"] - 1e-12)
-    assert op["guard_z"] == 1.645 and op["unguarded"]["val_saving_pct"] >= op["val_saving_pct"]  # the guard only stops sooner
+    # Chosen on measured outcomes of every held-out row: out of fold plus validation, or validation alone.
+    assert op["operating_rule"] == "measured" and 0 <= op["tau"] <= 1 and op["tolerance"] == 0.005
+    assert op["rows"] == ({"out_of_fold": n_train, "validation": n_val} if cross_fit else {"validation": n_val})
+    assert op["tau"] == 0 or op["accuracy_change"] - 1.645 * op["accuracy_change_se"] >= -0.005 - 1e-12
+    assert op["accuracy"] == pytest.approx(op["best_single_accuracy"] + op["accuracy_change"])
+    assert op["guard_z"] == 1.645 and op["unguarded"]["saving_pct"] >= op["saving_pct"]  # the guard only stops sooner
 
     refs = {"prefill": FeatureRef(uri="f", settings_key="k1", encoder={}),
             "semantic": FeatureRef(uri="s", settings_key="k2", encoder={}, column="mean_06")}
