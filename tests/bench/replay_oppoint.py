@@ -1,0 +1,104 @@
+"""Operating-point rules replayed on one trained model, without a refit: each rule chooses tau on the
+rows it is given (validation, or the out-of-fold training rows the model kept plus validation), and
+is judged on the test split, never chosen there.
+
+    python -m tests.bench.replay_oppoint --data out/demo/dataset --features out/demo/features \\
+        --model out/demo/model [--rows out/oppoint-rows.jsonl]
+
+Rules (router_core.selection): ``expected`` (the router's own expected accuracy on validation,
+guarded there: train.operating_rule expected), and ``measured`` at several guard z, on validation
+alone and on every held-out row. Per rule: tau, the saving and accuracy change promised on the rows
+it was chosen on (with the standard error), the same on test, whether the promise was kept (test
+accuracy at most ``--tolerance`` below always calling the best single) and whether the 95% interval
+(change +- 1.96 SE) held the test change. One JSON row per rule, appended to ``--rows`` if given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from router_core.dataset import load_dataset, outcome_matrix
+from router_core.evaluation import at_operating_point
+from router_core.held_out import from_table
+from router_core.lengths import OutputLengths
+from router_core.model_index import read_index
+from router_core.onboard import served_proba
+from router_core.selection import point_for
+from router_core.storage import Storage, join
+from router_core.training import all_costs, split_masks
+
+GUARDS = (None, 1.0, 1.645, 2.326)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="the model's dataset folder")
+    ap.add_argument("--features", required=True, help="its prefill feature cache")
+    ap.add_argument("--model", required=True, help="the model folder (with held_out.parquet)")
+    ap.add_argument("--tolerance", type=float, default=0.005)
+    ap.add_argument("--label", default="", help="a name for these rows (pool, variant, seed)")
+    ap.add_argument("--rows", help="append one JSON row per rule here")
+    a = ap.parse_args(argv)
+
+    st = Storage()
+    index = read_index(st, a.model)
+    ds = load_dataset(st, a.data)
+    q = ds.queries
+    qids, targets = q.column("query_id").to_pylist(), index.targets
+    splits = np.array(q.column("split").to_pylist(), dtype=object)
+    tc = index.config["train"]
+    _, va = split_masks(q.column("split").to_pylist(), qids, tc["seed"], tc["val_frac"])
+    splits[va] = "val"  # train's own validation rows (a val split, or cut from train)
+    tasks = q.column("task").to_pylist()
+    has_tasks = any(t is not None for t in tasks)
+    scores = outcome_matrix(ds.outcomes, qids, targets)
+    lengths = OutputLengths.of_index(index)
+    costs = all_costs(ds, qids, targets, lengths.expected(tasks if has_tasks else None, len(qids)))
+    best = targets.index(index.best_single)
+    serve = index.serve
+
+    def split_rows(name: str):
+        rows = np.flatnonzero((splits == name) & ~np.isnan(scores).any(axis=1))
+        p, have, _ = served_proba(st, a.model, index, serve, ds, a.features, rows)
+        rows, p = rows[have], p[have]
+        return p, scores[rows], costs[rows]
+
+    p_va, s_va, c_va = split_rows("val")
+    p_te, s_te, c_te = split_rows("test")
+    held = None
+    if index.held_out:
+        held, _, held_targets = from_table(st.read_table(join(a.model, index.held_out)))
+        if held_targets != targets:
+            raise SystemExit(f"{a.model}: held_out targets differ from the index's")
+    rules = [("expected", None, 1.645)] + [("measured", None, z) for z in GUARDS]
+    if held is not None and held.kind == "out-of-fold training":
+        rules += [("measured", held, z) for z in GUARDS]
+    out = []
+    for rule, rows_held, z in rules:
+        op = point_for(rule, serve, rows_held, p_va, s_va, c_va, best, a.tolerance, z)
+        test = at_operating_point(p_te, s_te, c_te, op, best)
+        change, se = 100 * op["accuracy_change"], 100 * op["accuracy_change_se"]
+        row = {"label": a.label, "served": serve, "rule": rule, "guard_z": z, "rows": op["rows"], "tau": op["tau"],
+               "promised_change_points": change, "promised_se_points": se, "promised_saving_pct": op["saving_pct"],
+               "test_change_points": test["accuracy_change_points"], "test_saving_pct": test["saving_pct"],
+               "n_test": len(s_te), "kept": bool(test["accuracy_change_points"] >= -100 * a.tolerance - 1e-9),
+               "interval_held": bool(abs(test["accuracy_change_points"] - change) <= 1.96 * se + 1e-9)}
+        out.append(row)
+        on = "+".join(f"{v} {k}" for k, v in op["rows"].items())
+        print(f"{rule:9s} z {z if z is not None else '-':>5} on {on:>28s}: tau {op['tau']:.4f}, promised "
+              f"{change:+.2f} +- {1.96 * se:.2f} pts at {op['saving_pct']:5.1f}% saving; test "
+              f"{test['accuracy_change_points']:+.2f} pts at {test['saving_pct']:5.1f}%"
+              f"{'' if row['kept'] else '  PROMISE BROKEN'}")
+    if a.rows:
+        with open(a.rows, "a") as f:
+            for row in out:
+                f.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
