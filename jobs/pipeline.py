@@ -77,10 +77,14 @@ def run_pipeline(cfg: AppConfig) -> dict:
     if op and pc.route_split == "test" and rt.policy.get("tau") == op["tau"]:
         # evaluate measured this operating point on the same queries with their observed costs;
         # route's tally prices calls from prompt lengths and median output tokens (an estimate).
+        pr = rt.tally.get("promise")
+        promised = (f"; train promised {pr['accuracy_change_points']:+.2f} points, 95% interval "
+                    f"{pr['interval_points'][0]:+.2f} to {pr['interval_points'][1]:+.2f} for a batch of this size"
+                    if pr else "")
         print(head + f"{op['saving_pct']:.1f}% cheaper than always calling {b['model']} at accuracy "
               f"{op['accuracy']:.4f} vs {op['reference_accuracy']:.4f} ({op['accuracy_change_points']:+.2f} points), "
               f"measured on the test split with observed costs (route's tally, on estimated costs: "
-              f"{b['saving_pct']:.1f}%)")
+              f"{b['saving_pct']:.1f}%{promised})")
     else:
         print(head + f"{b['saving_pct']:.1f}% cheaper than always calling {b['model']} (estimated costs)")
     total = sum(seconds.values())

@@ -37,7 +37,7 @@ from router_core.lengths import index_costs, length_map
 from router_core.features import MANIFEST, column_digest, read_manifest, settings_for
 from router_core.model_index import read_index, resolve_model
 from router_core.routers import ROUTERS, RouterInputs, TrunkRouter, load_router, predict_any
-from router_core.routing import assign, tally
+from router_core.routing import assign, promise_line, route_tally
 from router_core.storage import Storage, join
 
 from .actors import plan_groups, predict_parts
@@ -142,12 +142,8 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
     except ValueError as e:
         raise DataError(f"route: {e}") from None
     best = targets.index(index.best_single) if index.best_single in targets else 0
-    tal = tally(routes, proba, costs, targets, best)
-    tal.update(policy={"name": policy.name, **info}, router=name, cost_model=lengths.describe(), output_tokens_by=by)
-    if policy.name == "threshold" and index.operating_point and policy.tau == index.operating_point.get("tau"):
-        tal["policy"]["source"] = "the model's operating point (chosen by train on held-out rows)"
-    if policy.name == "budget":
-        tal["policy"]["used_usd"] = tal["total_cost_usd"]
+    tal = route_tally(routes, proba, costs, targets, best, policy.name, info, index.operating_point)
+    tal.update(router=name, cost_model=lengths.describe(), output_tokens_by=by)
     seconds["assign"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -243,6 +239,8 @@ def print_route(run: RouteRun) -> None:
           + (f" ({p['source']})" if "source" in p else ""))
     print(f"total ${t['total_cost_usd']:.4f}, expected accuracy {t['expected_accuracy']:.4f}; output tokens by "
           f"{t.get('output_tokens_by', 'median')} (the model: {t.get('cost_model', 'median output tokens per target')})")
+    if t.get("promise"):
+        print(promise_line(t["promise"], t["always_best_single"]["model"]))
     for key, label in (("always_most_expensive", "always the most expensive"), ("always_best_single", "always the best single")):
         b = t[key]
         print(f"  vs {label} ({b['model']}): ${b['cost_usd']:.4f}, expected accuracy {b['expected_accuracy']:.4f}; "

@@ -16,7 +16,7 @@ from router_core.config import AppConfig
 from router_core.dataset import load_dataset
 from router_core.features import load_features, read_manifest
 from router_core.model_index import FeatureRef, ModelIndex
-from router_core.selection import PRIORS, explain, operating_line
+from router_core.selection import PRIORS, explain, fallback_line, operating_line
 from router_core.storage import join
 from router_core.training import Bundle, fit_bundle, fit_in_process, save_bundle
 
@@ -91,8 +91,11 @@ def print_train(run: TrainRun) -> None:
         print("  serving:  " + f"{run.index.serve} (P-AUCCC on {on} rows, cross-validated: "
               + ", ".join(f"{k} {v['val_p_auccc']:.4f}" for k, v in cands[:6]) + ")")
         print(f"  why:      {explain(sel, run.index.serve)}")
-        if run.index.serve in PRIORS:
+        if run.index.serve in PRIORS and not sel.get("fallback"):
             print("  no learned router scores above the prior on held-out rows: route serves it, looking up each "
                   "query's task and encoding nothing")
     if op:
         print(f"  operating point: {operating_line(op, run.index.best_single)}")
+        careful = fallback_line(op, run.index.best_single, run.index.serve)
+        if careful:
+            print(f"  {careful}")

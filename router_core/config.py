@@ -158,6 +158,11 @@ class TrainConfig(Strict):
                                     "many standard errors (mean - z SE; 1.645 = one-sided 95%); null = the point "
                                     "estimate alone. expected: it stops where the measured accuracy is below by more "
                                     "than this many standard errors (mean + z SE); null = no guard")
+    fallback_best_single: bool = Field(
+        False, description="measured rule: where even tau 0 may give away more than accuracy_tolerance on the held-out "
+        "rows (its one-sided bound below), serve the best single target for every query instead of the router at tau "
+        "0 (train says so in one line either way). Off by default: on a few hundred rows the bound at tau 0 seldom "
+        "holds, so it would stop routing on most small pools; issue 47's study decides")
     operating_rule: Literal["measured", "expected"] = Field(
         "measured", description="how train chooses route's default threshold: measured = on the measured routed "
         "accuracy of every held-out row (the out-of-fold training rows the served router was chosen on, plus "

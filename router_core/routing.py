@@ -10,6 +10,8 @@ import numpy as np
 
 from .metrics import saving_pct
 
+Z95 = 1.959964  # two-sided 95%
+
 
 def threshold_routes(proba: np.ndarray, cost: np.ndarray, tau: float) -> np.ndarray:
     """Cheapest target whose probability is within ``tau`` of the best: tau 0 = argmax, 1 = cheapest."""
@@ -98,3 +100,52 @@ def tally(routes: np.ndarray, proba: np.ndarray, cost: np.ndarray, targets: list
         "always_most_expensive": baseline(dear),
         "always_best_single": baseline(best_single),
     }
+
+
+def route_tally(routes: np.ndarray, proba: np.ndarray, cost: np.ndarray, targets: list[str], best_single: int,
+                policy: str, info: dict, operating_point: dict | None) -> dict:
+    """``tally`` with the policy that made it (``info``: its parameters). At the model's operating
+    point (``operating_point``, train's record, where its tau is the one used) it says so, and what
+    the point promises a batch of this size (``batch_promise``); a budget says the dollars used."""
+    tal = dict(tally(routes, proba, cost, targets, best_single), policy={"name": policy, **info})
+    op = operating_point or {}
+    if policy == "threshold" and op and info.get("tau") == op.get("tau"):
+        tal["policy"]["source"] = "the model's operating point (chosen by train on held-out rows)"
+        promise = batch_promise(op, len(routes))
+        if promise:
+            tal["promise"] = promise
+    if policy == "budget":
+        tal["policy"]["used_usd"] = tal["total_cost_usd"]
+    return tal
+
+
+def change_interval(op: dict, batch: int | None = None) -> tuple[float, float]:
+    """The 95% interval of the accuracy change ``op`` promises: of the mean (``batch`` None), or of
+    what a batch of ``batch`` queries like those rows will show, its own sampling included
+    (sqrt(se^2 + sd^2 / batch))."""
+    c, se = op["accuracy_change"], op["accuracy_change_se"]
+    if batch:
+        se = float(np.sqrt(se ** 2 + op.get("accuracy_change_sd", 0.0) ** 2 / batch))
+    return c - Z95 * se, c + Z95 * se
+
+
+def batch_promise(op: dict, batch: int) -> dict | None:
+    """What the operating point ``op`` promises a batch of ``batch`` queries like the rows it was
+    chosen on: the accuracy change against always calling the best single target, in points, with
+    its 95% interval (``change_interval``, the batch's own sampling included). None for a record
+    without the figures (a model saved before them)."""
+    if "accuracy_change_se" not in op or "accuracy_change_sd" not in op:
+        return None
+    lo, hi = change_interval(op, batch)
+    return {"accuracy_change_points": 100 * op["accuracy_change"], "interval_points": [100 * lo, 100 * hi],
+            "batch": int(batch), "rows": op["rows"], "operating_rule": op["operating_rule"],
+            "fallback": op.get("fallback")}
+
+
+def promise_line(promise: dict, best_single: str) -> str:
+    """``batch_promise``'s record in one line, for route's printout."""
+    lo, hi = promise["interval_points"]
+    on = " + ".join(f"{n} {k.replace('_', '-')}" for k, n in promise["rows"].items())
+    return (f"promised at the operating point, for a batch of {promise['batch']} like train's held-out rows: "
+            f"{promise['accuracy_change_points']:+.2f} points against always calling {best_single} "
+            f"(95% interval {lo:+.2f} to {hi:+.2f}; from {on} rows)")

@@ -32,7 +32,7 @@ import numpy as np
 from . import metrics as M
 from .held_out import HeldOut
 from .routers import BlendRouter, MixMean, MixRouter
-from .routing import threshold_routes
+from .routing import Z95, threshold_routes
 
 
 @dataclass
@@ -118,6 +118,10 @@ def explain(selection: dict, served: str) -> str:
     cand, best = selection["candidates"], selection["best"]
     rows = selection.get("rows", {"kind": "validation"})
     on = f"{rows['n']} {rows['kind']} rows" if "n" in rows else f"{rows['kind']} rows"
+    fb = selection.get("fallback")
+    if fb and served == fb["to"]:
+        return (f"{served} serves: {fb['from']} was chosen on {on}, but even at tau 0 it may give away more than "
+                f"the tolerance against always calling the best single target (the operating point's fallback)")
     if served in PRIORS:
         why = f"the prior scored at least as well as every learned router on {on}"
     elif served == best:
@@ -177,7 +181,8 @@ def operating_point(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, be
     return {"policy": "threshold", "rule": "expected accuracy within tolerance of the best single"
             + ("" if guard_z is None else ", measured accuracy not significantly below it"),
             "operating_rule": "expected", "tolerance": float(tolerance), "guard_z": guard_z,
-            "guarded": guard_tau is not None, **chosen, "best_single_expected_accuracy": ref_exp,
+            "guarded": guard_tau is not None, **chosen, **uncertainty(proba, scores, costs, best_single, chosen["tau"]),
+            "best_single_expected_accuracy": ref_exp,
             "best_single_accuracy": ref_acc, "best_single_mean_cost": ref_cost,
             "rows": rows or {"validation": int(n)}, "unguarded": unguarded}
 
@@ -190,6 +195,25 @@ def _point(tau: float, next_tau: float | None, acc: float, cost: float, se: floa
         tau = (tau + next_tau) / 2
     return {"tau": float(min(tau, 1.0)), "accuracy": acc, "mean_cost": cost,
             "saving_pct": M.saving_pct(cost, ref_cost), "accuracy_change": acc - ref_acc, "accuracy_change_se": se}
+
+
+def uncertainty(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, best_single: int, tau: float) -> dict:
+    """How sure the rows are of the point at ``tau``: the per-row standard deviation of d =
+    score(routed) - score(best single) (``accuracy_change_sd``, for a batch's interval:
+    ``change_interval``), the 95% interval of the mean change, and of the saving against always
+    calling the best single (the ratio of mean costs, by the delta method: per row
+    routed cost - ratio x the best single's cost)."""
+    n, idx = len(scores), np.arange(len(scores))
+    r = threshold_routes(proba, costs, tau)
+    d = scores[idx, r] - scores[:, best_single]
+    paid, ref = costs[idx, r], costs[:, best_single]
+    sd = float(d.std(ddof=1)) if n > 1 else 0.0
+    se = sd / np.sqrt(n) if n else 0.0
+    ratio = float(paid.mean() / ref.mean()) if ref.mean() > 0 else 1.0
+    se_ratio = float((paid - ratio * ref).std(ddof=1) / np.sqrt(n) / ref.mean()) if n > 1 and ref.mean() > 0 else 0.0
+    return {"accuracy_change_sd": sd,
+            "accuracy_change_interval": [float(d.mean() - Z95 * se), float(d.mean() + Z95 * se)],
+            "saving_interval_pct": [100.0 * (1 - ratio - Z95 * se_ratio), 100.0 * (1 - ratio + Z95 * se_ratio)]}
 
 
 def measured_walk(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, best_single: int) -> dict[str, np.ndarray]:
@@ -237,8 +261,14 @@ def operating_point_measured(proba: np.ndarray, scores: np.ndarray, costs: np.nd
     tau whose one-sided bound mean(d) - guard_z * SE(d) falls below -``tolerance``: the cheapest point
     at which the rows say, at that confidence, that the router gives away at most ``tolerance``
     (guard_z None = 0: the point estimate alone). ``unguarded`` records where the point estimate
-    alone would have stopped. Tau 0 is kept even where its own bound is below: what serves there
-    instead is issue 47's next slice (``promise_kept`` says whether the bound held at the point)."""
+    alone would have stopped.
+
+    Where no tau above 0 passes, the rows are too few (or the router too weak) to promise a saving
+    within the tolerance, and ``fallback`` says which careful point is left: "tau 0" (each query to
+    its most probable target) where its own bound holds (``promise_kept``), else "best single": even
+    tau 0 may give away more than the tolerance, and train serves the best single target instead
+    (``choose_serving``). The record carries the 95% intervals of the change and the saving
+    (``uncertainty``)."""
     w = measured_walk(proba, scores, costs, best_single)
     z = 0.0 if guard_z is None else float(guard_z)
     ref_acc, ref_cost = float(scores[:, best_single].mean()), float(costs[:, best_single].mean())
@@ -255,12 +285,16 @@ def operating_point_measured(proba: np.ndarray, scores: np.ndarray, costs: np.nd
     floor = -tolerance - 1e-12
     j_bound, j_point = end(w["change"] - z * w["se"] >= floor), end(w["change"] >= floor)
     chosen = placed(j_bound)
+    kept = bool(chosen["accuracy_change"] - z * chosen["accuracy_change_se"] >= floor)
+    # Too few rows (or too weak a router) to promise any saving: the careful points, said in one line.
+    fallback = None if j_bound > 0 else ("tau 0" if kept else "best single")
     return {"policy": "threshold", "operating_rule": "measured",
             "rule": "the cheapest tau before the first whose measured accuracy, against always calling the best "
                     f"single on {sum(rows.values())} held-out rows, may be more than the tolerance below it "
                     f"(one-sided bound, z {z:g})",
             "tolerance": float(tolerance), "guard_z": guard_z, "guarded": j_bound < j_point, **chosen,
-            "promise_kept": bool(chosen["accuracy_change"] - z * chosen["accuracy_change_se"] >= floor),
+            **uncertainty(proba, scores, costs, best_single, chosen["tau"]),
+            "promise_kept": kept, "fallback": fallback,
             "best_single_accuracy": ref_acc, "best_single_mean_cost": ref_cost, "rows": dict(rows),
             "unguarded": placed(j_point)}
 
@@ -295,21 +329,38 @@ def point_on(rule: str, proba: np.ndarray, scores: np.ndarray, costs: np.ndarray
 
 
 def operating_line(op: dict, best_single: str) -> str:
-    """``op`` (an operating point's record) in one line: where, how accurate against always calling
-    ``best_single``, how much cheaper, and on which rows."""
-    rows = op["rows"]
-    on = " + ".join(f"{n} {k.replace('_', '-')}" for k, n in rows.items())
-    line = (f"tau {op['tau']:.4f} ({op['operating_rule']} rule): accuracy {op['accuracy']:.4f} vs "
-            f"{op['best_single_accuracy']:.4f} always calling {best_single} ({100 * op['accuracy_change']:+.2f} points, "
-            f"standard error {100 * op['accuracy_change_se']:.2f}), {op['saving_pct']:.1f}% cheaper, on {on} rows")
+    """``op`` (an operating point's record) in one line: where, the accuracy change against always
+    calling ``best_single`` and the saving, each with its 95% interval, and on which rows."""
+    on = " + ".join(f"{n} {k.replace('_', '-')}" for k, n in op["rows"].items())
+    lo, hi = (100 * v for v in op["accuracy_change_interval"])
+    slo, shi = op["saving_interval_pct"]
+    line = (f"tau {op['tau']:.4f} ({op['operating_rule']} rule): {100 * op['accuracy_change']:+.2f} points against "
+            f"always calling {best_single} (95% interval {lo:+.2f} to {hi:+.2f}), {op['saving_pct']:.1f}% cheaper "
+            f"(95% interval {slo:.1f}% to {shi:.1f}%), from {on} rows")
     if op.get("guarded"):
         u = op["unguarded"]
         alone = "the point estimate" if op["operating_rule"] == "measured" else "the expected accuracy"
         line += (f" (guarded: {alone} alone would have routed {u['saving_pct']:.1f}% cheaper at "
                  f"{100 * u['accuracy_change']:+.2f} points)")
-    if op.get("promise_kept") is False:
-        line += "; even tau 0 may give away more than the tolerance on these rows"
     return line
+
+
+def fallback_line(op: dict, best_single: str, served: str) -> str | None:
+    """Where the rows were too few to promise a saving within the tolerance (``op['fallback']``),
+    the careful point route runs at, in one line; None elsewhere."""
+    fb = op.get("fallback")
+    if not fb:
+        return None
+    n, tol = sum(op["rows"].values()), 100 * op["tolerance"]
+    if fb == "tau 0":
+        return (f"{n} held-out rows are too few to promise any saving within {tol:.1f} points of always calling "
+                f"{best_single}: route runs at tau 0, each query to its most probable target")
+    if served == "best_single":  # train.fallback_best_single
+        return (f"on {n} held-out rows even the router's most probable targets may fall more than {tol:.1f} points "
+                f"below always calling {best_single}: route serves {best_single}, always")
+    return (f"on {n} held-out rows even {served}'s most probable targets may fall more than {tol:.1f} points below "
+            f"always calling {best_single}; it serves at tau 0 (train.fallback_best_single would serve "
+            f"{best_single} instead)")
 
 
 # What route can serve (routers on prefill features, the task column optional, and the prior itself),
@@ -370,7 +421,8 @@ class OutOfFold:
 
 def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.ndarray, best_single: int,
                    folds: int, repeats: int, seed: int, tolerance: float, l2: float = 10.0,
-                   guard_z: float | None = None, oof: OutOfFold | None = None, rule: str = "measured") -> Serving:
+                   guard_z: float | None = None, oof: OutOfFold | None = None, rule: str = "measured",
+                   fallback_best_single: bool = False) -> Serving:
     """Blends of the fitted ``routers`` (name -> router) with ``prior`` (the task prior, the global
     mean without tasks), every candidate scored by cross-validated P-AUCCC; the servable winner
     (``choose``) and its operating point on the validation rows ``x_va`` (RouterInputs, rows measured
@@ -380,7 +432,8 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
     out-of-fold training rows (several times more rows than validation; only the routers ``oof``
     holds are candidates). The operating point (``point_for``, by ``rule``): measured, on those rows
     plus validation (the blends fitted on the training rows: probabilities of rows none of their
-    weights was chosen on); expected, on validation alone."""
+    weights was chosen on); expected, on validation alone. ``fallback_best_single``: where even tau 0
+    may break the promise (the point's fallback "best single"), serve best_single instead."""
     from .errors import ArtifactError
     from .model import logit
     from .routers import predict_any
@@ -433,4 +486,13 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
     else:
         p_op = proba_va["prior" if winner == base else winner]
     op = point_for(rule, winner, held, p_op, scores, costs, best_single, tolerance, guard_z)
+    if (fallback_best_single and op.get("fallback") == "best single" and winner != "best_single"
+            and ("best_single" in pool or base == "best_single")):
+        # Even the router's most probable targets may give away more than the tolerance: always call the best single.
+        info["fallback"] = {"from": winner, "to": "best_single", "from_operating_point": op}
+        winner = "best_single"
+        op = {k: v for k, v in op.items() if k != "unguarded"}
+        op.update(tau=0.0, accuracy=op["best_single_accuracy"], mean_cost=op["best_single_mean_cost"], saving_pct=0.0,
+                  accuracy_change=0.0, accuracy_change_se=0.0, accuracy_change_sd=0.0, guarded=False,
+                  accuracy_change_interval=[0.0, 0.0], saving_interval_pct=[0.0, 0.0], promise_kept=True)
     return Serving(winner, fitted, info, op, held)

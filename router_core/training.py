@@ -428,7 +428,8 @@ def serve_on_validation(cfg: AppConfig, routers: dict, prior_any: TaskPrior, pre
     fitted = {k: r for k, (r, _) in routers.items()}
     serving = choose_serving(fitted, prior_any, x_va, scores[rows], costs[rows], best_single, tc.cv_folds,
                              tc.cv_repeats, tc.seed, tolerance=tc.accuracy_tolerance,
-                             guard_z=tc.accuracy_guard_z, oof=oof, rule=tc.operating_rule)
+                             guard_z=tc.accuracy_guard_z, oof=oof, rule=tc.operating_rule,
+                             fallback_best_single=tc.fallback_best_single)
     if serving.held_out is not None and serving.held_out.index is None:  # validation rows
         serving.held_out.index = np.flatnonzero(rows)
     for name, b in serving.blends.items():

@@ -10,7 +10,8 @@ guarded there: train.operating_rule expected), and ``measured`` at several guard
 alone and on every held-out row. Per rule: tau, the saving and accuracy change promised on the rows
 it was chosen on (with the standard error), the same on test, whether the promise was kept (test
 accuracy at most ``--tolerance`` below always calling the best single) and whether the 95% interval
-(change +- 1.96 SE) held the test change. One JSON row per rule, appended to ``--rows`` if given.
+for a batch of the test's size (routing.change_interval) held the test change. One JSON row per
+rule, appended to ``--rows`` if given.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from router_core.held_out import from_table
 from router_core.lengths import OutputLengths
 from router_core.model_index import read_index
 from router_core.onboard import served_proba
+from router_core.routing import change_interval
 from router_core.selection import point_for
 from router_core.storage import Storage, join
 from router_core.training import all_costs, split_masks
@@ -34,19 +36,11 @@ from router_core.training import all_costs, split_masks
 GUARDS = (None, 1.0, 1.645, 2.326)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", required=True, help="the model's dataset folder")
-    ap.add_argument("--features", required=True, help="its prefill feature cache")
-    ap.add_argument("--model", required=True, help="the model folder (with held_out.parquet)")
-    ap.add_argument("--tolerance", type=float, default=0.005)
-    ap.add_argument("--label", default="", help="a name for these rows (pool, variant, seed)")
-    ap.add_argument("--rows", help="append one JSON row per rule here")
-    a = ap.parse_args(argv)
-
+def replay(data: str, features: str, model: str, tolerance: float = 0.005) -> list[dict]:
+    """One row per rule (see the module's docstring) on the model in folder ``model``."""
     st = Storage()
-    index = read_index(st, a.model)
-    ds = load_dataset(st, a.data)
+    index = read_index(st, model)
+    ds = load_dataset(st, data)
     q = ds.queries
     qids, targets = q.column("query_id").to_pylist(), index.targets
     splits = np.array(q.column("split").to_pylist(), dtype=object)
@@ -58,41 +52,56 @@ def main(argv: list[str] | None = None) -> int:
     scores = outcome_matrix(ds.outcomes, qids, targets)
     lengths = OutputLengths.of_index(index)
     costs = all_costs(ds, qids, targets, lengths.expected(tasks if has_tasks else None, len(qids)))
-    best = targets.index(index.best_single)
-    serve = index.serve
+    best, serve = targets.index(index.best_single), index.serve
 
     def split_rows(name: str):
         rows = np.flatnonzero((splits == name) & ~np.isnan(scores).any(axis=1))
-        p, have, _ = served_proba(st, a.model, index, serve, ds, a.features, rows)
-        rows, p = rows[have], p[have]
-        return p, scores[rows], costs[rows]
+        p, have, _ = served_proba(st, model, index, serve, ds, features, rows)
+        return p[have], scores[rows[have]], costs[rows[have]]
 
     p_va, s_va, c_va = split_rows("val")
     p_te, s_te, c_te = split_rows("test")
     held = None
     if index.held_out:
-        held, _, held_targets = from_table(st.read_table(join(a.model, index.held_out)))
+        held, _, held_targets = from_table(st.read_table(join(model, index.held_out)))
         if held_targets != targets:
-            raise SystemExit(f"{a.model}: held_out targets differ from the index's")
+            raise SystemExit(f"{model}: held_out targets differ from the index's")
     rules = [("expected", None, 1.645)] + [("measured", None, z) for z in GUARDS]
     if held is not None and held.kind == "out-of-fold training":
         rules += [("measured", held, z) for z in GUARDS]
     out = []
     for rule, rows_held, z in rules:
-        op = point_for(rule, serve, rows_held, p_va, s_va, c_va, best, a.tolerance, z)
+        op = point_for(rule, serve, rows_held, p_va, s_va, c_va, best, tolerance, z)
         test = at_operating_point(p_te, s_te, c_te, op, best)
-        change, se = 100 * op["accuracy_change"], 100 * op["accuracy_change_se"]
-        row = {"label": a.label, "served": serve, "rule": rule, "guard_z": z, "rows": op["rows"], "tau": op["tau"],
-               "promised_change_points": change, "promised_se_points": se, "promised_saving_pct": op["saving_pct"],
-               "test_change_points": test["accuracy_change_points"], "test_saving_pct": test["saving_pct"],
-               "n_test": len(s_te), "kept": bool(test["accuracy_change_points"] >= -100 * a.tolerance - 1e-9),
-               "interval_held": bool(abs(test["accuracy_change_points"] - change) <= 1.96 * se + 1e-9)}
-        out.append(row)
-        on = "+".join(f"{v} {k}" for k, v in op["rows"].items())
-        print(f"{rule:9s} z {z if z is not None else '-':>5} on {on:>28s}: tau {op['tau']:.4f}, promised "
-              f"{change:+.2f} +- {1.96 * se:.2f} pts at {op['saving_pct']:5.1f}% saving; test "
-              f"{test['accuracy_change_points']:+.2f} pts at {test['saving_pct']:5.1f}%"
-              f"{'' if row['kept'] else '  PROMISE BROKEN'}")
+        lo, hi = (100 * v for v in change_interval(op, len(s_te)))
+        out.append({"served": serve, "rule": rule, "guard_z": z, "rows": op["rows"], "tau": op["tau"],
+                    "fallback": op.get("fallback"), "promised_change_points": 100 * op["accuracy_change"],
+                    "promised_se_points": 100 * op["accuracy_change_se"], "batch_interval_points": [lo, hi],
+                    "promised_saving_pct": op["saving_pct"], "test_change_points": test["accuracy_change_points"],
+                    "test_saving_pct": test["saving_pct"], "n_test": len(s_te),
+                    "kept": bool(test["accuracy_change_points"] >= -100 * tolerance - 1e-9),
+                    "interval_held": bool(lo - 1e-9 <= test["accuracy_change_points"] <= hi + 1e-9)})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="the model's dataset folder")
+    ap.add_argument("--features", required=True, help="its prefill feature cache")
+    ap.add_argument("--model", required=True, help="the model folder (with held_out.parquet)")
+    ap.add_argument("--tolerance", type=float, default=0.005)
+    ap.add_argument("--label", default="", help="a name for these rows (pool, variant, seed)")
+    ap.add_argument("--rows", help="append one JSON row per rule here")
+    a = ap.parse_args(argv)
+    out = [dict(r, label=a.label) for r in replay(a.data, a.features, a.model, a.tolerance)]
+    for r in out:
+        on = "+".join(f"{v} {k}" for k, v in r["rows"].items())
+        z = r["guard_z"] if r["guard_z"] is not None else "-"
+        print(f"{r['rule']:9s} z {z:>5} on {on:>28s}: tau {r['tau']:.4f}, promised {r['promised_change_points']:+.2f} "
+              f"(batch interval {r['batch_interval_points'][0]:+.2f} to {r['batch_interval_points'][1]:+.2f}) at "
+              f"{r['promised_saving_pct']:5.1f}% saving; test {r['test_change_points']:+.2f} pts at "
+              f"{r['test_saving_pct']:5.1f}%{'' if r['kept'] else '  PROMISE BROKEN'}"
+              f"{'' if r['interval_held'] else '  OUTSIDE INTERVAL'}")
     if a.rows:
         with open(a.rows, "a") as f:
             for row in out:

@@ -68,3 +68,6 @@ def test_pipeline_end_to_end_on_a_real_llmrouter_slice(tmp_path, encoder_cache):
     run = json.loads((out / "routes" / "run.json").read_text())
     assert run["status"] == "complete" and run["routed"] + run["rejected"] == run["input_rows"] == len(test)
     assert f"report: {out}/report/report.html" in r.stdout and "== done in" in r.stdout
+    # The last figure line: the measured test saving and change, beside what train promised with its interval.
+    last = next(line for line in r.stdout.splitlines() if line.startswith(f"== {len(test)} test queries routed"))
+    assert "measured on the test split" in last and "train promised" in last and "95% interval" in last, last

@@ -64,6 +64,11 @@ def test_route_from_s3_reconciles_and_is_idempotent(trained, s3_server, bucket, 
     chosen = [targets.index(m) for m in routes.column("model").to_pylist()]
     # By default the model's operating point (chosen by train on held-out rows): within tau of the most probable.
     assert (p[np.arange(120), chosen] >= p.max(axis=1) - tau - 1e-6).all() and tally["policy"]["tau"] == tau
+    # What that point promises this batch of 120: the change against the best single, with its interval.
+    pr, op = tally["promise"], index["operating_point"]
+    assert pr["batch"] == 120 and pr["rows"] == op["rows"] and pr["accuracy_change_points"] == 100 * op["accuracy_change"]
+    assert pr["interval_points"][0] < pr["accuracy_change_points"] < pr["interval_points"][1]
+    assert "promised at the operating point, for a batch of 120 like train's held-out rows" in text
     # The tally adds up.
     per = tally["per_model"]
     assert sum(v["queries"] for v in per.values()) == 120

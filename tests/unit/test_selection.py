@@ -8,9 +8,9 @@ from router_core.evaluation import _weighted_aucs, at_operating_point, paired_bo
 from router_core.model import Preprocessor, SharedTrunkNet, TrainParams, fit_trunk, logit
 from router_core.routers import BlendRouter, RouterInputs, TaskPrior, TrunkRouter, load_router, save_router
 from router_core.held_out import HeldOut
-from router_core.routing import threshold_routes
-from router_core.selection import (Scored, choose, choose_serving, cv_scores, explain, measured_walk, operating_line,
-                                   operating_point, operating_point_measured, point_for)
+from router_core.routing import batch_promise, change_interval, promise_line, route_tally, threshold_routes
+from router_core.selection import (Scored, choose, choose_serving, cv_scores, explain, fallback_line, measured_walk,
+                                   operating_line, operating_point, operating_point_measured, point_for)
 from router_core.storage import Storage
 
 
@@ -171,6 +171,34 @@ def test_the_prior_is_served_where_no_learned_router_beats_it_and_named_by_what_
         assert sv.operating_point["rows"] == {"validation": int(va.sum())}
 
 
+def test_where_even_tau_0_may_break_the_promise_train_says_so_and_can_serve_the_best_single():
+    """Without tasks, a blend of noise scores above the prior by chance (the test above) and is chosen;
+    at tau 0 its 200 rows cannot rule out that it gives away more than half a point against the best
+    single. train says so; with train.fallback_best_single it serves always calling it, and explain says why."""
+    rng = np.random.default_rng(5)
+    n, K = 400, 3
+    rate = np.array([[0.9, 0.5, 0.6], [0.3, 0.8, 0.85], [0.5, 0.5, 0.9], [0.7, 0.9, 0.95]])
+    scores = (rng.random((n, K)) < rate[np.arange(n) % 4]).astype(float)
+    costs = np.tile([1.0, 3.0, 9.0], (n, 1))
+    va = np.arange(n) >= n // 2
+    prior = TaskPrior().fit([None] * int((~va).sum()), scores[~va])
+    x = RouterInputs(n=int(va.sum()))
+    args = ({"prefill_trunk": _Noise(K)}, prior, x, scores[va], costs[va], 2, 2, 5, 0, 0.005)
+    kept = choose_serving(*args, guard_z=1.645)  # by default the router still serves, at tau 0, and it is said
+    assert kept.winner.startswith("prefill_") and "fallback" not in kept.selection
+    assert kept.operating_point["fallback"] == "best single" and kept.operating_point["tau"] == 0
+    assert "train.fallback_best_single would serve t2 instead" in fallback_line(kept.operating_point, "t2", kept.winner)
+    sv = choose_serving(*args, guard_z=1.645, fallback_best_single=True)
+    fb, op = sv.selection["fallback"], sv.operating_point
+    assert sv.winner == "best_single" and fb["to"] == "best_single" and fb["from"].startswith("prefill_")
+    was = fb["from_operating_point"]
+    assert not was["promise_kept"] and was["tau"] == 0 and was["accuracy_change"] - 1.645 * was["accuracy_change_se"] < -0.005
+    assert op["fallback"] == "best single" and op["tau"] == 0.0 and op["saving_pct"] == 0.0
+    assert op["accuracy"] == op["best_single_accuracy"] and op["accuracy_change_interval"] == [0.0, 0.0]
+    assert "even at tau 0 it may give away more than the tolerance" in explain(sv.selection, sv.winner)
+    assert fallback_line(op, "t2", sv.winner).endswith("route serves t2, always")
+
+
 def test_cv_scores_judge_blends_on_rows_they_were_not_fitted_on():
     rng = np.random.default_rng(2)
     n, K = 120, 3
@@ -320,7 +348,7 @@ def test_the_operating_point_on_every_out_of_fold_row_keeps_the_promise_where_va
     assert new["operating_rule"] == "measured" and new["promise_kept"] and 0.001 < new["tau"] < 0.004
     assert test["accuracy_change_points"] == 0.0 and 40 < test["saving_pct"] < 50  # the promise, kept
     assert new["unguarded"]["tau"] == new["tau"] and not new["guarded"]  # the point estimate stops there too
-    assert "on 600 out-of-fold + 87 validation rows" in operating_line(new, "dear")
+    assert "from 600 out-of-fold + 87 validation rows" in operating_line(new, "dear") and new["fallback"] is None
 
 
 def test_the_measured_bound_stops_sooner_than_the_point_estimate_and_says_when_even_tau_0_falls_short():
@@ -341,7 +369,52 @@ def test_the_measured_bound_stops_sooner_than_the_point_estimate_and_says_when_e
     flipped = operating_point_measured(p[:, ::-1], np.c_[np.arange(n) % 2, np.ones(n)].astype(float), c, 1,
                                        0.02, 1.645, {"validation": n})
     assert flipped["tau"] == 0.0 and not flipped["promise_kept"] and flipped["accuracy_change"] == pytest.approx(-0.5)
-    assert "even tau 0 may give away more than the tolerance" in operating_line(flipped, "b")
+    # The careful points, each said in one line: tau 0 where its bound holds, else the best single.
+    assert op["fallback"] == "tau 0" and fallback_line(op, "b", "prefill_trunk") == (
+        "200 held-out rows are too few to promise any saving within 2.0 points of always calling b: route runs at "
+        "tau 0, each query to its most probable target")
+    assert flipped["fallback"] == "best single" and bare["fallback"] is None and fallback_line(bare, "b", "x") is None
+    assert fallback_line(flipped, "b", "best_single") == (
+        "on 200 held-out rows even the router's most probable targets may fall more than 2.0 points below always "
+        "calling b: route serves b, always")
+
+
+def test_the_intervals_are_those_of_the_routes_at_the_point_and_a_batch_adds_its_own_sampling():
+    rng = np.random.default_rng(7)
+    n, K = 400, 3
+    s = (rng.random((n, K)) < [0.5, 0.6, 0.7]).astype(float)
+    p = np.clip(0.3 + 0.4 * s + rng.normal(0, 0.2, (n, K)), 0.01, 0.99)  # a router that knows something
+    c = np.tile([1.0, 2.0, 5.0], (n, 1)) * rng.uniform(0.5, 1.5, (n, K))
+    op = operating_point_measured(p, s, c, 2, 0.02, 1.645, {"validation": n})
+    assert 0 < op["tau"] < 1 and op["fallback"] is None and 50 < op["saving_pct"] < 80
+    r = threshold_routes(p, c, op["tau"])
+    d, paid = s[np.arange(n), r] - s[:, 2], c[np.arange(n), r]
+    se = d.std(ddof=1) / np.sqrt(n)
+    assert op["accuracy_change"] == pytest.approx(d.mean()) and op["accuracy_change_se"] == pytest.approx(se)
+    assert op["accuracy_change_interval"] == pytest.approx([d.mean() - 1.96 * se, d.mean() + 1.96 * se], abs=1e-4)
+    # The saving's interval: the ratio of mean costs, by the delta method; it holds the saving.
+    lo, hi = op["saving_interval_pct"]
+    assert op["saving_pct"] == pytest.approx(100 * (1 - paid.mean() / c[:, 2].mean())) and lo < op["saving_pct"] < hi
+    boot = [100 * (1 - paid[i].mean() / c[i, 2].mean()) for i in (rng.integers(0, n, n) for _ in range(2000))]
+    assert hi - lo == pytest.approx(np.percentile(boot, 97.5) - np.percentile(boot, 2.5), rel=0.15)
+    # A batch of m queries: its own sampling widens the interval; a batch of the rows' size by sqrt(2).
+    mean_lo, mean_hi = change_interval(op)
+    b_lo, b_hi = change_interval(op, n)
+    assert (b_hi - b_lo) == pytest.approx(np.sqrt(2) * (mean_hi - mean_lo))
+    pr = batch_promise(op, 953)
+    assert pr["batch"] == 953 and pr["interval_points"][0] < pr["accuracy_change_points"] < pr["interval_points"][1]
+    assert batch_promise({k: v for k, v in op.items() if k != "accuracy_change_sd"}, 10) is None  # an older record
+    # route's tally: the promise for its batch where it runs at the model's operating point, not elsewhere.
+    r = threshold_routes(p[:50], c[:50], op["tau"])
+    tal = route_tally(r, p[:50], c[:50], ["a", "b", "c"], 2, "threshold", {"tau": op["tau"]}, op)
+    assert tal["policy"]["source"].startswith("the model's operating point") and tal["promise"] == batch_promise(op, 50)
+    lo, hi = (100 * v for v in change_interval(op, 50))
+    assert promise_line(tal["promise"], "c") == (
+        f"promised at the operating point, for a batch of 50 like train's held-out rows: "
+        f"{100 * op['accuracy_change']:+.2f} points against always calling c (95% interval {lo:+.2f} to {hi:+.2f}; "
+        f"from 400 validation rows)")
+    other = route_tally(r, p[:50], c[:50], ["a", "b", "c"], 2, "threshold", {"tau": 0.5}, op)
+    assert "promise" not in other and "source" not in other["policy"]
 
 
 def test_weighted_auc_is_scikit_learns_on_the_resampled_rows():

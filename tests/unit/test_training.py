@@ -52,7 +52,9 @@ def test_bundle_serves_the_router_validation_chooses_and_it_round_trips(tmp_path
     bundle = fit_bundle(cfg, fit_in_process, ds, prefill, sem, np.ones(ds.queries.num_rows, bool), fman, sman, "test")
     assert {"prefill_trunk_residual", "prefill_trunk_shrunk", "prefill_stack"} <= set(bundle.routers)
     sel = bundle.selection
+    # The winner serves, even where its tau 0 may break the promise (train.fallback_best_single is off).
     assert bundle.serve == sel["winner"] in SERVABLE and sel["candidates"][sel["winner"]]["within_noise"]
+    assert "fallback" not in sel
     # The features carry each query's difficulty but not its task: the plain trunk cannot know which
     # target a task favours, the residual trunk starts from the task prior and routes far better.
     c = sel["candidates"]
@@ -69,7 +71,9 @@ def test_bundle_serves_the_router_validation_chooses_and_it_round_trips(tmp_path
     assert op["rows"] == ({"out_of_fold": n_train, "validation": n_val} if cross_fit else {"validation": n_val})
     assert op["tau"] == 0 or op["accuracy_change"] - 1.645 * op["accuracy_change_se"] >= -0.005 - 1e-12
     assert op["accuracy"] == pytest.approx(op["best_single_accuracy"] + op["accuracy_change"])
-    assert op["guard_z"] == 1.645 and op["unguarded"]["saving_pct"] >= op["saving_pct"]  # the guard only stops sooner
+    assert op["guard_z"] == 1.645
+    assert op["unguarded"]["saving_pct"] >= op["saving_pct"]  # the guard only stops sooner
+    assert (op["fallback"] is None) == (op["tau"] > 0) and op["promise_kept"] == (op["fallback"] != "best single")
 
     refs = {"prefill": FeatureRef(uri="f", settings_key="k1", encoder={}),
             "semantic": FeatureRef(uri="s", settings_key="k2", encoder={}, column="mean_06")}
