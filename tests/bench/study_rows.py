@@ -192,8 +192,8 @@ def done_keys(rows: Path, fields: tuple[str, ...] = ("pool", "variant", "seed"),
     return keys
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def study_args(ap: argparse.ArgumentParser) -> None:
+    """The options every study driver over the 27 runs shares."""
     ap.add_argument("--rows", type=Path, required=True, help="JSON-lines file the rows are appended to")
     ap.add_argument("--budget-min", type=float, default=30.0,
                     help="start no run once this many minutes have passed, or when the median run so far would "
@@ -202,21 +202,46 @@ def main(argv=None) -> int:
     ap.add_argument("--pools", default="rb,lr,rl", help="comma-separated, of " + ", ".join(POOLS))
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of " + ", ".join(VARIANTS))
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override for every run")
-    a = ap.parse_args(argv)
+
+
+def study_todo(ap: argparse.ArgumentParser, a: argparse.Namespace, who: str) -> list[tuple[int, str, str]]:
+    """(seed, pool, variant) of every run ``study_args``' options ask for that ``a.rows`` lacks, seed by seed."""
     pools, variants = a.pools.split(","), a.variants.split(",")
     bad = [p for p in pools if p not in POOLS] + [v for v in variants if v not in VARIANTS]
     if bad:
         ap.error(f"unknown pool or variant: {', '.join(bad)}")
-    t0, spent = time.monotonic(), []
-    done = done_keys(a.rows)
+    done = done_keys(a.rows, who=who)
     todo = [(s, p, v) for s in range(a.seeds) for p in pools for v in variants if (p, v, s) not in done]
-    print(f"study_rows: {len(done)} rows in {a.rows}, {len(todo)} to run, budget {a.budget_min:.0f} min", flush=True)
+    print(f"{who}: {len(done)} rows in {a.rows}, {len(todo)} to run, budget {a.budget_min:.0f} min", flush=True)
+    return todo
+
+
+def budget_left(t0: float, spent: list[float], budget_min: float) -> float | None:
+    """Seconds left of ``budget_min`` since ``t0``; None where the next run should not start (none left,
+    or less than the median of the runs ``spent`` so far)."""
+    left = budget_min * 60 - (time.monotonic() - t0)
+    return None if left <= 0 or (spent and float(np.median(spent)) > left) else left
+
+
+def append_row(rows: Path, row: dict) -> None:
+    """``row`` as one JSON line at the end of ``rows``, on disk before this returns."""
+    rows.parent.mkdir(parents=True, exist_ok=True)
+    with rows.open("a") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    study_args(ap)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override for every run")
+    a = ap.parse_args(argv)
+    t0, spent = time.monotonic(), []
     prepared: dict[str, tuple] = {}
-    for seed, pool, variant in todo:
-        left = a.budget_min * 60 - (time.monotonic() - t0)
-        if left <= 0 or (spent and float(np.median(spent)) > left):
-            print(f"study_rows: budget reached, {left / 60:.1f} min left; stopping before {pool} {variant} seed {seed}")
+    for seed, pool, variant in study_todo(ap, a, "study_rows"):
+        if budget_left(t0, spent, a.budget_min) is None:
+            print(f"study_rows: budget reached; stopping before {pool} {variant} seed {seed}")
             break
         if pool not in prepared:
             prepared[pool] = prepare(pool, a.cache)
@@ -224,11 +249,7 @@ def main(argv=None) -> int:
         t = time.monotonic()
         row = run_one(pool, variant, seed, data[variant], feats, a.cache, a.overrides)
         spent.append(time.monotonic() - t)
-        a.rows.parent.mkdir(parents=True, exist_ok=True)
-        with a.rows.open("a") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_row(a.rows, row)
         print(f"study_rows: {pool} {variant} seed {seed}: served {row['served']} "
               f"{row['test'][row['served']]['p_auccc']:.4f}, best candidate {row['best_candidate']} "
               f"(regret {row['regret']:.4f}), vs best baseline {row['vs_best_baseline']:+.4f}; "
