@@ -4,6 +4,7 @@ appended as each run ends; rows already in the file are skipped.
 
     nohup .venv/bin/python -m tests.bench.oppoint_study --rows docs/oppoint-study.jsonl --budget-min 30 \\
         > out/oppoint.log 2>&1 &
+    python -m tests.bench.oppoint_study --rows docs/oppoint-study.jsonl --table   # the Markdown table
 
 Each run is trained and evaluated as study_rows does (its model kept under ``--cache``; a model already
 there is reused, not refitted), then every operating-point rule is replayed on it
@@ -15,17 +16,50 @@ whether the promise was kept and whether the batch interval held the test change
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+
+import numpy as np
 
 from .replay_oppoint import replay
 from .study_rows import append_row, budget_left, prepare, run_one, study_args, study_todo
 
 
+def rule_name(r: dict) -> str:
+    """A rule's name in the table: what it chose on, and its guard."""
+    on = "oof+val" if "out_of_fold" in r["rows"] else "val"
+    z = "point" if r["guard_z"] is None else f"z {r['guard_z']:g}"
+    return f"{r['rule']} on {on}, {z}"
+
+
+def table(rows: list[dict]) -> str:
+    """Per rule, over the rows' runs, the 600-query variants apart: runs, promise kept, interval held,
+    the median test saving and the median and worst test change (points)."""
+    out = ["| rule | runs | variant | kept | interval held | test saving (median) | test change (median, worst) |",
+           "|---|---|---|---|---|---|---|"]
+    names = list(dict.fromkeys(rule_name(r) for row in rows for r in row["rules"]))
+    for name in names:
+        for part, keep in (("all", lambda v: True), ("n600", lambda v: v == "n600")):
+            got = [r for row in rows if keep(row["variant"]) for r in row["rules"] if rule_name(r) == name]
+            if not got:
+                continue
+            ch = [r["test_change_points"] for r in got]
+            out.append(f"| {name} | {len(got)} | {part} | {sum(r['kept'] for r in got)} | "
+                       f"{sum(r['interval_held'] for r in got)} | "
+                       f"{np.median([r['test_saving_pct'] for r in got]):.1f}% | "
+                       f"{np.median(ch):+.2f}, {min(ch):+.2f} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     study_args(ap)
+    ap.add_argument("--table", action="store_true", help="print the rows already written as a Markdown table; run nothing")
     a = ap.parse_args(argv)
+    if a.table:
+        print(table([json.loads(line) for line in a.rows.read_text().splitlines() if line.strip()]))
+        return 0
     from jobs.runtime import code_version
 
     t0, spent = time.monotonic(), []
