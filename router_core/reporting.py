@@ -11,6 +11,7 @@ import numpy as np
 
 from .metrics import pareto_front
 from .routers import ordered
+from .routing import batch_promise
 
 HIGHLIGHT = {"prefill_trunk": "tab:red", "prefill_trunk_distilled": "tab:pink", "prefill_logreg": "tab:orange",
              "semantic_mlp": "tab:blue", "semantic_knn": "tab:cyan", "task_prior": "tab:green", "random": "tab:gray"}
@@ -129,6 +130,13 @@ def _serving_html(report: dict, cell) -> str:
                      f"${op['mean_cost']:.6g} per query, <b>{op['saving_pct']:.1f}% cheaper</b> than always calling "
                      f"{html.escape(op['reference'])} ({op['reference_accuracy']:.4f} at "
                      f"${op['reference_mean_cost']:.6g}).</p>")
+        promise = batch_promise(op.get("chosen") or {}, report["n_test"])
+        if promise:
+            lo, hi = promise["interval_points"]
+            on = " + ".join(f"{n} {k.replace('_', '-')}" for k, n in promise["rows"].items())
+            parts.append(f"<p>train promised {promise['accuracy_change_points']:+.2f} points against it, 95% interval "
+                         f"{lo:+.2f} to {hi:+.2f} for {report['n_test']} queries (from {on} held-out rows); measured "
+                         f"here: {op['accuracy_change_points']:+.2f}.</p>")
     boot = report.get("bootstrap")
     if boot:
         rows = "".join(

@@ -136,5 +136,6 @@ def test_evaluate_reports_every_router(trained, tmp_path, capsys):
     assert lengths["test_calls"] == {"known": 0, "derived": 0, "unknown": 40 * 9}
     html = (tmp_path / "r" / "report.html").read_text()
     assert "paired bootstrap" in html and "What route serves by default" in html and "<h2>Output lengths</h2>" in html
+    assert "95% interval" in html and f"for {rep['n_test']} queries (from " in html  # train's promise beside test's
     for png in ("curves.png", "calibration.png", "layer_profile.png"):
         assert f'src="{png}"' in html and (tmp_path / "r" / png).read_bytes()[:4] == b"\x89PNG"
