@@ -91,7 +91,12 @@ def print_train(run: TrainRun) -> None:
         print("  serving:  " + f"{run.index.serve} (P-AUCCC on {on} rows, cross-validated: "
               + ", ".join(f"{k} {v['val_p_auccc']:.4f}" for k, v in cands[:6]) + ")")
         print(f"  why:      {explain(sel, run.index.serve)}")
-        if run.index.serve in PRIORS and not sel.get("fallback"):
+        if run.index.serve == "best_single" and "task_prior" in sel["candidates"] and not sel.get("fallback"):
+            tau = (op or {}).get("tau", 0.0)
+            print(f"  routing does not pay on this pool: always call {run.index.best_single}"
+                  + (f" (or the cheapest target within {tau:.4f} of its training accuracy)" if tau > 0 else "")
+                  + "; route encodes nothing")
+        elif run.index.serve in PRIORS and not sel.get("fallback"):
             print("  no learned router scores above the prior on held-out rows: route serves it, looking up each "
                   "query's task and encoding nothing")
     if op:

@@ -87,11 +87,12 @@ def cv_scores(fixed: dict[str, np.ndarray], blends: dict[str, tuple[BlendRouter,
     return out
 
 
-def choose(scored: dict[str, Scored], complexity: dict[str, int], null: str | None = None) -> tuple[str, dict]:
+def choose(scored: dict[str, Scored], complexity: dict[str, int], null: str | tuple[str, ...] | None = None
+           ) -> tuple[str, dict]:
     """The simplest candidate within one standard error of the best (see the module's docstring).
 
-    ``null`` (the prior) serves only where it is the best; otherwise it is not picked for being
-    simple. Out-of-fold rows do not measure the learned routers' gain over the prior well (the
+    ``null`` (the prior, or several: the prior and each target's mean) serves only where it is the
+    best; otherwise it is not picked for being simple. Out-of-fold rows do not measure the learned routers' gain over the prior well (the
     learned routers there are one-seed refits on four fifths of train, the prior is exact): on
     RouteLLM-2 the served router was 0.003 above the prior out of fold and 0.007 above it on test,
     and picking the prior within one standard error cost 0.005 on test (docs/study.md, 2026-12-04 (5))."""
@@ -102,9 +103,11 @@ def choose(scored: dict[str, Scored], complexity: dict[str, int], null: str | No
         se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
         table[name] = {"val_p_auccc": s.mean, "gap_to_best": float(d.mean()), "se": se,
                        "within_noise": bool(d.mean() <= se), "complexity": complexity.get(name, 9)}
-    if null in scored and all(scored[null].mean >= s.mean for s in scored.values()):  # ties: the prior
-        return null, {"best": null, "winner": null, "candidates": table}
-    ok = [k for k, v in table.items() if v["within_noise"] and k != null]
+    nulls = (null,) if isinstance(null, str) else tuple(null or ())
+    for k in nulls:  # ties: the first (the prior before each target's mean)
+        if k in scored and all(scored[k].mean >= s.mean for s in scored.values()):
+            return k, {"best": k, "winner": k, "candidates": table}
+    ok = [k for k, v in table.items() if v["within_noise"] and k not in nulls]
     winner = min(ok, key=lambda k: (table[k]["complexity"], -table[k]["val_p_auccc"]))
     return winner, {"best": best, "winner": winner, "candidates": table}
 
@@ -122,7 +125,10 @@ def explain(selection: dict, served: str) -> str:
     if fb and served == fb["to"]:
         return (f"{served} serves: {fb['from']} was chosen on {on}, but even at tau 0 it may give away more than "
                 f"the tolerance against always calling the best single target (the operating point's fallback)")
-    if served in PRIORS:
+    if served == "best_single" and "task_prior" in cand:
+        why = (f"each target's training mean (the singles' front) scored at least as well as every router, the task "
+               f"prior included, on {on}: routing does not pay on this pool")
+    elif served in PRIORS:
         why = f"the prior scored at least as well as every learned router on {on}"
     elif served == best:
         why = f"it scored best on {on}"
@@ -455,6 +461,8 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
     base = prior_name(prior)  # the prior as a candidate of its own, under the router name train saves it by
     fixed = {k: p for k, p in proba.items() if (k in COMPLEXITY or k in RECORDED) and k not in PRIORS}
     fixed[base] = proba["prior"]
+    if base != "best_single" and "best_single" in proba:  # each target's mean: the singles' front as a router
+        fixed["best_single"] = proba["best_single"]
     blends = {}
     for name, parts, per_target in BLENDS:
         if all(p in proba for p in parts):
@@ -464,7 +472,7 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
             blends[name] = (b, z_of(proba, parts))
     groups = None if oof is None else oof.part  # out-of-fold rows: scored and fitted part by part
     scored = cv_scores(fixed, blends, s, c, folds, repeats, seed, groups=groups)
-    winner, info = choose({k: v for k, v in scored.items() if k in SERVABLE}, COMPLEXITY, null=base)
+    winner, info = choose({k: v for k, v in scored.items() if k in SERVABLE}, COMPLEXITY, null=(base, "best_single"))
     for k, v in scored.items():  # the others (not servable) too, for the record
         entry = info["candidates"].setdefault(k, {"val_p_auccc": v.mean, "servable": False})
         entry["per_part"] = [round(float(x), 6) for x in v.per_part]

@@ -208,7 +208,8 @@ def cross_fit(cfg: AppConfig, fit: Fit, design, params: dict, logreg: PrefillLog
               costs: np.ndarray, residual: bool, semantic: tuple[Fit, dict, tuple] | None = None) -> OutOfFold:
     """Out-of-fold probabilities on the training rows measured on every target, for the choice of the
     served router (router_core.selection): the train rows cut in ``train.cross_fit`` seeded parts;
-    for each part the prior, the per-target logistic regression (``logreg``'s columns and Cs), the trunk's best setting ``params``
+    for each part the prior, each target's mean (best_single: the singles' front as a router), the
+    per-target logistic regression (``logreg``'s columns and Cs), the trunk's best setting ``params``
     (one seed, early-stopped and calibrated on the validation split as train does) and, with
     ``residual``, the residual trunk are refitted on the other parts and predict that part. With
     ``semantic`` = (the semantic MLP's fit, its best setting, the kNN's ks) the semantic baselines
@@ -216,7 +217,7 @@ def cross_fit(cfg: AppConfig, fit: Fit, design, params: dict, logreg: PrefillLog
     tc = cfg.train
     one = cfg.model_copy(update={"train": tc.model_copy(update={"seeds": 1, "keep": 1})})
     rows = tr & ~np.isnan(scores).any(axis=1)
-    names = (["prior", "prefill_logreg", "prefill_trunk"] + (["prefill_trunk_residual"] if residual else [])
+    names = (["prior", "best_single", "prefill_logreg", "prefill_trunk"] + (["prefill_trunk_residual"] if residual else [])
              + (["semantic_mlp", "semantic_knn"] if semantic is not None and sem is not None else []))
     out = {k: np.full(scores.shape, np.nan) for k in names}
     part_of = np.full(len(scores), -1)
@@ -231,6 +232,7 @@ def cross_fit(cfg: AppConfig, fit: Fit, design, params: dict, logreg: PrefillLog
                          semantic=sem[part] if sem is not None else None,
                          tasks=[tasks[i] for i in part] if tasks else None)
         out["prior"][part] = predict_any(prior, x)
+        out["best_single"][part] = ConstantRouter("best_single").fit(scores[fold]).predict_proba(x)
         out["prefill_logreg"][part] = PrefillLogReg(logreg.cs).fit(
             logreg.columns_, {c: prefill[c][fold] for c in cols}, scores[fold], {c: prefill[c][va] for c in cols},
             scores[va], c_fixed=logreg.fit_info_["C"]).predict_proba(x)

@@ -9,7 +9,7 @@ from router_core.model import Preprocessor, SharedTrunkNet, TrainParams, fit_tru
 from router_core.routers import BlendRouter, RouterInputs, TaskPrior, TrunkRouter, load_router, save_router
 from router_core.held_out import HeldOut
 from router_core.routing import batch_promise, change_interval, promise_line, route_tally, threshold_routes
-from router_core.selection import (Scored, choose, choose_serving, cv_scores, explain, fallback_line, measured_walk,
+from router_core.selection import (RULE, Scored, choose, choose_serving, cv_scores, explain, fallback_line, measured_walk,
                                    operating_line, operating_point, operating_point_measured, point_for)
 from router_core.storage import Storage
 
@@ -197,6 +197,32 @@ def test_where_even_tau_0_may_break_the_promise_train_says_so_and_can_serve_the_
     assert op["accuracy"] == op["best_single_accuracy"] and op["accuracy_change_interval"] == [0.0, 0.0]
     assert "even at tau 0 it may give away more than the tolerance" in explain(sv.selection, sv.winner)
     assert fallback_line(op, "t2", sv.winner).endswith("route serves t2, always")
+
+
+def test_where_one_target_dominates_routing_does_not_pay_and_each_targets_mean_serves():
+    """The dear target is right on nearly every row, the others on a third, whatever the task: no
+    router (noise, its blends, a task prior fitted on uninformative tasks) beats always calling it,
+    so each target's training mean (the singles' front as a router) serves, and explain says why."""
+    from router_core.routers import ConstantRouter
+
+    rng = np.random.default_rng(11)
+    n, K = 600, 3
+    tasks = [["a", "b", "c", "d"][i % 4] for i in range(n)]
+    scores = (rng.random((n, K)) < [0.33, 0.33, 0.98]).astype(float)
+    costs = np.tile([1.0, 3.0, 9.0], (n, 1))
+    va = np.arange(n) >= n // 2
+    tr_tasks = [tasks[i] for i in np.flatnonzero(~va)]
+    prior = TaskPrior().fit(tr_tasks, scores[~va])
+    routers = {"prefill_trunk": _Noise(K), "best_single": ConstantRouter("best_single").fit(scores[~va])}
+    x = RouterInputs(n=int(va.sum()), tasks=[tasks[i] for i in np.flatnonzero(va)])
+    sv = choose_serving(routers, prior, x, scores[va], costs[va], best_single=2, folds=2, repeats=5, seed=0,
+                        tolerance=0.005, guard_z=1.645)
+    cand = sv.selection["candidates"]
+    assert sv.winner == "best_single" and {"task_prior", "best_single"} <= set(cand)
+    assert all(cand["best_single"]["val_p_auccc"] >= v["val_p_auccc"] for k, v in cand.items() if v.get("servable", True))
+    assert explain(sv.selection, sv.winner).endswith("routing does not pay on this pool; rule: " + RULE)
+    op = sv.operating_point  # every query to the dear target: nothing saved, nothing lost
+    assert op["tau"] == 0 and op["saving_pct"] == 0 and op["accuracy_change"] == 0
 
 
 def test_cv_scores_judge_blends_on_rows_they_were_not_fitted_on():

@@ -159,10 +159,13 @@ def test_cross_fit_predicts_each_training_row_by_refits_that_did_not_see_it():
     oof = cross_fit(cfg, fit_in_process, lambda p: (["mean_04", "semantic"], np.concatenate([x, sem], axis=1)),
                     dict(REFERENCE), logreg, {"mean_04": x}, sem, tasks, tr, ~tr, scores, np.tile([1.0, 2.0], (n, 1)),
                     residual=True)
-    assert set(oof.proba) == {"prior", "prefill_logreg", "prefill_trunk", "prefill_trunk_residual"}
+    assert set(oof.proba) == {"prior", "best_single", "prefill_logreg", "prefill_trunk", "prefill_trunk_residual"}
     assert all(p.shape == (200, 2) and not np.isnan(p).any() for p in oof.proba.values())
     np.testing.assert_array_equal(oof.scores, scores[tr])
     assert sorted(np.unique(oof.part)) == [0, 1, 2, 3] and np.bincount(oof.part).tolist() == [50] * 4
+    for j in range(4):  # each target's mean over the other parts' rows
+        np.testing.assert_allclose(oof.proba["best_single"][oof.part == j], np.tile(scores[tr][oof.part != j].mean(0),
+                                                                                     (50, 1)))
     in_sample = TaskPrior().fit(tasks[:200], scores[tr]).prior(tasks[:200], 200)
     assert M.mean_auc(in_sample, scores[tr]) > 0.7
     assert abs(M.mean_auc(oof.proba["prior"], oof.scores) - 0.5) < 0.1
