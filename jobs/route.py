@@ -142,8 +142,8 @@ def run_route(cfg: AppConfig, queries_uri: str, model: str, out: str, policy: Po
     except ValueError as e:
         raise DataError(f"route: {e}") from None
     best = targets.index(index.best_single) if index.best_single in targets else 0
-    tal = route_tally(routes, proba, costs, targets, best, policy.name, info, index.operating_point)
-    tal.update(router=name, cost_model=lengths.describe(), output_tokens_by=by)
+    tal = route_tally(routes, proba, costs, targets, best, policy.name, info, index.operating_point, name)
+    tal.update(cost_model=lengths.describe(), output_tokens_by=by)
     seconds["assign"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -241,6 +241,8 @@ def print_route(run: RouteRun) -> None:
           f"{t.get('output_tokens_by', 'median')} (the model: {t.get('cost_model', 'median output tokens per target')})")
     if t.get("promise"):
         print(promise_line(t["promise"], t["always_best_single"]["model"]))
+    if t.get("note"):
+        print(t["note"])
     for key, label in (("always_most_expensive", "always the most expensive"), ("always_best_single", "always the best single")):
         b = t[key]
         print(f"  vs {label} ({b['model']}): ${b['cost_usd']:.4f}, expected accuracy {b['expected_accuracy']:.4f}; "

@@ -103,11 +103,15 @@ def tally(routes: np.ndarray, proba: np.ndarray, cost: np.ndarray, targets: list
 
 
 def route_tally(routes: np.ndarray, proba: np.ndarray, cost: np.ndarray, targets: list[str], best_single: int,
-                policy: str, info: dict, operating_point: dict | None) -> dict:
-    """``tally`` with the policy that made it (``info``: its parameters). At the model's operating
-    point (``operating_point``, train's record, where its tau is the one used) it says so, and what
-    the point promises a batch of this size (``batch_promise``); a budget says the dollars used."""
-    tal = dict(tally(routes, proba, cost, targets, best_single), policy={"name": policy, **info})
+                policy: str, info: dict, operating_point: dict | None, router: str = "") -> dict:
+    """``tally`` with the policy that made it (``info``: its parameters) and the ``router``. At the
+    model's operating point (``operating_point``, train's record, where its tau is the one used) it
+    says so, and what the point promises a batch of this size (``batch_promise``); a budget says the
+    dollars used; best_single (each target's training mean, served where routing does not pay) says so."""
+    tal = dict(tally(routes, proba, cost, targets, best_single), policy={"name": policy, **info}, router=router)
+    if router == "best_single":
+        tal["note"] = ("each target's training mean serves: train found that routing does not pay on this pool, so "
+                       f"every query goes to {targets[best_single]} (or a cheaper target within tau of it)")
     op = operating_point or {}
     if policy == "threshold" and op and info.get("tau") == op.get("tau"):
         tal["policy"]["source"] = "the model's operating point (chosen by train on held-out rows)"

@@ -223,6 +223,11 @@ def test_where_one_target_dominates_routing_does_not_pay_and_each_targets_mean_s
     assert explain(sv.selection, sv.winner).endswith("routing does not pay on this pool; rule: " + RULE)
     op = sv.operating_point  # every query to the dear target: nothing saved, nothing lost
     assert op["tau"] == 0 and op["saving_pct"] == 0 and op["accuracy_change"] == 0
+    # route's tally says so beside the routes (every query to the dear target).
+    p = routers["best_single"].predict_proba(x)
+    r = threshold_routes(p, costs[va], op["tau"])
+    tal = route_tally(r, p, costs[va], ["t0", "t1", "t2"], 2, "threshold", {"tau": op["tau"]}, op, sv.winner)
+    assert tal["per_model"]["t2"]["queries"] == int(va.sum()) and "routing does not pay on this pool" in tal["note"]
 
 
 def test_cv_scores_judge_blends_on_rows_they_were_not_fitted_on():
