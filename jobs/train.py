@@ -16,7 +16,7 @@ from router_core.config import AppConfig
 from router_core.dataset import load_dataset
 from router_core.features import load_features, read_manifest
 from router_core.model_index import FeatureRef, ModelIndex
-from router_core.selection import PRIORS, explain, fallback_line, operating_line
+from router_core.selection import PRIORS, does_not_pay_line, explain, fallback_line, operating_line
 from router_core.storage import join
 from router_core.training import Bundle, fit_bundle, fit_in_process, save_bundle
 
@@ -91,11 +91,9 @@ def print_train(run: TrainRun) -> None:
         print("  serving:  " + f"{run.index.serve} (P-AUCCC on {on} rows, cross-validated: "
               + ", ".join(f"{k} {v['val_p_auccc']:.4f}" for k, v in cands[:6]) + ")")
         print(f"  why:      {explain(sel, run.index.serve)}")
-        if run.index.serve == "best_single" and "task_prior" in sel["candidates"] and not sel.get("fallback"):
-            tau = (op or {}).get("tau", 0.0)
-            print(f"  routing does not pay on this pool: always call {run.index.best_single}"
-                  + (f" (or the cheapest target within {tau:.4f} of its training accuracy)" if tau > 0 else "")
-                  + "; route encodes nothing")
+        single = does_not_pay_line(sel, run.index.serve, run.index.best_single, (op or {}).get("tau", 0.0))
+        if single:
+            print(f"  {single}")
         elif run.index.serve in PRIORS and not sel.get("fallback"):
             print("  no learned router scores above the prior on held-out rows: route serves it, looking up each "
                   "query's task and encoding nothing")

@@ -334,6 +334,16 @@ def point_on(rule: str, proba: np.ndarray, scores: np.ndarray, costs: np.ndarray
     raise ValueError(f"train.operating_rule: {rule!r} is neither measured nor expected")
 
 
+def does_not_pay_line(selection: dict, served: str, best_single: str, tau: float = 0.0) -> str | None:
+    """Where each target's training mean serves beside a task prior (routing does not pay on this pool:
+    ``choose``), the one line train prints; None elsewhere."""
+    if served != "best_single" or "task_prior" not in selection.get("candidates", {}) or selection.get("fallback"):
+        return None
+    return (f"routing does not pay on this pool: always call {best_single}"
+            + (f" (or the cheapest target within {tau:.4f} of its training accuracy)" if tau > 0 else "")
+            + "; route encodes nothing")
+
+
 def operating_line(op: dict, best_single: str) -> str:
     """``op`` (an operating point's record) in one line: where, the accuracy change against always
     calling ``best_single`` and the saving, each with its 95% interval, and on which rows."""

@@ -9,8 +9,9 @@ from router_core.model import Preprocessor, SharedTrunkNet, TrainParams, fit_tru
 from router_core.routers import BlendRouter, RouterInputs, TaskPrior, TrunkRouter, load_router, save_router
 from router_core.held_out import HeldOut
 from router_core.routing import batch_promise, change_interval, promise_line, route_tally, threshold_routes
-from router_core.selection import (RULE, Scored, choose, choose_serving, cv_scores, explain, fallback_line, measured_walk,
-                                   operating_line, operating_point, operating_point_measured, point_for)
+from router_core.selection import (RULE, Scored, choose, choose_serving, cv_scores, does_not_pay_line, explain,
+                                   fallback_line, measured_walk, operating_line, operating_point,
+                                   operating_point_measured, point_for)
 from router_core.storage import Storage
 
 
@@ -221,6 +222,9 @@ def test_where_one_target_dominates_routing_does_not_pay_and_each_targets_mean_s
     assert sv.winner == "best_single" and {"task_prior", "best_single"} <= set(cand)
     assert all(cand["best_single"]["val_p_auccc"] >= v["val_p_auccc"] for k, v in cand.items() if v.get("servable", True))
     assert explain(sv.selection, sv.winner).endswith("routing does not pay on this pool; rule: " + RULE)
+    assert does_not_pay_line(sv.selection, sv.winner, "t2") == ("routing does not pay on this pool: always call t2; "
+                                                                 "route encodes nothing")
+    assert does_not_pay_line(sv.selection, "prefill_trunk", "t2") is None
     op = sv.operating_point  # every query to the dear target: nothing saved, nothing lost
     assert op["tau"] == 0 and op["saving_pct"] == 0 and op["accuracy_change"] == 0
     # route's tally says so beside the routes (every query to the dear target).
