@@ -117,7 +117,8 @@ def prepare(pool: str, cache: Path) -> tuple[dict[str, str], str]:
         print(f"{pool}: importing {source_of(pool)}", flush=True)
         if cli(["import", fmt, source_of(pool), "--out", str(base)]) != 0:
             raise SystemExit(f"study_rows: import of {pool} failed")
-    if not (feats / "manifest.json").exists() or json.loads((feats / "manifest.json").read_text())["rows"] == 0:
+    manifest = json.loads((feats / "manifest.json").read_text()) if (feats / "manifest.json").exists() else {}
+    if not manifest.get("complete") or not manifest.get("rows"):  # none, or an interrupted one: extract resumes it
         print(f"{pool}: extracting features (once)", flush=True)
         if cli(["extract", "--config", str(REPO / "configs/demo.yaml"), "--data", str(base), "--out", str(feats)]) != 0:
             raise SystemExit(f"study_rows: extraction of {pool} failed")
