@@ -11,7 +11,7 @@ import numpy as np
 
 from .metrics import pareto_front
 from .routers import ordered
-from .routing import batch_promise
+from .routing import batch_promise, rows_phrase
 
 HIGHLIGHT = {"prefill_trunk": "tab:red", "prefill_trunk_distilled": "tab:pink", "prefill_logreg": "tab:orange",
              "semantic_mlp": "tab:blue", "semantic_knn": "tab:cyan", "task_prior": "tab:green", "random": "tab:gray"}
@@ -133,7 +133,7 @@ def _serving_html(report: dict, cell) -> str:
         promise = batch_promise(op.get("chosen") or {}, report["n_test"])
         if promise:
             lo, hi = promise["interval_points"]
-            on = " + ".join(f"{n} {k.replace('_', '-')}" for k, n in promise["rows"].items())
+            on = rows_phrase(promise["rows"])
             parts.append(f"<p>train promised {promise['accuracy_change_points']:+.2f} points against it, 95% interval "
                          f"{lo:+.2f} to {hi:+.2f} for {report['n_test']} queries (from {on} held-out rows); measured "
                          f"here: {op['accuracy_change_points']:+.2f}.</p>")

@@ -146,10 +146,15 @@ def batch_promise(op: dict, batch: int) -> dict | None:
             "fallback": op.get("fallback")}
 
 
+def rows_phrase(rows: dict[str, int]) -> str:
+    """An operating point's ``rows`` as words: "1886 out-of-fold + 319 validation"."""
+    return " + ".join(f"{n} {k.replace('_', '-')}" for k, n in rows.items())
+
+
 def promise_line(promise: dict, best_single: str) -> str:
     """``batch_promise``'s record in one line, for route's printout."""
     lo, hi = promise["interval_points"]
-    on = " + ".join(f"{n} {k.replace('_', '-')}" for k, n in promise["rows"].items())
+    on = rows_phrase(promise["rows"])
     return (f"promised at the operating point, for a batch of {promise['batch']} like train's held-out rows: "
             f"{promise['accuracy_change_points']:+.2f} points against always calling {best_single} "
             f"(95% interval {lo:+.2f} to {hi:+.2f}; from {on} rows)")

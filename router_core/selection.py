@@ -32,7 +32,7 @@ import numpy as np
 from . import metrics as M
 from .held_out import HeldOut
 from .routers import BlendRouter, MixMean, MixRouter
-from .routing import Z95, threshold_routes
+from .routing import Z95, rows_phrase, threshold_routes
 
 
 @dataclass
@@ -347,7 +347,7 @@ def does_not_pay_line(selection: dict, served: str, best_single: str, tau: float
 def operating_line(op: dict, best_single: str) -> str:
     """``op`` (an operating point's record) in one line: where, the accuracy change against always
     calling ``best_single`` and the saving, each with its 95% interval, and on which rows."""
-    on = " + ".join(f"{n} {k.replace('_', '-')}" for k, n in op["rows"].items())
+    on = rows_phrase(op["rows"])
     lo, hi = (100 * v for v in op["accuracy_change_interval"])
     slo, shi = op["saving_interval_pct"]
     line = (f"tau {op['tau']:.4f} ({op['operating_rule']} rule): {100 * op['accuracy_change']:+.2f} points against "
