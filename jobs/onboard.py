@@ -37,7 +37,7 @@ from router_core.lengths import dataset_output_tokens, fit_output_lengths
 from router_core.model_index import ModelIndex, read_index, resolve_model
 from router_core.onboard import choose_head, fit_prior, pool_gain, served_proba
 from router_core.routers import Onboarded, RandomRouter, load_router, save_router
-from router_core.selection import point_on
+from router_core.selection import OperatingRule, point_on
 from router_core.storage import Storage, join
 from router_core.training import all_costs, data_fingerprint
 from router_core.validation import validate
@@ -151,9 +151,8 @@ def run_onboard(cfg: AppConfig, data: str, features: str, model: str, new: str, 
         mean_acc = np.nanmean(scores[full], axis=0)
         best = targets.index(index.best_single) if mean_acc[-1] <= mean_acc[targets.index(index.best_single)] \
             else len(targets) - 1
-        tc = cfg.train
-        op = point_on(tc.operating_rule, p_op, scores[full], costs[full], best, tc.accuracy_tolerance,
-                      tc.accuracy_guard_z, {"labelled": int(full.sum())})
+        op = point_on(p_op, scores[full], costs[full], best, {"labelled": int(full.sum())},
+                      OperatingRule.of(cfg.train))
         write_model(storage, model, index, join(out, "model"), merged, targets, choice.head,
                     fit_prior(tasks, y, oc.prior_weight), float(y.mean()), lengths, op, targets[best],
                     dict(decision, config=oc.model_dump(), seconds=time.perf_counter() - t0), cfg)

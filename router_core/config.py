@@ -158,6 +158,11 @@ class TrainConfig(Strict):
                                     "many standard errors (mean - z SE; 1.645 = one-sided 95%); null = the point "
                                     "estimate alone. expected: it stops where the measured accuracy is below by more "
                                     "than this many standard errors (mean + z SE); null = no guard")
+    promise_batch: int | None = Field(
+        None, ge=1, description="measured rule: make route's default operating point a promise for a batch of this "
+        "many queries, not for the mean: a batch's own accuracy change scatters around the mean by SD/sqrt(batch), "
+        "so the bound is mean - accuracy_guard_z * sqrt(SE^2 + SD^2/batch) (the interval route's tally gives a batch "
+        "of that size). null = the mean's bound alone")
     fallback_best_single: bool = Field(
         False, description="measured rule: where even tau 0 may give away more than accuracy_tolerance on the held-out "
         "rows (its one-sided bound below), serve the best single target for every query instead of the router at tau "

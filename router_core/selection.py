@@ -35,6 +35,24 @@ from .routers import BlendRouter, MixMean, MixRouter
 from .routing import Z95, rows_phrase, threshold_routes
 
 
+@dataclass(frozen=True)
+class OperatingRule:
+    """How train chooses route's default threshold: train.operating_rule and its settings
+    (accuracy_tolerance, accuracy_guard_z, promise_batch, fallback_best_single; see config.TrainConfig)."""
+
+    rule: str = "measured"
+    tolerance: float = 0.005
+    guard_z: float | None = 1.645
+    batch: int | None = None
+    fallback_best_single: bool = False
+
+    @classmethod
+    def of(cls, tc) -> OperatingRule:
+        """The rule a TrainConfig names."""
+        return cls(tc.operating_rule, tc.accuracy_tolerance, tc.accuracy_guard_z, tc.promise_batch,
+                   tc.fallback_best_single)
+
+
 @dataclass
 class Scored:
     mean: float
@@ -253,7 +271,8 @@ def measured_walk(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, best
 
 
 def operating_point_measured(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, best_single: int,
-                             tolerance: float, guard_z: float | None, rows: dict[str, int]) -> dict:
+                             tolerance: float, guard_z: float | None, rows: dict[str, int],
+                             batch: int | None = None) -> dict:
     """The threshold policy's tau at which ``route`` runs by default (``train.operating_rule:
     measured``), chosen on *measured* outcomes: the routed accuracy on these rows, row by row
     against always calling the best single target (d = score(routed) - score(best single)), never
@@ -268,6 +287,11 @@ def operating_point_measured(proba: np.ndarray, scores: np.ndarray, costs: np.nd
     at which the rows say, at that confidence, that the router gives away at most ``tolerance``
     (guard_z None = 0: the point estimate alone). ``unguarded`` records where the point estimate
     alone would have stopped.
+
+    ``batch`` (train.promise_batch) makes the promise one for a batch of that many queries, not for
+    the mean: a batch's own change scatters around the mean by SD(d)/sqrt(batch), so the bound is
+    mean(d) - guard_z * sqrt(SE(d)^2 + SD(d)^2 / batch) (routing.change_interval's width). None: the
+    mean's bound alone.
 
     Where no tau above 0 passes, the rows are too few (or the router too weak) to promise a saving
     within the tolerance, and ``fallback`` says which careful point is left: "tau 0" (each query to
@@ -289,49 +313,52 @@ def operating_point_measured(proba: np.ndarray, scores: np.ndarray, costs: np.nd
                       float(w["se"][j]), ref_acc, ref_cost)
 
     floor = -tolerance - 1e-12
-    j_bound, j_point = end(w["change"] - z * w["se"] >= floor), end(w["change"] >= floor)
+    n = len(scores)
+    widen = 1.0 if batch is None else float(np.sqrt(1.0 + n / max(int(batch), 1)))  # SE^2 + SD^2/batch, SD^2 = n SE^2
+    j_bound, j_point = end(w["change"] - z * widen * w["se"] >= floor), end(w["change"] >= floor)
     chosen = placed(j_bound)
-    kept = bool(chosen["accuracy_change"] - z * chosen["accuracy_change_se"] >= floor)
+    kept = bool(chosen["accuracy_change"] - z * widen * chosen["accuracy_change_se"] >= floor)
     # Too few rows (or too weak a router) to promise any saving: the careful points, said in one line.
     fallback = None if j_bound > 0 else ("tau 0" if kept else "best single")
     return {"policy": "threshold", "operating_rule": "measured",
             "rule": "the cheapest tau before the first whose measured accuracy, against always calling the best "
                     f"single on {sum(rows.values())} held-out rows, may be more than the tolerance below it "
                     f"(one-sided bound, z {z:g})",
-            "tolerance": float(tolerance), "guard_z": guard_z, "guarded": j_bound < j_point, **chosen,
+            "tolerance": float(tolerance), "guard_z": guard_z, "promise_batch": batch, "guarded": j_bound < j_point, **chosen,
             **uncertainty(proba, scores, costs, best_single, chosen["tau"]),
             "promise_kept": kept, "fallback": fallback,
             "best_single_accuracy": ref_acc, "best_single_mean_cost": ref_cost, "rows": dict(rows),
             "unguarded": placed(j_point)}
 
 
-def point_for(rule: str, name: str, held: HeldOut | None, p_va: np.ndarray, s_va: np.ndarray, c_va: np.ndarray,
-              best_single: int, tolerance: float, guard_z: float | None) -> dict:
-    """Router ``name``'s operating point by ``rule`` (train.operating_rule). ``p_va``: its probabilities
+def point_for(name: str, held: HeldOut | None, p_va: np.ndarray, s_va: np.ndarray, c_va: np.ndarray,
+              best_single: int, rule: OperatingRule) -> dict:
+    """Router ``name``'s operating point by ``rule``. ``p_va``: its probabilities
     on the validation rows (``s_va``, ``c_va``) from the router fitted on all of train; ``held``: the
     rows the served router was chosen on, with ``name``'s probabilities there where it was a candidate.
 
     measured: on the out-of-fold training rows plus validation (each predicted by a fit that did not
     see it), or on validation alone where it was chosen there (``held``'s cross-validated
     probabilities of a blend, fitted on the other parts). expected: on validation, as before."""
-    if rule == "expected" or held is None or name not in held.proba:
+    if rule.rule == "expected" or held is None or name not in held.proba:
         p, s, c, rows = p_va, s_va, c_va, {"validation": len(s_va)}
     elif held.kind == "validation":
         p, s, c, rows = held.proba[name], held.scores, held.costs, {"validation": len(held.scores)}
     else:
         p, s, c = np.r_[held.proba[name], p_va], np.r_[held.scores, s_va], np.r_[held.costs, c_va]
         rows = {"out_of_fold": len(held.scores), "validation": len(s_va)}
-    return point_on(rule, p, s, c, best_single, tolerance, guard_z, rows)
+    return point_on(p, s, c, best_single, rows, rule)
 
 
-def point_on(rule: str, proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, best_single: int,
-             tolerance: float, guard_z: float | None, rows: dict[str, int]) -> dict:
-    """The operating point by ``rule`` (train.operating_rule) on these rows (``rows``: what they are)."""
-    if rule == "measured":
-        return operating_point_measured(proba, scores, costs, best_single, tolerance, guard_z, rows)
-    if rule == "expected":
-        return operating_point(proba, scores, costs, best_single, tolerance, guard_z, rows)
-    raise ValueError(f"train.operating_rule: {rule!r} is neither measured nor expected")
+def point_on(proba: np.ndarray, scores: np.ndarray, costs: np.ndarray, best_single: int, rows: dict[str, int],
+             rule: OperatingRule) -> dict:
+    """The operating point by ``rule`` on these rows (``rows``: what they are)."""
+    if rule.rule == "measured":
+        return operating_point_measured(proba, scores, costs, best_single, rule.tolerance, rule.guard_z, rows,
+                                        rule.batch)
+    if rule.rule == "expected":
+        return operating_point(proba, scores, costs, best_single, rule.tolerance, rule.guard_z, rows)
+    raise ValueError(f"train.operating_rule: {rule.rule!r} is neither measured nor expected")
 
 
 def does_not_pay_line(selection: dict, served: str, best_single: str, tau: float = 0.0) -> str | None:
@@ -436,9 +463,8 @@ class OutOfFold:
 
 
 def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.ndarray, best_single: int,
-                   folds: int, repeats: int, seed: int, tolerance: float, l2: float = 10.0,
-                   guard_z: float | None = None, oof: OutOfFold | None = None, rule: str = "measured",
-                   fallback_best_single: bool = False) -> Serving:
+                   folds: int, repeats: int, seed: int, rule: OperatingRule, l2: float = 10.0,
+                   oof: OutOfFold | None = None) -> Serving:
     """Blends of the fitted ``routers`` (name -> router) with ``prior`` (the task prior, the global
     mean without tasks), every candidate scored by cross-validated P-AUCCC; the servable winner
     (``choose``) and its operating point on the validation rows ``x_va`` (RouterInputs, rows measured
@@ -448,8 +474,8 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
     out-of-fold training rows (several times more rows than validation; only the routers ``oof``
     holds are candidates). The operating point (``point_for``, by ``rule``): measured, on those rows
     plus validation (the blends fitted on the training rows: probabilities of rows none of their
-    weights was chosen on); expected, on validation alone. ``fallback_best_single``: where even tau 0
-    may break the promise (the point's fallback "best single"), serve best_single instead."""
+    weights was chosen on); expected, on validation alone. ``rule.fallback_best_single``: where even
+    tau 0 may break the promise (the point's fallback "best single"), serve best_single instead."""
     from .errors import ArtifactError
     from .model import logit
     from .routers import predict_any
@@ -503,8 +529,8 @@ def choose_serving(routers: dict, prior, x_va, scores: np.ndarray, costs: np.nda
         p_op = fitted[winner].proba_of(z_of(proba_va, dict((n, p) for n, p, _ in BLENDS)[winner]))
     else:
         p_op = proba_va["prior" if winner == base else winner]
-    op = point_for(rule, winner, held, p_op, scores, costs, best_single, tolerance, guard_z)
-    if (fallback_best_single and op.get("fallback") == "best single" and winner != "best_single"
+    op = point_for(winner, held, p_op, scores, costs, best_single, rule)
+    if (rule.fallback_best_single and op.get("fallback") == "best single" and winner != "best_single"
             and ("best_single" in pool or base == "best_single")):
         # Even the router's most probable targets may give away more than the tolerance: always call the best single.
         info["fallback"] = {"from": winner, "to": "best_single", "from_operating_point": op}

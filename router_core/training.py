@@ -42,7 +42,7 @@ from .model_index import FeatureRef, ModelIndex
 from .probes import layer_profile, select_columns
 from .routers import (ConstantRouter, OracleRouter, PrefillLogReg, RandomRouter, Router, RouterInputs, SemanticKNN,
                       TaskPrior, TrunkRouter, predict_any, prefill_columns, save_router)
-from .selection import OutOfFold, Serving, choose_serving, parts_of
+from .selection import OperatingRule, OutOfFold, Serving, choose_serving, parts_of
 from .storage import join
 
 log = logging.getLogger(__name__)
@@ -429,9 +429,7 @@ def serve_on_validation(cfg: AppConfig, routers: dict, prior_any: TaskPrior, pre
                         tasks=[tasks[i] for i in np.flatnonzero(rows)] if tasks is not None else None)
     fitted = {k: r for k, (r, _) in routers.items()}
     serving = choose_serving(fitted, prior_any, x_va, scores[rows], costs[rows], best_single, tc.cv_folds,
-                             tc.cv_repeats, tc.seed, tolerance=tc.accuracy_tolerance,
-                             guard_z=tc.accuracy_guard_z, oof=oof, rule=tc.operating_rule,
-                             fallback_best_single=tc.fallback_best_single)
+                             tc.cv_repeats, tc.seed, OperatingRule.of(tc), oof=oof)
     if serving.held_out is not None and serving.held_out.index is None:  # validation rows
         serving.held_out.index = np.flatnonzero(rows)
     for name, b in serving.blends.items():
@@ -445,9 +443,8 @@ def serve_on_validation(cfg: AppConfig, routers: dict, prior_any: TaskPrior, pre
 
         serving.winner = tc.serve
         serving.selection["forced"] = tc.serve
-        serving.operating_point = point_for(tc.operating_rule, tc.serve, serving.held_out,
-                                            predict_any(routers[tc.serve][0], x_va), scores[rows], costs[rows],
-                                            best_single, tc.accuracy_tolerance, tc.accuracy_guard_z)
+        serving.operating_point = point_for(tc.serve, serving.held_out, predict_any(routers[tc.serve][0], x_va),
+                                            scores[rows], costs[rows], best_single, OperatingRule.of(tc))
     log.info("train: serving %s (P-AUCCC %.4f on %s rows, best %s); operating point tau %.4f, saving %.1f%% on "
              "%s held-out rows",
              serving.winner, serving.selection["candidates"].get(serving.winner, {}).get("val_p_auccc", float("nan")),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -29,15 +30,24 @@ from router_core.lengths import OutputLengths
 from router_core.model_index import read_index
 from router_core.onboard import served_proba
 from router_core.routing import change_interval
-from router_core.selection import point_for
+from router_core.selection import OperatingRule, point_on
 from router_core.storage import Storage, join
 from router_core.training import all_costs, split_masks
 
 GUARDS = (None, 1.0, 1.645, 2.326)
 
 
-def replay(data: str, features: str, model: str, tolerance: float = 0.005) -> list[dict]:
-    """One row per rule (see the module's docstring) on the model in folder ``model``."""
+def recorded(data: str, features: str, model: str) -> dict[str, np.ndarray]:
+    """What every rule is replayed on, for the model in folder ``model``: its served router's
+    probabilities, the scores and the costs on validation (``p_va``, ``s_va``, ``c_va``) and test
+    (``p_te``, ...), and on the out-of-fold training rows it was chosen on (``p_oof``, ...; absent
+    where it was chosen on validation), with ``best`` (the best single's column). Computed once and
+    kept beside the model (``replay.npz``, plain arrays: loaded with allow_pickle False), so that a
+    new rule is replayed over every run in seconds."""
+    keep = Path(model).parent / "replay.npz"
+    if keep.exists():
+        with np.load(keep, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
     st = Storage()
     index = read_index(st, model)
     ds = load_dataset(st, data)
@@ -52,35 +62,61 @@ def replay(data: str, features: str, model: str, tolerance: float = 0.005) -> li
     scores = outcome_matrix(ds.outcomes, qids, targets)
     lengths = OutputLengths.of_index(index)
     costs = all_costs(ds, qids, targets, lengths.expected(tasks if has_tasks else None, len(qids)))
-    best, serve = targets.index(index.best_single), index.serve
-
-    def split_rows(name: str):
+    serve = index.serve
+    out = {"best": np.array(targets.index(index.best_single))}
+    for name, short in (("val", "va"), ("test", "te")):
         rows = np.flatnonzero((splits == name) & ~np.isnan(scores).any(axis=1))
         p, have, _ = served_proba(st, model, index, serve, ds, features, rows)
-        return p[have], scores[rows[have]], costs[rows[have]]
-
-    p_va, s_va, c_va = split_rows("val")
-    p_te, s_te, c_te = split_rows("test")
-    held = None
+        out.update({f"p_{short}": p[have], f"s_{short}": scores[rows[have]], f"c_{short}": costs[rows[have]]})
     if index.held_out:
         held, _, held_targets = from_table(st.read_table(join(model, index.held_out)))
         if held_targets != targets:
             raise SystemExit(f"{model}: held_out targets differ from the index's")
-    rules = [("expected", None, 1.645)] + [("measured", None, z) for z in GUARDS]
-    if held is not None and held.kind == "out-of-fold training":
-        rules += [("measured", held, z) for z in GUARDS]
+        if serve in held.proba:
+            out.update({"p_oof" if held.kind == "out-of-fold training" else "p_cv": held.proba[serve],
+                        "s_held": held.scores, "c_held": held.costs})
+    np.savez(keep, **out)
+    return out
+
+
+def rows_for(rec: dict[str, np.ndarray], on: str) -> tuple:
+    """The rows a rule chooses on (point_for's): "val", or "oof+val" (validation alone where the served
+    router was chosen there: its cross-validated probabilities)."""
+    if on == "val" or ("p_oof" not in rec and "p_cv" not in rec):
+        return rec["p_va"], rec["s_va"], rec["c_va"], {"validation": len(rec["s_va"])}
+    if "p_cv" in rec:
+        return rec["p_cv"], rec["s_held"], rec["c_held"], {"validation": len(rec["s_held"])}
+    return (np.r_[rec["p_oof"], rec["p_va"]], np.r_[rec["s_held"], rec["s_va"]], np.r_[rec["c_held"], rec["c_va"]],
+            {"out_of_fold": len(rec["s_held"]), "validation": len(rec["s_va"])})
+
+
+def judged(rec: dict[str, np.ndarray], op: dict, tolerance: float) -> dict:
+    """Operating point ``op`` judged on the test split: the test figures, whether the promise was kept
+    and whether the batch interval (routing.change_interval, at the test's size) held them."""
+    best = int(rec["best"])
+    test = at_operating_point(rec["p_te"], rec["s_te"], rec["c_te"], op, best)
+    lo, hi = (100 * v for v in change_interval(op, len(rec["s_te"])))
+    return {"rows": op["rows"], "tau": op["tau"], "fallback": op.get("fallback"),
+            "promised_change_points": 100 * op["accuracy_change"],
+            "promised_se_points": 100 * op["accuracy_change_se"], "batch_interval_points": [lo, hi],
+            "promised_saving_pct": op["saving_pct"], "test_change_points": test["accuracy_change_points"],
+            "test_saving_pct": test["saving_pct"], "n_test": len(rec["s_te"]),
+            "kept": bool(test["accuracy_change_points"] >= -100 * tolerance - 1e-9),
+            "interval_held": bool(lo - 1e-9 <= test["accuracy_change_points"] <= hi + 1e-9)}
+
+
+def replay(data: str, features: str, model: str, tolerance: float = 0.005) -> list[dict]:
+    """One row per rule (see the module's docstring) on the model in folder ``model``."""
+    rec = recorded(data, features, model)
+    serve = read_index(Storage(), model).serve
+    rules = [("expected", "val", 1.645)] + [("measured", "val", z) for z in GUARDS]
+    if "p_oof" in rec:
+        rules += [("measured", "oof+val", z) for z in GUARDS]
     out = []
-    for rule, rows_held, z in rules:
-        op = point_for(rule, serve, rows_held, p_va, s_va, c_va, best, tolerance, z)
-        test = at_operating_point(p_te, s_te, c_te, op, best)
-        lo, hi = (100 * v for v in change_interval(op, len(s_te)))
-        out.append({"served": serve, "rule": rule, "guard_z": z, "rows": op["rows"], "tau": op["tau"],
-                    "fallback": op.get("fallback"), "promised_change_points": 100 * op["accuracy_change"],
-                    "promised_se_points": 100 * op["accuracy_change_se"], "batch_interval_points": [lo, hi],
-                    "promised_saving_pct": op["saving_pct"], "test_change_points": test["accuracy_change_points"],
-                    "test_saving_pct": test["saving_pct"], "n_test": len(s_te),
-                    "kept": bool(test["accuracy_change_points"] >= -100 * tolerance - 1e-9),
-                    "interval_held": bool(lo - 1e-9 <= test["accuracy_change_points"] <= hi + 1e-9)})
+    for rule, on, z in rules:
+        p, s, c, rows = rows_for(rec, on)
+        op = point_on(p, s, c, int(rec["best"]), rows, OperatingRule(rule, tolerance, z))
+        out.append({"served": serve, "rule": rule, "guard_z": z, **judged(rec, op, tolerance)})
     return out
 
 

@@ -28,7 +28,7 @@ from router_core.dataset import load_dataset, outcome_matrix
 from router_core.features import load_features, read_manifest
 from router_core.routers import RouterInputs, TaskPrior, load_router, predict_any
 from router_core.routing import threshold_routes
-from router_core.selection import choose_serving
+from router_core.selection import OperatingRule, choose_serving
 from tests.bench.probe_loss import seed_split
 
 FITTED = ["prefill_trunk", "prefill_logreg", "prefill_trunk_residual", "prefill_trunk_distilled"]
@@ -62,7 +62,7 @@ def replay(name: str, data: str, features: str, study: str, config: str | None, 
         iv, xv = inputs(va & full)
         tc = cfg.train
         sv = choose_serving(routers, prior, xv, scores[iv], costs[iv], best_single, tc.cv_folds, tc.cv_repeats, seed,
-                            tc.accuracy_tolerance, guard_z=tc.accuracy_guard_z)
+                            OperatingRule.of(tc))
         it, xt = inputs(test)
         s, c = scores[it], costs[it]
 

@@ -8,7 +8,7 @@ import pytest
 from router_core.errors import ArtifactError
 from router_core.held_out import COST, SCORE, from_table, to_table
 from router_core.routers import RouterInputs, TaskPrior, TrunkRouter
-from router_core.selection import OutOfFold, choose_serving
+from router_core.selection import OperatingRule, OutOfFold, choose_serving
 
 
 class _Noise(TrunkRouter):
@@ -38,7 +38,7 @@ def test_validation_rows_replay_each_candidates_first_repeat():
                      semantic=np.zeros((int(va.sum()), 4), np.float32))
     routers = {"prefill_trunk": _Noise(K, "prefill"), "semantic_knn": _Noise(K, "semantic", seed=1)}
     sv = choose_serving(routers, prior, x, scores[va], costs[va], best_single=2, folds=2, repeats=5, seed=0,
-                        tolerance=0.005)
+                        rule=OperatingRule(tolerance=0.005, guard_z=None))
     h, cand = sv.held_out, sv.selection["candidates"]
     assert h.kind == "validation" and len(h.scores) == va.sum() and sorted(np.unique(h.part)) == [0, 1]
     assert {"prefill_trunk", "task_prior", "prefill_trunk_mix", "semantic_knn"} <= set(h.proba) == set(cand)
@@ -63,7 +63,7 @@ def test_out_of_fold_rows_replay_every_part_and_a_semantic_candidate_is_recorded
     x = RouterInputs(n=200, tasks=tasks[400:], semantic=np.zeros((200, 4), np.float32))
     routers = {"prefill_trunk": _Noise(K, "prefill"), "semantic_knn": _Noise(K, "semantic", seed=1)}
     sv = choose_serving(routers, prior, x, scores[va], costs[va], best_single=2, folds=2, repeats=5, seed=0,
-                        tolerance=0.005, oof=oof)
+                        rule=OperatingRule(tolerance=0.005, guard_z=None), oof=oof)
     h, cand = sv.held_out, sv.selection["candidates"]
     assert h.kind == "out-of-fold training" and (h.index == np.arange(400)).all() and (h.part == part).all()
     for k, v in cand.items():
@@ -111,7 +111,7 @@ def test_the_replay_reads_a_model_chosen_on_validation_rows(tmp_path):
     prior = TaskPrior().fit([tasks[i] for i in np.flatnonzero(~va)], scores[~va])
     x = RouterInputs(n=int(va.sum()), tasks=[tasks[i] for i in np.flatnonzero(va)])
     sv = choose_serving({"prefill_trunk": _Noise(K, "prefill")}, prior, x, scores[va], costs[va], best_single=2,
-                        folds=2, repeats=5, seed=0, tolerance=0.005)
+                        folds=2, repeats=5, seed=0, rule=OperatingRule(tolerance=0.005, guard_z=None))
     h = sv.held_out
     pq.write_table(to_table(h, [f"q{i}" for i in range(len(h.scores))], ["a", "b", "c"]), tmp_path / "held_out.parquet")
     (tmp_path / "manifest.json").write_text(json.dumps({"selection": sv.selection, "held_out": "held_out.parquet"}))

@@ -9,7 +9,7 @@ from router_core.model import Preprocessor, SharedTrunkNet, TrainParams, fit_tru
 from router_core.routers import BlendRouter, RouterInputs, TaskPrior, TrunkRouter, load_router, save_router
 from router_core.held_out import HeldOut
 from router_core.routing import batch_promise, change_interval, promise_line, route_tally, threshold_routes
-from router_core.selection import (RULE, Scored, choose, choose_serving, cv_scores, does_not_pay_line, explain,
+from router_core.selection import (RULE, OperatingRule, Scored, choose, choose_serving, cv_scores, does_not_pay_line, explain,
                                    fallback_line, measured_walk, operating_line, operating_point,
                                    operating_point_measured, point_for)
 from router_core.storage import Storage
@@ -163,7 +163,7 @@ def test_the_prior_is_served_where_no_learned_router_beats_it_and_named_by_what_
         prior = TaskPrior().fit([t[i] for i in np.flatnonzero(~va)], scores[~va])
         x = RouterInputs(n=int(va.sum()), tasks=[t[i] for i in np.flatnonzero(va)] if with_tasks else None)
         sv = choose_serving({"prefill_trunk": _Noise(K)}, prior, x, scores[va], costs[va], best_single=2, folds=2,
-                            repeats=5, seed=0, tolerance=0.005)
+                            repeats=5, seed=0, rule=OperatingRule(tolerance=0.005, guard_z=None))
         cand = sv.selection["candidates"]
         assert len(cand[name]["per_part"]) == 10 and cand["prefill_trunk"]["val_p_auccc"] < cand[name]["val_p_auccc"]
         above = max(v["val_p_auccc"] for k, v in cand.items() if k != name) > cand[name]["val_p_auccc"]
@@ -184,12 +184,12 @@ def test_where_even_tau_0_may_break_the_promise_train_says_so_and_can_serve_the_
     va = np.arange(n) >= n // 2
     prior = TaskPrior().fit([None] * int((~va).sum()), scores[~va])
     x = RouterInputs(n=int(va.sum()))
-    args = ({"prefill_trunk": _Noise(K)}, prior, x, scores[va], costs[va], 2, 2, 5, 0, 0.005)
-    kept = choose_serving(*args, guard_z=1.645)  # by default the router still serves, at tau 0, and it is said
+    args = ({"prefill_trunk": _Noise(K)}, prior, x, scores[va], costs[va], 2, 2, 5, 0)
+    kept = choose_serving(*args, OperatingRule(tolerance=0.005, guard_z=1.645))  # by default the router still serves, at tau 0, and it is said
     assert kept.winner.startswith("prefill_") and "fallback" not in kept.selection
     assert kept.operating_point["fallback"] == "best single" and kept.operating_point["tau"] == 0
     assert "train.fallback_best_single would serve t2 instead" in fallback_line(kept.operating_point, "t2", kept.winner)
-    sv = choose_serving(*args, guard_z=1.645, fallback_best_single=True)
+    sv = choose_serving(*args, OperatingRule(tolerance=0.005, guard_z=1.645, fallback_best_single=True))
     fb, op = sv.selection["fallback"], sv.operating_point
     assert sv.winner == "best_single" and fb["to"] == "best_single" and fb["from"].startswith("prefill_")
     was = fb["from_operating_point"]
@@ -217,7 +217,7 @@ def test_where_one_target_dominates_routing_does_not_pay_and_each_targets_mean_s
     routers = {"prefill_trunk": _Noise(K), "best_single": ConstantRouter("best_single").fit(scores[~va])}
     x = RouterInputs(n=int(va.sum()), tasks=[tasks[i] for i in np.flatnonzero(va)])
     sv = choose_serving(routers, prior, x, scores[va], costs[va], best_single=2, folds=2, repeats=5, seed=0,
-                        tolerance=0.005, guard_z=1.645)
+                        rule=OperatingRule(tolerance=0.005, guard_z=1.645))
     cand = sv.selection["candidates"]
     assert sv.winner == "best_single" and {"task_prior", "best_single"} <= set(cand)
     assert all(cand["best_single"]["val_p_auccc"] >= v["val_p_auccc"] for k, v in cand.items() if v.get("servable", True))
@@ -371,9 +371,9 @@ def test_the_operating_point_on_every_out_of_fold_row_keeps_the_promise_where_va
     p_va, s_va, c_va = _winners_curse(87, rng, lucky=True)
     p_te, s_te, c_te = _winners_curse(4000, rng)
     held = HeldOut("out-of-fold training", {"prefill_trunk": p_oof}, s_oof, c_oof, np.arange(600) % 5)
-    old = point_for("expected", "prefill_trunk", held, p_va, s_va, c_va, 1, 0.005, 1.645)
-    alone = point_for("measured", "prefill_trunk", None, p_va, s_va, c_va, 1, 0.005, 1.645)
-    new = point_for("measured", "prefill_trunk", held, p_va, s_va, c_va, 1, 0.005, 1.645)
+    old = point_for("prefill_trunk", held, p_va, s_va, c_va, 1, OperatingRule("expected"))
+    alone = point_for("prefill_trunk", None, p_va, s_va, c_va, 1, OperatingRule())
+    new = point_for("prefill_trunk", held, p_va, s_va, c_va, 1, OperatingRule())
     assert old["rows"] == alone["rows"] == {"validation": 87} and new["rows"] == {"out_of_fold": 600, "validation": 87}
     assert not old["guarded"] and old["accuracy"] == old["best_single_accuracy"]  # validation: no loss seen
     for misled in (old, alone):
@@ -507,7 +507,7 @@ def test_where_each_family_knows_a_different_target_the_default_rule_serves_what
     x_te, s_te, c_te = rows(n_te)
     prior = TaskPrior().fit([None] * n_va, s_va)  # no tasks: each target's mean (best_single)
     sv = choose_serving(families, prior, x_va, s_va, c_va, best_single=2, folds=2, repeats=5, seed=0,
-                        tolerance=0.005)
+                        rule=OperatingRule(tolerance=0.005, guard_z=None))
     test = {k: r.predict_proba(x_te) for k, r in families.items()}
     test.update({k: b.predict_proba(x_te) for k, b in sv.blends.items()})
     auc = {k: M.p_auccc(p, s_te, c_te) for k, p in test.items()}
