@@ -143,7 +143,7 @@ def batch_promise(op: dict, batch: int) -> dict | None:
     lo, hi = change_interval(op, batch)
     return {"accuracy_change_points": 100 * op["accuracy_change"], "interval_points": [100 * lo, 100 * hi],
             "batch": int(batch), "rows": op["rows"], "operating_rule": op["operating_rule"],
-            "fallback": op.get("fallback")}
+            "fallback": op.get("fallback"), "made_for_batch": op.get("promise_batch")}
 
 
 def rows_phrase(rows: dict[str, int]) -> str:
@@ -155,6 +155,9 @@ def promise_line(promise: dict, best_single: str) -> str:
     """``batch_promise``'s record in one line, for route's printout."""
     lo, hi = promise["interval_points"]
     on = rows_phrase(promise["rows"])
+    made = promise.get("made_for_batch")
+    smaller = (f"; train bounded it for a batch of {made}, and a smaller batch scatters more"
+               if made and promise["batch"] < made else "")
     return (f"promised at the operating point, for a batch of {promise['batch']} like train's held-out rows: "
             f"{promise['accuracy_change_points']:+.2f} points against always calling {best_single} "
-            f"(95% interval {lo:+.2f} to {hi:+.2f}; from {on} rows)")
+            f"(95% interval {lo:+.2f} to {hi:+.2f}; from {on} rows{smaller})")

@@ -32,7 +32,7 @@ import numpy as np
 from . import metrics as M
 from .held_out import HeldOut
 from .routers import BlendRouter, MixMean, MixRouter
-from .routing import Z95, rows_phrase, threshold_routes
+from .routing import Z95, change_interval, rows_phrase, threshold_routes
 
 
 @dataclass(frozen=True)
@@ -373,13 +373,17 @@ def does_not_pay_line(selection: dict, served: str, best_single: str, tau: float
 
 def operating_line(op: dict, best_single: str) -> str:
     """``op`` (an operating point's record) in one line: where, the accuracy change against always
-    calling ``best_single`` and the saving, each with its 95% interval, and on which rows."""
+    calling ``best_single`` and the saving, each with its 95% interval, on which rows, and where the
+    promise is for a batch (train.promise_batch), the interval such a batch will show."""
     on = rows_phrase(op["rows"])
     lo, hi = (100 * v for v in op["accuracy_change_interval"])
     slo, shi = op["saving_interval_pct"]
     line = (f"tau {op['tau']:.4f} ({op['operating_rule']} rule): {100 * op['accuracy_change']:+.2f} points against "
             f"always calling {best_single} (95% interval {lo:+.2f} to {hi:+.2f}), {op['saving_pct']:.1f}% cheaper "
             f"(95% interval {slo:.1f}% to {shi:.1f}%), from {on} rows")
+    if op.get("promise_batch"):
+        blo, bhi = (100 * v for v in change_interval(op, op["promise_batch"]))
+        line += f"; a batch of {op['promise_batch']} queries: 95% interval {blo:+.2f} to {bhi:+.2f}"
     if op.get("guarded"):
         u = op["unguarded"]
         alone = "the point estimate" if op["operating_rule"] == "measured" else "the expected accuracy"
@@ -395,14 +399,15 @@ def fallback_line(op: dict, best_single: str, served: str) -> str | None:
     if not fb:
         return None
     n, tol = sum(op["rows"].values()), 100 * op["tolerance"]
+    batch = f" on a batch of {op['promise_batch']}" if op.get("promise_batch") else ""
     if fb == "tau 0":
         return (f"{n} held-out rows are too few to promise any saving within {tol:.1f} points of always calling "
-                f"{best_single}: route runs at tau 0, each query to its most probable target")
+                f"{best_single}{batch}: route runs at tau 0, each query to its most probable target")
     if served == "best_single":  # train.fallback_best_single
         return (f"on {n} held-out rows even the router's most probable targets may fall more than {tol:.1f} points "
-                f"below always calling {best_single}: route serves {best_single}, always")
+                f"below always calling {best_single}{batch}: route serves {best_single}, always")
     return (f"on {n} held-out rows even {served}'s most probable targets may fall more than {tol:.1f} points below "
-            f"always calling {best_single}; it serves at tau 0 (train.fallback_best_single would serve "
+            f"always calling {best_single}{batch}; it serves at tau 0 (train.fallback_best_single would serve "
             f"{best_single} instead)")
 
 

@@ -7,10 +7,13 @@ appended as each run ends; rows already in the file are skipped.
     python -m tests.bench.oppoint_study --rows docs/oppoint-study.jsonl --table   # the Markdown table
 
 Each run is trained and evaluated as study_rows does (its model kept under ``--cache``; a model already
-there is reused, not refitted), then every operating-point rule is replayed on it
-(tests/bench/replay_oppoint.py: tau chosen on validation or on the out-of-fold rows plus validation,
-judged on test). A row: pool, variant, seed, the commit, and per rule the promise, the test figures,
-whether the promise was kept and whether the batch interval held the test change.
+there is reused, not refitted), its served router's probabilities recorded beside it
+(tests/bench/replay_oppoint.py:recorded), then every operating-point rule of
+tests/bench/oppoint_rules.py is replayed on it (tau chosen on validation or on the out-of-fold rows
+plus validation, judged on test). A row: pool, variant, seed, the commit, and per rule the promise,
+the test figures, whether the promise was kept and whether the batch interval held the test change.
+A new rule is replayed over every run already trained by ``python -m tests.bench.oppoint_rules
+--rows docs/oppoint-study.jsonl``, in seconds.
 """
 
 from __future__ import annotations
@@ -20,48 +23,10 @@ import json
 import sys
 import time
 
-import numpy as np
 
-from .replay_oppoint import replay
+from .oppoint_rules import rules_of, table
+from .replay_oppoint import recorded
 from .study_rows import append_row, budget_left, prepare, run_one, study_args, study_todo
-
-
-def rule_name(r: dict) -> str:
-    """A rule's name in the table: what it chose on, and its guard."""
-    on = "oof+val" if "out_of_fold" in r["rows"] else "val"
-    z = "point" if r["guard_z"] is None else f"z {r['guard_z']:g}"
-    return f"{r['rule']} on {on}, {z}"
-
-
-def with_fallback(r: dict) -> dict:
-    """Rule ``r`` under train.fallback_best_single: where even its tau 0 may break the promise
-    (fallback "best single"), the best single serves, so on test nothing is saved and nothing lost."""
-    out = dict(r, rule=r["rule"] + " +fallback")
-    if r["rule"] == "measured" and r.get("fallback") == "best single":
-        out.update(test_change_points=0.0, test_saving_pct=0.0, kept=True, interval_held=True)
-    return out
-
-
-def table(rows: list[dict]) -> str:
-    """Per rule (and each measured rule with train.fallback_best_single), over the rows' runs, the
-    600-query variants apart: runs, promise kept, interval held, the median test saving and the
-    median and worst test change (points)."""
-    out = ["| rule | runs | variant | kept | interval held | test saving (median) | test change (median, worst) |",
-           "|---|---|---|---|---|---|---|"]
-    rows = [dict(row, rules=row["rules"] + [with_fallback(r) for r in row["rules"] if r["rule"] == "measured"])
-            for row in rows]
-    names = list(dict.fromkeys(rule_name(r) for row in rows for r in row["rules"]))
-    for name in names:
-        for part, keep in (("all", lambda v: True), ("n600", lambda v: v == "n600")):
-            got = [r for row in rows if keep(row["variant"]) for r in row["rules"] if rule_name(r) == name]
-            if not got:
-                continue
-            ch = [r["test_change_points"] for r in got]
-            out.append(f"| {name} | {len(got)} | {part} | {sum(r['kept'] for r in got)} | "
-                       f"{sum(r['interval_held'] for r in got)} | "
-                       f"{np.median([r['test_saving_pct'] for r in got]):.1f}% | "
-                       f"{np.median(ch):+.2f}, {min(ch):+.2f} |")
-    return "\n".join(out)
 
 
 def main(argv=None) -> int:
@@ -87,12 +52,12 @@ def main(argv=None) -> int:
         model = a.cache / pool / variant / f"seed{seed}" / "model"
         if not (model / "manifest.json").exists():
             run_one(pool, variant, seed, data[variant], feats, a.cache, [])
-        rules = replay(data[variant], feats, str(model))
+        rules = rules_of(recorded(data[variant], feats, str(model)))
         spent.append(time.monotonic() - t)
         append_row(a.rows, {"pool": pool, "variant": variant, "seed": seed, "commit": code_version(), "rules": rules})
         print(f"oppoint_study: {pool} {variant} seed {seed} ({spent[-1]:.0f} s): " + "; ".join(
-            f"{r['rule']} z {r['guard_z']} on {'+'.join(r['rows'])}: {r['test_saving_pct']:.1f}% at "
-            f"{r['test_change_points']:+.2f}{'' if r['kept'] else ' BROKEN'}" for r in rules), flush=True)
+            f"{r['rule']}: {r['test_saving_pct']:.1f}% at {r['test_change_points']:+.2f}{'' if r['kept'] else ' BROKEN'}"
+            for r in rules), flush=True)
     return 0
 
 

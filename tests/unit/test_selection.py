@@ -437,6 +437,12 @@ def test_a_promise_for_a_batch_is_kept_on_batches_where_a_promise_for_the_mean_i
         return float(((S[np.arange(len(S)), r] - S[:, 2]).reshape(1000, 200).mean(axis=1) < -0.02).mean())
 
     assert broken(mean) > 0.15 and broken(batch) < 0.05 and batch["saving_pct"] > 60
+    lo, hi = (100 * v for v in change_interval(batch, 200))
+    assert f"; a batch of 200 queries: 95% interval {lo:+.2f} to {hi:+.2f}" in operating_line(batch, "c")
+    assert "a batch of" not in operating_line(mean, "c")
+    assert promise_line(batch_promise(batch, 50), "c").endswith(
+        "train bounded it for a batch of 200, and a smaller batch scatters more)")
+    assert "train bounded" not in promise_line(batch_promise(batch, 500), "c")
 
 
 def test_the_intervals_are_those_of_the_routes_at_the_point_and_a_batch_adds_its_own_sampling():

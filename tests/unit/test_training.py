@@ -46,13 +46,15 @@ def _pool_data(n=1200, seed=0):
 @pytest.mark.parametrize("cross_fit", [0, 3])
 def test_bundle_serves_the_router_validation_chooses_and_it_round_trips(tmp_path, cross_fit):
     ds, prefill, sem = _pool_data()
-    cfg = load_config(None, [*SETS, f"train.cross_fit={cross_fit}"])
+    # The router that wins serves and round-trips; on these 1,200 rows its tau 0 cannot promise half a
+    # point on a batch of 1000, so by default the best single would serve (tests/unit/test_selection.py).
+    cfg = load_config(None, [*SETS, f"train.cross_fit={cross_fit}", "train.fallback_best_single=false"])
     fman = {"columns": list(prefill), "encoder": {"identity": "synthetic"}, "settings_key": "k1"}
     sman = {"columns": ["mean_06"], "encoder": {"identity": "synthetic-sem"}, "settings_key": "k2"}
     bundle = fit_bundle(cfg, fit_in_process, ds, prefill, sem, np.ones(ds.queries.num_rows, bool), fman, sman, "test")
     assert {"prefill_trunk_residual", "prefill_trunk_shrunk", "prefill_stack"} <= set(bundle.routers)
     sel = bundle.selection
-    # The winner serves, even where its tau 0 may break the promise (train.fallback_best_single is off).
+    # The winner serves, even where its tau 0 may break the promise (train.fallback_best_single off).
     assert bundle.serve == sel["winner"] in SERVABLE and sel["candidates"][sel["winner"]]["within_noise"]
     assert "fallback" not in sel
     # The features carry each query's difficulty but not its task: the plain trunk cannot know which
@@ -69,7 +71,9 @@ def test_bundle_serves_the_router_validation_chooses_and_it_round_trips(tmp_path
     # Chosen on measured outcomes of every held-out row: out of fold plus validation, or validation alone.
     assert op["operating_rule"] == "measured" and 0 <= op["tau"] <= 1 and op["tolerance"] == 0.005
     assert op["rows"] == ({"out_of_fold": n_train, "validation": n_val} if cross_fit else {"validation": n_val})
-    assert op["tau"] == 0 or op["accuracy_change"] - 1.645 * op["accuracy_change_se"] >= -0.005 - 1e-12
+    widen = np.sqrt(1 + sum(op["rows"].values()) / 1000)  # a promise for a batch of 1000 (train.promise_batch)
+    assert op["promise_batch"] == 1000
+    assert op["tau"] == 0 or op["accuracy_change"] - 1.645 * widen * op["accuracy_change_se"] >= -0.005 - 1e-12
     assert op["accuracy"] == pytest.approx(op["best_single_accuracy"] + op["accuracy_change"])
     assert op["guard_z"] == 1.645
     assert op["unguarded"]["saving_pct"] >= op["saving_pct"]  # the guard only stops sooner
