@@ -147,7 +147,7 @@ STAGES: list[Stage] = [
     Stage("nightly", "route every query set that appeared under nightly.input since the last run",
           "List the children of nightly.input (Parquet files or folders); route each one not yet in the "
           "watermark into nightly.output/<date>/<set>/ and add it to the watermark only once its outputs are "
-          "complete. configs/nightly.yaml shows the fields.", A.nightly_args,
+          "complete. configs/cluster.yaml shows the fields (nightly.model: the retrain folder, whose champion serves).", A.nightly_args,
           lambda cfg, a: _stage("nightly", "run_nightly")(cfg, a.date), _stage("nightly", "print_nightly"),
           lambda run: REJECTED if any(r["rejected"] for r in run.routed.values()) else OK),
     Stage("retrain", "merge new outcomes, retrain, promote the challenger if it is not worse",

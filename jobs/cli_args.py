@@ -46,7 +46,7 @@ def extract_args(p):
 def evaluate_args(p):
     p.add_argument("--data", required=True, help="dataset folder (local or s3://)")
     p.add_argument("--features", required=True, help="prefill features folder made by `extract`")
-    p.add_argument("--model", required=True, help="model folder made by `train`")
+    p.add_argument("--model", required=True, help="model folder made by `train` (or a retrain folder: its champion)")
     p.add_argument("--out", required=True, help="report folder")
 
 

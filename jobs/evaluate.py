@@ -26,7 +26,7 @@ from router_core.held_out import HeldOut
 from router_core.lengths import (LinearLengths, OutputLengths, dataset_output_tokens, expected_tokens,
                                  length_errors)
 from router_core.model import ensemble_proba
-from router_core.model_index import read_index
+from router_core.model_index import read_index, resolve_model
 from router_core.reporting import report_files
 from router_core.routers import RouterInputs, TrunkRouter, load_router, ordered
 from router_core.storage import join
@@ -49,6 +49,7 @@ class EvalRun:
 def run_evaluate(cfg: AppConfig, data: str, features: str, model: str, out: str) -> EvalRun:
     t0 = time.perf_counter()
     storage = storage_from(cfg)
+    model = resolve_model(storage, model)  # a retrain folder: its champion
     index = read_index(storage, model)
     targets = index.targets
     ds = load_dataset(storage, data)

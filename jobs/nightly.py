@@ -56,7 +56,7 @@ def run_nightly(cfg: AppConfig, date: str | None = None) -> NightlyRun:
 
     nc = cfg.nightly
     if not nc.input or not nc.output or not nc.model:
-        raise ConfigError("nightly: set nightly.input, nightly.output and nightly.model (see configs/nightly.yaml)")
+        raise ConfigError("nightly: set nightly.input, nightly.output and nightly.model (see configs/cluster.yaml)")
     storage = storage_from(cfg)
     day = date or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
     wm_uri = _watermark_uri(cfg)

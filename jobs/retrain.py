@@ -6,7 +6,7 @@ Layout under ``retrain.models`` (local or s3://)::
     v0001/ v0002/ ...        one folder per retraining: dataset/, model/, report/, decision.json
 
 1. New data: every batch folder under ``retrain.new`` holding ``outcomes.parquet`` (canonical
-   schema), with ``queries.parquet`` for queries the training data lacks and, for a target model
+   schema; none is needed for the first model, v0001, trained on ``retrain.data`` alone), with ``queries.parquet`` for queries the training data lacks and, for a target model
    not in the pool, its prices in ``pool.yaml``. New queries join the ``train`` split, so the test
    split stays the one both models are judged on. Outcomes of a model with no price are rejected
    with that reason (``vNNNN/rejects.parquet``); the rest is checked by ``validate``'s rules.
@@ -57,9 +57,13 @@ def _versions(storage: Storage, models: str) -> list[str]:
     return sorted(n for n in names if n.startswith("v") and n[1:].isdigit())
 
 
-def merge_new(storage: Storage, base: Dataset, new_prefix: str) -> tuple[Dataset, list[dict], dict]:
-    """The base dataset plus every batch under ``new_prefix``; rejects of rows that cannot join."""
+def merge_new(storage: Storage, base: Dataset, new_prefix: str, none_ok: bool = False
+              ) -> tuple[Dataset, list[dict], dict]:
+    """The base dataset plus every batch under ``new_prefix``; rejects of rows that cannot join.
+    ``none_ok``: no batch there gives the base as it is (the first model), else an error."""
     batches = sorted({f.rsplit("/", 1)[0] for f in storage.list_files(new_prefix, "outcomes.parquet")})
+    if not batches and none_ok:
+        return base, [], {"batches": 0, "new_queries": 0, "new_outcomes": 0, "new_models": []}
     if not batches:
         raise DataError(f"{new_prefix}: no batch folder with outcomes.parquet")
     pool = base.pool.model_copy(deep=True)
@@ -162,7 +166,7 @@ def run_retrain(cfg: AppConfig) -> RetrainRun:
         if batch is not None:  # one new target per run; the next run merges the rest (and retrains in full)
             return _onboard(cfg, storage, champion, batch, version)
     base = load_dataset(storage, champion.dataset if champion else rc.data)
-    merged, rejects, counts = merge_new(storage, base, rc.new)
+    merged, rejects, counts = merge_new(storage, base, rc.new, none_ok=champion is None)  # day 0: retrain.data alone
     res = validate(merged, join(root, "dataset", "queries.parquet"), join(root, "dataset", "outcomes.parquet"))
     rejects += res.rejects.to_pylist()
     data_uri = join(root, "dataset")

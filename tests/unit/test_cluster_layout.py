@@ -1,0 +1,81 @@
+"""One bucket layout (configs/cluster.yaml's header): every shipped config loads, and every cluster
+manifest runs its stage with configs/cluster.yaml and paths in that layout, so that what retrain
+promotes is what the nightly job, route, evaluate and onboard use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobs.cli import build_parser
+from router_core.config import load_config
+from tests.unit.test_cluster_manifests import MANIFESTS, _cli_args, _commands, _docs, _local
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+BUCKET = "s3://prefill-router/"
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path.rstrip("/") == prefix.rstrip("/") or path.startswith(prefix.rstrip("/") + "/")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    load_config(str(path), [])
+
+
+def test_the_cluster_config_closes_the_loop_in_one_layout():
+    cfg = load_config(str(REPO / "configs/cluster.yaml"), [])
+    rc, nc = cfg.retrain, cfg.nightly
+    assert nc.model == rc.models == BUCKET + "models"  # nightly serves the champion retrain promotes
+    assert _under(rc.data, BUCKET + "datasets") and _under(rc.features, BUCKET + "features")
+    assert _under(rc.new, BUCKET + "labels") and _under(nc.input, BUCKET + "incoming")
+    assert _under(nc.output, BUCKET + "routes/nightly") and nc.watermark is None  # beside its routes
+    assert nc.policy.name == "threshold" and nc.policy.tau is None  # the champion's own operating point
+
+
+def _stage_commands() -> list[tuple[str, list[str]]]:
+    """(manifest, the stage's arguments) of every prefill-router command in cluster/ (submit unwrapped)."""
+    parser, out = build_parser(), []
+    for path in MANIFESTS:
+        for d in _docs(path):
+            for cmd in _commands(d):
+                args = _cli_args(cmd)
+                if args is None:
+                    continue
+                if args[0] == "submit":
+                    ns = parser.parse_args(args)
+                    args = [ns.stage, *(ns.stage_args[1:] if ns.stage_args[:1] == ["--"] else ns.stage_args)]
+                out.append((path.name, args))
+    return out
+
+
+def test_every_manifest_runs_its_stage_with_the_cluster_config_on_the_layouts_paths():
+    cfg = load_config(str(REPO / "configs/cluster.yaml"), [])
+    rc, nc = cfg.retrain, cfg.nightly
+    parser = build_parser()
+    cmds = _stage_commands()
+    stages = {args[0] for _, args in cmds}
+    assert {"extract", "select-layers", "train", "evaluate", "route", "onboard", "nightly", "retrain"} <= stages
+    # Where each stage's paths belong: the same dataset and feature cache, the champion's folder.
+    outs = {"extract": rc.features, "train": BUCKET + "experiments", "onboard": BUCKET + "experiments",
+            "evaluate": BUCKET + "reports", "select-layers": BUCKET + "layers", "route": BUCKET + "routes/adhoc"}
+    for name, args in cmds:
+        ns = parser.parse_args(args)
+        where = f"{name}: {' '.join(args)}"
+        assert _local(ns.config) == REPO / "configs/cluster.yaml", where
+        if getattr(ns, "data", None):
+            assert ns.data == rc.data, where
+        if getattr(ns, "features", None):
+            assert ns.features == rc.features, where
+        if getattr(ns, "model", None):
+            assert ns.model == rc.models, where  # a retrain folder: route, evaluate and onboard resolve its champion
+        if getattr(ns, "queries", None):
+            assert _under(ns.queries, nc.input), where
+        if getattr(ns, "new", None):
+            assert _under(ns.new, rc.new), where
+        if getattr(ns, "out", None):
+            assert _under(ns.out, outs[args[0]]), where
+            assert not _under(ns.out, rc.models) and not _under(ns.out, nc.output), where  # the loop's own folders
