@@ -9,11 +9,12 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from router_core.config import load_config, make_policy
-from router_core.errors import INTERRUPTED, OK, REJECTED, RouterError
+from router_core.errors import FAILED, INTERRUPTED, OK, REJECTED, REJECTED_LINE, RouterError
 
 from . import cli_args as A
 
@@ -201,13 +202,20 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides + _stage_overrides(args))
         run = stage.run(cfg, args)
         stage.report(run)
-        return stage.exit_code(run)
+        code = stage.exit_code(run)
+        if code == REJECTED:  # the line submit reads to tell rejected rows from a crash (both exit 1 bare)
+            print(f"prefill-router {args.command}: {REJECTED_LINE}", file=sys.stderr)
+        return code
     except RouterError as e:
         print(f"prefill-router {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"prefill-router {args.command}: interrupted", file=sys.stderr)
         return INTERRUPTED
+    except Exception:  # a crash, not the input: its traceback, and the code a scheduler reads as failed
+        traceback.print_exc()
+        print(f"prefill-router {args.command}: crashed (exit {FAILED})", file=sys.stderr)
+        return FAILED
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""``submit``: run any stage as a Ray Job on a cluster, follow its logs, mirror its exit status.
+"""``submit``: run any stage as a Ray Job on a cluster, follow its logs, exit as the stage did (1 for
+rejected rows, 2 for bad input, 3 for a failure: ``exit_code``).
 
 The entrypoint is ``python -m jobs.cli STAGE ARGS...`` run in a copy of the working directory
 (this repository, or ``--working-dir``) uploaded by Ray; the cluster's image provides the
@@ -18,10 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from router_core.errors import FAILED, INTERRUPTED, OK, ConfigError, JobFailed
+from router_core.errors import BAD_INPUT, FAILED, INTERRUPTED, OK, REJECTED, REJECTED_LINE, ConfigError, JobFailed
 
 SECRET_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "CREDENTIAL", "ACCESS_KEY", "SESSION")
-EXIT = {"SUCCEEDED": OK, "FAILED": FAILED, "STOPPED": INTERRUPTED}
 AGENT_WAIT_S = 300.0
 
 
@@ -41,6 +41,19 @@ def _env(names: list[str]) -> dict[str, str]:
         if name in os.environ:
             out[name] = os.environ[name]
     return out
+
+
+def exit_code(status: str, driver_exit_code: int | None, logs: str) -> int:
+    """The job's own exit code, as the stage would have given it run here: 0 done; 1 done with rejected
+    rows (only after the stage's REJECTED_LINE: a crashed interpreter exits 1 too); 2 bad input; 3
+    anything else that failed; 130 stopped."""
+    if status == "SUCCEEDED":
+        return OK
+    if status == "STOPPED":
+        return INTERRUPTED
+    if driver_exit_code == REJECTED and REJECTED_LINE in logs:
+        return REJECTED
+    return BAD_INPUT if driver_exit_code == BAD_INPUT else FAILED
 
 
 def entrypoint(stage: str, args: list[str], python: str, stages: list[str]) -> str:
@@ -92,6 +105,8 @@ def submit(address: str, stage: str, args: list[str], stages: list[str], working
             client.stop_job(job_id)
             raise JobFailed(f"submit: job {job_id} did not finish in {timeout_s:.0f} s; stopped")
         time.sleep(1.0)
-    code = EXIT.get(str(status.value if hasattr(status, "value") else status), FAILED)
-    printer(f"Ray job {job_id}: {status.value if hasattr(status, 'value') else status}")
-    return Submission(job_id, str(status.value if hasattr(status, "value") else status), code)
+    name = str(status.value if hasattr(status, "value") else status)
+    driver = getattr(client.get_job_info(job_id), "driver_exit_code", None)
+    code = exit_code(name, driver, logs)
+    printer(f"Ray job {job_id}: {name}" + (f" (exit {driver})" if driver is not None else ""))
+    return Submission(job_id, name, code)

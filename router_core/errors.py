@@ -6,6 +6,9 @@ unreachable through every retry, training failed, a submitted job failed); 130 i
 """
 
 OK, REJECTED, BAD_INPUT, FAILED, INTERRUPTED = 0, 1, 2, 3, 130
+# The last line a stage that rejected rows prints (stderr): a bare exit 1 is also what a crashed
+# interpreter gives, so ``submit`` passes 1 through only after this line.
+REJECTED_LINE = f"done, with rejected rows (exit {REJECTED}; they are in the rejects table)"
 
 
 class RouterError(Exception):

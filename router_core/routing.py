@@ -110,7 +110,8 @@ def route_tally(routes: np.ndarray, proba: np.ndarray, cost: np.ndarray, targets
     dollars used; best_single (each target's training mean, served where routing does not pay) says so."""
     tal = dict(tally(routes, proba, cost, targets, best_single), policy={"name": policy, **info}, router=router)
     if router == "best_single":
-        tal["note"] = ("each target's training mean serves: train found that routing does not pay on this pool, so "
+        tal["note"] = ("each target's training mean serves: train found that routing does not pay on this pool (or "
+                       "that no router could promise to stay within the tolerance of it on a batch), so "
                        f"every query goes to {targets[best_single]} (or a cheaper target within tau of it)")
     op = operating_point or {}
     if policy == "threshold" and op and info.get("tau") == op.get("tau"):

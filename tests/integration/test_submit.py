@@ -44,13 +44,27 @@ def test_submitted_route_writes_its_routes_to_s3(ray_head, trained, s3_server, b
     assert st.read_table(f"{out}/routes").num_rows == 120
 
 
-def test_a_failing_job_gives_a_failing_exit_code(ray_head, capsys, monkeypatch):
+def test_submit_exits_as_the_stage_did_rejected_rows_bad_input_or_a_crash(ray_head, tmp_path, capsys, monkeypatch):
+    """1 for a job done with rejected rows, 2 for bad input, 3 for a crash: a scheduler (the nightly
+    CronJob's pod) can tell a night with one bad row from a night that did not run."""
     address, _ = ray_head
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    code = main(["submit", "--address", address, "--python", sys.executable, "--timeout", "300", "validate", "--",
-                 "/nonexistent/dataset"])
-    assert code == 3  # the job could not finish (router_core.errors.FAILED)
-    assert "FAILED" in capsys.readouterr().out
+    src, pool = tmp_path / "rb.csv", tmp_path / "pool.yaml"
+    src.write_text("sample_id,prompt,eval_name,m1,m2,m1|total_cost,m2|total_cost,split\n"
+                   "a,Q1,arc,1.0,0.0,0.001,0.01,train\nb,Q2,arc,1.0,7.0,0.001,0.01,test\n")
+    pool.write_text("models:\n- {name: m1, price_in_per_mtok: 1, price_out_per_mtok: 2}\n"
+                    "- {name: m2, price_in_per_mtok: 5, price_out_per_mtok: 9}\n")
+    base = ["submit", "--address", address, "--timeout", "300"]
+    rejected = main([*base, "--python", sys.executable, "import", "--", "routerbench", str(src),
+                     "--out", str(tmp_path / "ds"), "--pool", str(pool)])
+    assert rejected == 1, capsys.readouterr().out[-2000:]  # done: 1 outcome rejected (score 7.0), the rest imported
+    assert "FAILED (exit 1)" in capsys.readouterr().out
+    assert main([*base, "--python", sys.executable, "validate", "--", "/nonexistent/dataset"]) == 2  # bad input
+    crash = tmp_path / "crash.sh"  # an interpreter that dies at once: a bare exit 1, no stage ever ran
+    crash.write_text("#!/bin/sh\necho 'Traceback (most recent call last): simulated' >&2\nexit 1\n")
+    crash.chmod(0o755)
+    assert main([*base, "--python", str(crash), "validate", "--", "/nonexistent/dataset"]) == 3
+    assert "FAILED (exit 1)" in capsys.readouterr().out
 
 
 def test_credentials_are_never_put_in_a_submission(capsys):

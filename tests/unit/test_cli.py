@@ -1,10 +1,15 @@
 """The command line on local files: exit codes, one-line errors, reconciled counts."""
 
+import dataclasses
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from jobs import cli
 from jobs.cli import main
+from jobs.submit import exit_code
+from router_core.errors import REJECTED_LINE
 from router_core.dataset import save_dataset
 from router_core.storage import Storage
 
@@ -34,7 +39,7 @@ def test_validate_reports_bad_rows_and_writes_rejects(capsys, dataset_dir, tmp_p
     pq.write_table(t.set_column(2, "score", pa.array(scores)), dataset_dir / "outcomes.parquet")
     rej = tmp_path / "rej.parquet"
     code, out, err = run(capsys, "validate", str(dataset_dir), "--rejects", str(rej))
-    assert code == 1
+    assert code == 1 and err.rstrip().endswith("prefill-router validate: " + REJECTED_LINE)  # what submit reads
     assert "outcomes.parquet: row 2 (query_id 'q1') model 'a' column 'score': score 7.0 outside [0, 1]" in out
     assert "outcomes: 15 = 14 ok + 1 rejected" in out
     assert pq.read_table(rej).num_rows == 1
@@ -110,3 +115,20 @@ def test_help_explains_every_command(capsys):
     out = capsys.readouterr().out
     for cmd in ("import", "validate", "extract"):
         assert cmd in out
+
+
+def test_a_crash_exits_3_with_its_traceback_and_submit_passes_each_code_through(capsys, monkeypatch, dataset_dir):
+    def boom(cfg, args):
+        raise RuntimeError("a bug, not the input")
+
+    i = next(i for i, s in enumerate(cli.STAGES) if s.name == "validate")
+    stages = list(cli.STAGES)
+    stages[i] = dataclasses.replace(stages[i], run=boom)
+    monkeypatch.setattr(cli, "STAGES", stages)
+    code, out, err = run(capsys, "validate", str(dataset_dir))
+    assert code == 3 and "Traceback" in err and err.rstrip().endswith("prefill-router validate: crashed (exit 3)")
+    # submit: the job's own code; a bare exit 1 (a crashed interpreter) is a failure, not rejected rows.
+    assert exit_code("SUCCEEDED", 0, "") == 0 and exit_code("STOPPED", None, "") == 130
+    assert exit_code("FAILED", 1, "... prefill-router nightly: " + REJECTED_LINE + "\n") == 1
+    assert exit_code("FAILED", 1, "Traceback (most recent call last): ...") == 3
+    assert exit_code("FAILED", 2, "") == 2 and exit_code("FAILED", 3, "") == 3 and exit_code("FAILED", None, "") == 3
