@@ -6,8 +6,12 @@ Layout under ``retrain.models`` (local or s3://)::
     v0001/ v0002/ ...        one folder per retraining: dataset/, model/, report/, decision.json
 
 1. New data: every batch folder under ``retrain.new`` holding ``outcomes.parquet`` (canonical
-   schema; none is needed for the first model, v0001, trained on ``retrain.data`` alone), with ``queries.parquet`` for queries the training data lacks and, for a target model
-   not in the pool, its prices in ``pool.yaml``. New queries join the ``train`` split, so the test
+   schema; router_core.labels; none is needed for the first model, v0001, trained on ``retrain.data``
+   alone), but those already in the champion's data (each version's ``decision.json`` lists its
+   data's batches: ``merge.batch_names``). A run happens only for a batch that no version has had
+   yet: a rerun with nothing new prints so and changes nothing. A batch holds ``queries.parquet``
+   for queries the training data lacks and, for a target model not in the pool, its prices in
+   ``pool.yaml``. New queries join the ``train`` split, so the test
    split stays the one both models are judged on. Outcomes of a model with no price are rejected
    with that reason (``vNNNN/rejects.parquet``); the rest is checked by ``validate``'s rules.
    A batch of one model not in the champion's pool, with fewer than ``onboard.max_rows`` outcomes
@@ -28,14 +32,12 @@ import logging
 import time
 from dataclasses import dataclass
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from router_core import schemas
 from router_core.config import AppConfig
-from router_core.dataset import Dataset, conform, load_dataset, parse_pool, save_dataset
-from router_core.errors import ConfigError, DataError
+from router_core.dataset import load_dataset, save_dataset
+from router_core.errors import ConfigError
 from router_core.features import settings_for
+from router_core.labels import batch_folders, merge_new, onboard_batch
 from router_core.model_index import Champion, read_champion, read_index
 from router_core.storage import Storage, join
 from router_core.validation import validate
@@ -57,73 +59,14 @@ def _versions(storage: Storage, models: str) -> list[str]:
     return sorted(n for n in names if n.startswith("v") and n[1:].isdigit())
 
 
-def merge_new(storage: Storage, base: Dataset, new_prefix: str, none_ok: bool = False
-              ) -> tuple[Dataset, list[dict], dict]:
-    """The base dataset plus every batch under ``new_prefix``; rejects of rows that cannot join.
-    ``none_ok``: no batch there gives the base as it is (the first model), else an error."""
-    batches = sorted({f.rsplit("/", 1)[0] for f in storage.list_files(new_prefix, "outcomes.parquet")})
-    if not batches and none_ok:
-        return base, [], {"batches": 0, "new_queries": 0, "new_outcomes": 0, "new_models": []}
-    if not batches:
-        raise DataError(f"{new_prefix}: no batch folder with outcomes.parquet")
-    pool = base.pool.model_copy(deep=True)
-    known = set(pool.names)
-    queries, outcomes, rejects = [base.queries], [], []
-    have_q = set(base.queries.column("query_id").to_pylist())
-    counts = {"batches": len(batches), "new_queries": 0, "new_outcomes": 0, "new_models": []}
-    for b in batches:
-        src = join(b, "outcomes.parquet")
-        o, _ = conform(storage.read_table(src), schemas.OUTCOMES, src)
-        if storage.exists(join(b, "pool.yaml")):
-            extra = parse_pool(storage.read_text(join(b, "pool.yaml")), join(b, "pool.yaml"))
-            for m in extra.models:
-                if m.name not in known:
-                    pool.models.append(m)
-                    known.add(m.name)
-                    counts["new_models"].append(m.name)
-        models = o.column("model").to_pylist()
-        ok = [m in known for m in models]
-        for i, (m, good) in enumerate(zip(models, ok)):
-            if not good:
-                rejects.append(dict(source=src, row=i, query_id=o.column("query_id")[i].as_py(), model=m,
-                                    column="model", reason=f"model {m} is not in the pool and {join(b, 'pool.yaml')} "
-                                    "gives no price for it"))
-        outcomes.append(o.filter(pa.array(ok)))
-        if storage.exists(join(b, "queries.parquet")):
-            qsrc = join(b, "queries.parquet")
-            q, _ = conform(storage.read_table(qsrc), schemas.QUERIES, qsrc)
-            fresh = pa.array([x not in have_q for x in q.column("query_id").to_pylist()])
-            q = q.filter(fresh)
-            q = q.set_column(q.schema.get_field_index("split"), "split", pa.array(["train"] * q.num_rows, pa.string()))
-            have_q |= set(q.column("query_id").to_pylist())
-            queries.append(q)
-            counts["new_queries"] += q.num_rows
-    new_o = pa.concat_tables(outcomes)
-    counts["new_outcomes"] = new_o.num_rows
-    # A new outcome replaces the base's for the same (query, model): the latest measurement wins.
-    key = pc.binary_join_element_wise(new_o.column("query_id"), new_o.column("model"), "\x1f")
-    old = base.outcomes
-    old_key = pc.binary_join_element_wise(old.column("query_id"), old.column("model"), "\x1f")
-    old = old.filter(pc.invert(pc.is_in(old_key, value_set=key)))
-    merged = Dataset(pa.concat_tables(queries), pa.concat_tables([old, new_o]), pool)
-    return merged, rejects, counts
+def _batches_of(storage: Storage, models: str, version: str) -> list[str]:
+    """The batch folders in version ``version``'s data (its decision's ``merge.batch_names``)."""
+    uri = join(models, version, "decision.json")
+    return json.loads(storage.read_text(uri)).get("merge", {}).get("batch_names", []) if storage.exists(uri) else []
 
 
-def onboard_batch(storage: Storage, new_prefix: str, pool: list[str], max_rows: int) -> str | None:
-    """The first batch folder under ``new_prefix`` that ``onboard`` takes instead of a full retrain:
-    outcomes of one model not in ``pool``, fewer than ``max_rows`` of them, its prices in pool.yaml."""
-    batches = sorted({f.rsplit("/", 1)[0] for f in storage.list_files(new_prefix, "outcomes.parquet")})
-    for b in batches:
-        if not storage.exists(join(b, "pool.yaml")):
-            continue
-        t = storage.read_table(join(b, "outcomes.parquet"), columns=["model"])
-        models = set(t.column("model").to_pylist())
-        if len(models) == 1 and not models & set(pool) and t.num_rows < max_rows:
-            return b
-    return None
-
-
-def _onboard(cfg: AppConfig, storage: Storage, champion: Champion, batch: str, version: str) -> RetrainRun:
+def _onboard(cfg: AppConfig, storage: Storage, champion: Champion, batch: str, version: str,
+             merged_in: frozenset[str]) -> RetrainRun:
     """A new target from few labels: ``onboard`` on the champion into vNNNN/, promoted where added."""
     from .onboard import run_onboard
 
@@ -134,7 +77,8 @@ def _onboard(cfg: AppConfig, storage: Storage, champion: Champion, batch: str, v
     # challenger's first ones, bit for bit, so the pool without the new column is the champion's.
     promoted = run.added and (not t.get("target_scored") or t["p_auccc"] >= t["p_auccc_without"])
     d = dict(run.decision, version=version, merge={"batches": 1, "new_queries": 0, "new_outcomes": run.decision["labels"],
-                                                   "new_models": [run.decision["target"]]}, promoted=promoted,
+                                                   "new_models": [run.decision["target"]],
+                                                   "batch_names": sorted(merged_in | {batch})}, promoted=promoted,
              via="onboard", rule_promote="promote where onboard adds the target and, where the test split has its "
              "labels, the served router's test P-AUCCC with it is not below the champion's without it (both on the "
              "whole pool's cost axis)")
@@ -161,12 +105,20 @@ def run_retrain(cfg: AppConfig) -> RetrainRun:
     version = f"v{(int(versions[-1][1:]) + 1) if versions else 1:04d}"
     root = join(rc.models, version)
     champion = read_champion(storage, rc.models)
+    # Batches already in the champion's data are not merged again; a run only happens for a batch no
+    # version has tried yet, so a rerun with nothing new changes nothing.
+    merged_in = frozenset(_batches_of(storage, rc.models, champion.version)) if champion else frozenset()
+    tried = {b for v in versions for b in _batches_of(storage, rc.models, v)}
+    fresh = [b for b in batch_folders(storage, rc.new) if b not in tried]
+    if champion is not None and not fresh:
+        return RetrainRun(champion.version, False, {"nothing_new": rc.new, "champion": champion.version})
     if champion is not None and cfg.onboard.max_rows:
-        batch = onboard_batch(storage, rc.new, read_index(storage, champion.model).targets, cfg.onboard.max_rows)
+        batch = onboard_batch(storage, fresh, read_index(storage, champion.model).targets, cfg.onboard.max_rows)
         if batch is not None:  # one new target per run; the next run merges the rest (and retrains in full)
-            return _onboard(cfg, storage, champion, batch, version)
+            return _onboard(cfg, storage, champion, batch, version, merged_in)
     base = load_dataset(storage, champion.dataset if champion else rc.data)
-    merged, rejects, counts = merge_new(storage, base, rc.new, none_ok=champion is None)  # day 0: retrain.data alone
+    merged, rejects, counts = merge_new(storage, base, rc.new, none_ok=champion is None, skip=merged_in)  # day 0: data alone
+    counts["batch_names"] = sorted(merged_in | set(counts["batch_names"]))  # every batch in this version's data
     res = validate(merged, join(root, "dataset", "queries.parquet"), join(root, "dataset", "outcomes.parquet"))
     rejects += res.rejects.to_pylist()
     data_uri = join(root, "dataset")
@@ -208,6 +160,9 @@ def run_retrain(cfg: AppConfig) -> RetrainRun:
 
 def print_retrain(run: RetrainRun) -> None:
     d = run.decision
+    if "nothing_new" in d:
+        print(f"retrain: no batch under {d['nothing_new']} that a version has not had; champion {d['champion']} stays")
+        return
     if d.get("via") == "onboard":
         g = d["pool_gain"]
         print(f"retrain {run.version}: {d['target']} onboarded from {d['labels']} labels (head {d['head']}; out of fold "

@@ -180,7 +180,7 @@ def test_retrain_sends_a_new_targets_small_batch_through_onboard_and_promotes_it
 
 
 def test_only_a_small_batch_of_one_unknown_priced_model_is_onboarded(tmp_path):
-    from jobs.retrain import onboard_batch
+    from router_core.labels import batch_folders, onboard_batch
 
     st = Storage()
 
@@ -195,7 +195,7 @@ def test_only_a_small_batch_of_one_unknown_priced_model_is_onboarded(tmp_path):
     batch("b-known", ["old", "old"])
     batch("c-unpriced", ["new", "new"], prices=False)
     batch("d-large", ["new"] * 5)
-    assert onboard_batch(st, str(tmp_path), ["old"], max_rows=5) is None
+    assert onboard_batch(st, batch_folders(st, str(tmp_path)), ["old"], max_rows=5) is None
     batch("e-small", ["new"] * 4)
-    assert onboard_batch(st, str(tmp_path), ["old"], max_rows=5) == str(tmp_path / "e-small")
-    assert onboard_batch(st, str(tmp_path), ["old"], max_rows=6) == str(tmp_path / "d-large")
+    assert onboard_batch(st, batch_folders(st, str(tmp_path)), ["old"], max_rows=5) == str(tmp_path / "e-small")
+    assert onboard_batch(st, batch_folders(st, str(tmp_path)), ["old"], max_rows=6) == str(tmp_path / "d-large")

@@ -2,6 +2,7 @@
 trained and judged against the champion on the same test split; champion.json moves only if not worse."""
 
 import json
+import shutil
 
 import pyarrow as pa
 import yaml
@@ -60,14 +61,22 @@ def test_retrain_merges_trains_and_promotes_only_if_not_worse(trained, tmp_path,
                                                    ds.queries.column("split").to_pylist()) if s == "test")
     assert test_ids(merged) == test_ids(load_dataset(Storage(), data))  # the test split is fixed
 
-    # The second, with the unpriced model now priced: a new target joins; judged against v0001.
-    (tmp_path / "new" / "batch-001" / "pool.yaml").write_text(yaml.safe_dump(
-        {"models": [{"name": "unpriced-model-x", "price_in_per_mtok": 0.1, "price_out_per_mtok": 0.2}]}))
+    # A rerun with nothing new changes nothing: no version, the same champion.
     capsys.readouterr()
+    assert main(args) == 0
+    assert "no batch under" in capsys.readouterr().out and not (tmp_path / "models" / "v0002").exists()
+
+    # The second, the same outcomes again in a new batch with the unpriced model now priced: a new
+    # target joins; judged against v0001. batch-001 is already in v0001's data and is not merged again.
+    shutil.copytree(tmp_path / "new" / "batch-001", tmp_path / "new" / "batch-002")
+    (tmp_path / "new" / "batch-002" / "pool.yaml").write_text(yaml.safe_dump(
+        {"models": [{"name": "unpriced-model-x", "price_in_per_mtok": 0.1, "price_out_per_mtok": 0.2}]}))
     assert main(args) == 0
     out = capsys.readouterr().out
     d2 = json.loads((tmp_path / "models" / "v0002" / "decision.json").read_text())
     assert d2["merge"]["new_models"] == ["unpriced-model-x"] and d2["rejected"] == 0
+    assert d2["merge"]["batches"] == 1 and d2["merge"]["new_queries"] == 0  # batch-002 only
+    assert [b.rsplit("/", 1)[1] for b in d2["merge"]["batch_names"]] == ["batch-001", "batch-002"]
     assert d2["champion"]["version"] == "v0001" and "challenger P-AUCCC" in out
     assert d2["promoted"] == (d2["challenger"]["p_auccc"] >= d2["champion"]["p_auccc"])
     now = json.loads((tmp_path / "models" / "champion.json").read_text())["version"]

@@ -4,7 +4,7 @@ retrain.data alone); a later run with nothing new says so and names the folder."
 import pyarrow as pa
 import pytest
 
-from jobs.retrain import merge_new
+from router_core.labels import merge_new
 from router_core.dataset import Dataset
 from router_core.errors import DataError
 from router_core.schemas import OUTCOMES, QUERIES, Pool
@@ -22,7 +22,7 @@ def _base() -> Dataset:
 def test_day_0_merges_nothing_and_a_later_run_with_nothing_new_is_an_error(tmp_path):
     base = _base()
     merged, rejects, counts = merge_new(Storage(), base, str(tmp_path / "labels"), none_ok=True)
-    assert merged is base and rejects == [] and counts == {"batches": 0, "new_queries": 0, "new_outcomes": 0,
+    assert merged is base and rejects == [] and counts == {"batches": 0, "new_queries": 0, "new_outcomes": 0, "batch_names": [],
                                                            "new_models": []}
     with pytest.raises(DataError, match="labels: no batch folder with outcomes.parquet"):
         merge_new(Storage(), base, str(tmp_path / "labels"))
