@@ -47,3 +47,30 @@ def test_nightly_routes_new_sets_once_and_survives_a_bad_night(trained, s3_serve
     capsys.readouterr()
     assert main([*args, "--date", "2026-11-29"]) == 0
     assert "0 routed, 4 already done" in capsys.readouterr().out
+
+
+def test_each_night_routes_with_the_champion_that_champion_json_names(trained, tmp_path, capsys):
+    """nightly.model is a retrain folder (configs/cluster.yaml): a promotion between two nights
+    reaches the second with no edit (the fast twin of tests/integration/test_week.py)."""
+    import shutil
+
+    from router_core.model_index import Champion
+
+    data, feats, model, _ = trained
+    q = load_dataset(Storage(), data).queries.select(["query_id", "text"])
+    models, inp, out = tmp_path / "models", tmp_path / "incoming", tmp_path / "routes"
+    shutil.copytree(model, models / "v0002" / "model")  # a second version, as a promotion leaves it
+    args = ["nightly", "--set", f"nightly.input={inp}", "--set", f"nightly.output={out}",
+            "--set", f"nightly.model={models}"]
+    champion = lambda v, m: Champion(version=v, model=m, dataset=data, features=feats, p_auccc=0.0,  # noqa: E731
+                                     promoted_unix=0).save(Storage(), str(models))
+    champion("v0001", model)
+    Storage().write_table(q.slice(0, 10), str(inp / "set-1.parquet"))
+    assert main([*args, "--date", "2026-12-01"]) == 0
+    Storage().write_table(q.slice(10, 10), str(inp / "set-2.parquet"))
+    champion("v0002", str(models / "v0002" / "model"))
+    assert main([*args, "--date", "2026-12-02"]) == 0
+    runs = [json.loads((out / d / s / "run.json").read_text()) for d, s in (("2026-12-01", "set-1"),
+                                                                            ("2026-12-02", "set-2"))]
+    assert [r["model"] for r in runs] == [model, str(models / "v0002" / "model")]
+    assert [r["routed"] for r in runs] == [10, 10]
