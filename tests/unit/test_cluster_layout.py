@@ -79,3 +79,15 @@ def test_every_manifest_runs_its_stage_with_the_cluster_config_on_the_layouts_pa
         if getattr(ns, "out", None):
             assert _under(ns.out, outs[args[0]]), where
             assert not _under(ns.out, rc.models) and not _under(ns.out, nc.output), where  # the loop's own folders
+
+
+def test_the_iam_policy_grants_the_layouts_bucket_what_the_stages_do_and_no_more():
+    import json
+
+    policy = json.loads((REPO / "cluster/iam-policy.json").read_text())
+    bucket = BUCKET.removeprefix("s3://").rstrip("/")
+    granted = {(a, r) for st in policy["Statement"] if st["Effect"] == "Allow"
+               for a in st["Action"] for r in [st["Resource"]]}
+    assert {("s3:ListBucket", f"arn:aws:s3:::{bucket}"), ("s3:GetObject", f"arn:aws:s3:::{bucket}/*"),
+            ("s3:PutObject", f"arn:aws:s3:::{bucket}/*"), ("s3:DeleteObject", f"arn:aws:s3:::{bucket}/*")} <= granted
+    assert all(not a.endswith("*") and r.startswith(f"arn:aws:s3:::{bucket}") for a, r in granted)
