@@ -91,3 +91,44 @@ def test_the_iam_policy_grants_the_layouts_bucket_what_the_stages_do_and_no_more
     assert {("s3:ListBucket", f"arn:aws:s3:::{bucket}"), ("s3:GetObject", f"arn:aws:s3:::{bucket}/*"),
             ("s3:PutObject", f"arn:aws:s3:::{bucket}/*"), ("s3:DeleteObject", f"arn:aws:s3:::{bucket}/*")} <= granted
     assert all(not a.endswith("*") and r.startswith(f"arn:aws:s3:::{bucket}") for a, r in granted)
+
+
+def test_the_kustomization_sets_the_image_and_the_config_once_and_renders_valid_objects(tmp_path):
+    """`kubectl kustomize` of the checkout's kustomization.yaml, with the image moved to another
+    registry: every object passes the strict check, every pod runs the new image at the version's
+    tag, and the head mounts the ConfigMap of configs/cluster.yaml where every job reads --config."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    from tests.unit.test_cluster_manifests import CONFIG_MOUNT, _project_version, _walk, validation_errors
+
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl (with kustomize) is not installed")
+    root = tmp_path / "checkout"
+    for sub in ("cluster", "configs"):
+        shutil.copytree(REPO / sub, root / sub)
+    text = (REPO / "kustomization.yaml").read_text()
+    assert "newName: ghcr.io/prefill-router/prefill-router " in text
+    (root / "kustomization.yaml").write_text(text.replace("newName: ghcr.io/prefill-router/prefill-router ",
+                                                          "newName: registry.example.com/team/prefill-router "))
+    out = subprocess.run(["kubectl", "kustomize", str(root)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert {d["kind"] for d in docs} == {"ServiceAccount", "ConfigMap", "RayCluster", "RayCronJob"}
+    for d in docs:
+        assert validation_errors(d) == [], d["kind"]
+    version = _project_version()
+    assert {i for d in docs for i in _walk(d, "image")} == {
+        f"registry.example.com/team/prefill-router:{version}", f"registry.example.com/team/prefill-router:{version}-gpu"}
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert cm["data"] == {"cluster.yaml": (REPO / "configs/cluster.yaml").read_text()}
+    (rc,) = [d for d in docs if d["kind"] == "RayCluster"]
+    head = rc["spec"]["headGroupSpec"]["template"]["spec"]
+    vol = next(v for v in head["volumes"] if v.get("configMap", {}).get("name") == cm["metadata"]["name"])
+    mount = next(m for m in head["containers"][0]["volumeMounts"] if m["name"] == vol["name"])
+    assert mount["mountPath"].rstrip("/") + "/" == CONFIG_MOUNT
+    for d in docs:
+        for e in _walk(d, "entrypoint"):
+            assert f"--config {CONFIG_MOUNT}cluster.yaml" in e

@@ -30,6 +30,7 @@ MANIFESTS = sorted(CLUSTER.glob("*.yaml"))
 KUBE = [p for p in MANIFESTS if p.name != "launcher-aws.yaml"]  # the launcher is Ray's, not Kubernetes'
 CRDS = SHARED / "kuberay-crds"
 APP_ROOT = "/app/"  # where the image holds this checkout (cluster/Dockerfile's WORKDIR)
+CONFIG_MOUNT = "/etc/prefill-router/"  # where the head mounts the ConfigMap of configs/ (kustomization.yaml)
 IMAGE = "ghcr.io/prefill-router/prefill-router"
 K8S_VERSION = "1.33"  # a Kubernetes release that KubeRay v1.7.0 supports
 
@@ -193,7 +194,10 @@ def _cli_args(cmd: list[str]) -> list[str] | None:
 
 
 def _local(path: str) -> Path:
-    """A path as the image sees it (/app/...) or relative to the job's working directory."""
+    """A path as the image sees it (/app/..., or the ConfigMap of configs/ at /etc/prefill-router/) or
+    relative to the job's working directory."""
+    if path.startswith(CONFIG_MOUNT):
+        return REPO / "configs" / path[len(CONFIG_MOUNT):]
     return REPO / (path[len(APP_ROOT):] if path.startswith(APP_ROOT) else path)
 
 
