@@ -158,6 +158,14 @@ STAGES: list[Stage] = [
           "champion on the same test split, and move champion.json to the challenger only if its P-AUCCC is "
           "not worse.", A.none, lambda cfg, a: _stage("retrain", "run_retrain")(cfg),
           _stage("retrain", "print_retrain")),
+    Stage("status", "where the loop stands: the champion, every version and its decision, the last night",
+          "Read a retrain folder (MODELS, or retrain.models) and the nightly watermark (--nightly, or "
+          "nightly.output): which version serves, every version with how it was made, whether it was promoted "
+          "and its test P-AUCCC against the champion's then, the targets onboarded, and how many query sets the "
+          "nightly job has done and when it last succeeded. Writes nothing. Example: prefill-router status "
+          "--config configs/cluster.yaml", A.status_args,
+          lambda cfg, a: _stage("status", "run_status")(cfg, a.models, a.nightly, a.json),
+          _stage("status", "print_status")),
     Stage("pipeline", "the main job end to end: import, extract, select, train, evaluate, route",
           "Run every stage on one output folder (pipeline.out): import the source (pipeline.format, "
           "pipeline.source), validate, extract, select-layers, train, evaluate, and route the test split with "

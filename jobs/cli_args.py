@@ -91,3 +91,9 @@ def nightly_args(p):
 
 def none(p):
     pass
+
+
+def status_args(p):
+    p.add_argument("models", nargs="?", help="the retrain folder (default: retrain.models)")
+    p.add_argument("--nightly", help="nightly.output folder or its watermark (default: the config's)")
+    p.add_argument("--json", action="store_true", help="print the record as JSON")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from router_core.artifacts import read_json
 from router_core.config import AppConfig
 from router_core.errors import ConfigError
+from router_core.model_index import resolve_model
 from router_core.storage import Storage, join
 
 from .common import storage_from
@@ -32,6 +33,7 @@ class NightlyRun:
     found: list[str]
     routed: dict[str, dict] = field(default_factory=dict)  # set -> {out, routed, rejected, cost}
     skipped: list[str] = field(default_factory=list)  # already under the watermark
+    model: str = ""  # the model folder every set of this night was routed with (a retrain folder's champion)
 
 
 def query_sets(storage: Storage, prefix: str) -> list[str]:
@@ -62,17 +64,19 @@ def run_nightly(cfg: AppConfig, date: str | None = None) -> NightlyRun:
     wm_uri = _watermark_uri(cfg)
     wm = read_watermark(storage, wm_uri)
     found = query_sets(storage, nc.input)
-    run = NightlyRun(day, found)
+    model = resolve_model(storage, nc.model)  # one champion for the whole night, even if retrain promotes meanwhile
+    run = NightlyRun(day, found, model=model)
     policy = nc.policy
     for name in found:
         if name in wm["done"]:
             run.skipped.append(name)
             continue
         out = join(nc.output, day, name.removesuffix(".parquet"))
-        r = run_route(cfg, join(nc.input, name), nc.model, out, policy, run_id=f"{day}-{name.removesuffix('.parquet')}")
+        r = run_route(cfg, join(nc.input, name), model, out, policy, run_id=f"{day}-{name.removesuffix('.parquet')}")
         run.routed[name] = {"out": out, "routed": r.routed, "rejected": r.rejected,
                             "cost_usd": r.tally["total_cost_usd"], "run_id": r.run_id}
-        wm["done"][name] = {"date": day, "out": out, "run_id": r.run_id, "finished_unix": int(time.time())}
+        wm["done"][name] = {"date": day, "out": out, "run_id": r.run_id, "model": model,
+                            "finished_unix": int(time.time())}
         wm["last_success_unix"] = int(time.time())
         storage.write_text(wm_uri, json.dumps(wm, indent=2))  # only now is this set done
         log.info("nightly: %s routed into %s", name, out)
@@ -81,6 +85,6 @@ def run_nightly(cfg: AppConfig, date: str | None = None) -> NightlyRun:
 
 def print_nightly(run: NightlyRun) -> None:
     print(f"nightly {run.date}: {len(run.found)} query sets found, {len(run.routed)} routed, "
-          f"{len(run.skipped)} already done")
+          f"{len(run.skipped)} already done" + (f", with {run.model}" if run.routed else ""))
     for name, r in run.routed.items():
         print(f"  {name}: {r['routed']} routed, {r['rejected']} rejected, est. ${r['cost_usd']:.4f} -> {r['out']}")

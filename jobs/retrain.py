@@ -79,6 +79,7 @@ def _onboard(cfg: AppConfig, storage: Storage, champion: Champion, batch: str, v
     d = dict(run.decision, version=version, merge={"batches": 1, "new_queries": 0, "new_outcomes": run.decision["labels"],
                                                    "new_models": [run.decision["target"]],
                                                    "batch_names": sorted(merged_in | {batch})}, promoted=promoted,
+             decided_unix=int(time.time()),
              via="onboard", rule_promote="promote where onboard adds the target and, where the test split has its "
              "labels, the served router's test P-AUCCC with it is not below the champion's without it (both on the "
              "whole pool's cost axis)")

@@ -79,6 +79,7 @@ def test_a_week_in_the_life_with_the_shipped_cluster_config(small_lr, encoder_ca
         assert main(["nightly", *args, "--date", date]) == 0
         run = json.loads(st.read_text(join(nc.output, date, name, "run.json")))
         assert run["status"] == "complete" and run["routed"] == 16
+        assert capsys.readouterr().out.splitlines()[0].endswith(f", with {run['model']}")  # the night names it
         return run
 
     # Night 1: batch A, routed with v0001.
@@ -141,3 +142,13 @@ def test_a_week_in_the_life_with_the_shipped_cluster_config(small_lr, encoder_ca
     assert main(["retrain", *args]) == 0
     assert "champion v0003 stays" in capsys.readouterr().out
     assert sorted(st.list_files(f"s3://{bucket}/")) == before and read_champion(st, rc.models).version == "v0003"
+
+    # The operator's morning: status names the champion, each version's decision, the newcomer and the last night.
+    assert main(["status", *args]) == 0
+    out = capsys.readouterr().out
+    assert "champion v0003" in out and "onboarded: " + NEW + " (v0003)" in out
+    assert "nightly: 3 query sets done, the last night 2026-12-03" in out and out.rstrip().endswith(champ.model)
+    assert main(["status", *args, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [v["version"] for v in doc["versions"]] == ["v0001", "v0002", "v0003"]
+    assert [v["serving"] for v in doc["versions"]] == [False, False, True]
