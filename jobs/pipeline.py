@@ -8,7 +8,9 @@ encodes nothing twice) and the outputs are the same as running the stages one by
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 
 import pyarrow as pa
@@ -73,22 +75,58 @@ def run_pipeline(cfg: AppConfig) -> dict:
         storage.delete(paths["routes"])
     rt = stage("route", route.run_route, route.print_route, cfg, queries_uri, paths["model"], paths["routes"], pc.policy)
     b, op = rt.tally["always_best_single"], ev.report.get("operating_point")
-    head = f"== {rt.routed} {pc.route_split} queries routed with {rt.tally.get('router', tr.index.serve)}: "
-    if op and pc.route_split == "test" and rt.policy.get("tau") == op["tau"]:
+    served = rt.tally.get("router", tr.index.serve)
+    head = f"== {rt.routed} {pc.route_split} queries routed with {served}: "
+    measured = bool(op and pc.route_split == "test" and rt.policy.get("tau") == op["tau"])
+    pr = rt.tally.get("promise")
+    if measured:
         # evaluate measured this operating point on the same queries with their observed costs;
         # route's tally prices calls from prompt lengths and median output tokens (an estimate).
-        pr = rt.tally.get("promise")
         promised = (f"; train promised {pr['accuracy_change_points']:+.2f} points, 95% interval "
                     f"{pr['interval_points'][0]:+.2f} to {pr['interval_points'][1]:+.2f} for a batch of this size"
                     if pr else "")
-        print(head + f"{op['saving_pct']:.1f}% cheaper than always calling {b['model']} at accuracy "
-              f"{op['accuracy']:.4f} vs {op['reference_accuracy']:.4f} ({op['accuracy_change_points']:+.2f} points), "
-              f"measured on the test split with observed costs (route's tally, on estimated costs: "
-              f"{b['saving_pct']:.1f}%{promised})")
+        line = (head + f"{op['saving_pct']:.1f}% cheaper than always calling {b['model']} at accuracy "
+                f"{op['accuracy']:.4f} vs {op['reference_accuracy']:.4f} ({op['accuracy_change_points']:+.2f} points), "
+                f"measured on the test split with observed costs (route's tally, on estimated costs: "
+                f"{b['saving_pct']:.1f}%{promised})")
     else:
-        print(head + f"{b['saving_pct']:.1f}% cheaper than always calling {b['model']} (estimated costs)")
+        line = head + f"{b['saving_pct']:.1f}% cheaper than always calling {b['model']} (estimated costs)"
+    print(line)
     total = sum(seconds.values())
     print("== done in " + f"{total:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + ")")
+    summary = {"last_line": line, "seconds": {**{k: round(v, 1) for k, v in seconds.items()}, "total": round(total, 1)},
+               "served": served, "best_single": b["model"], "queries": rt.routed,
+               "test_p_auccc": ev.report["routers"].get(served, {}).get("p_auccc"),
+               "estimated_saving_pct": b["saving_pct"], "promise": pr,
+               "test": ({k: op[k] for k in ("saving_pct", "accuracy", "reference_accuracy", "accuracy_change_points")}
+                        if measured else None)}
+    storage.write_text(join(out, "summary.json"), json.dumps(dict(summary, **run_facts(cfg, paths["features"])),
+                                                              indent=2))
     print(f"report: {join(paths['report'], 'report.html')} (and report.json)")
-    print(f"routes: {join(paths['routes'], 'routes')}/ with tally.json")
-    return {"seconds": seconds, "paths": paths}
+    print(f"routes: {join(paths['routes'], 'routes')}/ with tally.json; figures: {join(out, 'summary.json')}")
+    return {"seconds": seconds, "paths": paths, "summary": summary}
+
+
+def run_facts(cfg: AppConfig, features: str) -> dict:
+    """Where a run's figures come from: the date, the code, the machine and the dtype it encoded in."""
+    import datetime as dt
+    import platform
+
+    from .runtime import code_version
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in _read_lines("/proc/cpuinfo") if ln.startswith("model name")),
+               platform.processor() or platform.machine())
+    flags = next((ln.split(":", 1)[1].split() for ln in _read_lines("/proc/cpuinfo") if ln.startswith("flags")), [])
+    fm = json.loads(storage_from(cfg).read_text(join(features, "manifest.json")))
+    return {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"), "code": code_version(),
+            "machine": {"cpu": cpu, "cores": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags,
+                        "amx_bf16": "amx_bf16" in flags},
+            "dtype": fm["settings"]["dtype"], "encoder": fm["encoder"]["spec"]}
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        with open(path) as f:
+            return f.read().splitlines()
+    except OSError:
+        return []

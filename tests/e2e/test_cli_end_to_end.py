@@ -71,3 +71,9 @@ def test_pipeline_end_to_end_on_a_real_llmrouter_slice(tmp_path, encoder_cache):
     # The last figure line: the measured test saving and change, beside what train promised with its interval.
     last = next(line for line in r.stdout.splitlines() if line.startswith(f"== {len(test)} test queries routed"))
     assert "measured on the test split" in last and "train promised" in last and "95% interval" in last, last
+    # Every figure of the run in one file, the last line among them (the README quotes the demo's).
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["last_line"] == last and summary["served"] == report["serving"] and summary["queries"] == len(test)
+    assert set(summary["seconds"]) == {"import", "validate", "extract", "select-layers", "train", "evaluate", "route",
+                                       "total"}
+    assert summary["test_p_auccc"] == report["routers"][report["serving"]]["p_auccc"] and summary["dtype"]
