@@ -177,9 +177,13 @@ STAGES: list[Stage] = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefill-router", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=A.Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for s in STAGES:
-        p = sub.add_parser(s.name, help=s.help, description=s.description)
+        examples = "\n".join(f"  {e}" for e in A.EXAMPLES.get(s.name, []))
+        p = sub.add_parser(s.name, help=s.help, description=s.description,
+                           epilog=(f"examples:\n{examples}\n\n" if examples else "") + A.EXIT_CODES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         s.arguments(p)
         A.common(p)
     return parser

@@ -97,3 +97,46 @@ def status_args(p):
     p.add_argument("models", nargs="?", help="the retrain folder (default: retrain.models)")
     p.add_argument("--nightly", help="nightly.output folder or its watermark (default: the config's)")
     p.add_argument("--json", action="store_true", help="print the record as JSON")
+
+
+EXIT_CODES = ("exit codes: 0 done; 1 done, with rejected rows (listed in the rejects table);\n"
+              "  2 bad input or configuration (one line naming the file, row or field);\n"
+              "  3 could not finish (storage, training, a crash); 130 interrupted")
+EXAMPLES = {
+    "import": ["prefill-router import routerbench examples/routerbench/routerbench_compact.csv.gz --out out/rb/data"],
+    "validate": ["prefill-router validate out/rb/data --rejects out/rb/rejects.parquet"],
+    "extract": ["prefill-router extract --config configs/demo.yaml --data out/rb/data --out out/rb/features"],
+    "select-layers": ["prefill-router select-layers --config configs/demo.yaml --data out/rb/data "
+                      "--features out/rb/features --out out/rb/layers"],
+    "train": ["prefill-router train --config configs/demo.yaml --data out/rb/data --features out/rb/features "
+              "--out out/rb/model"],
+    "evaluate": ["prefill-router evaluate --config configs/demo.yaml --data out/rb/data --features out/rb/features "
+                 "--model out/rb/model --out out/rb/report"],
+    "route": ["prefill-router route --queries out/demo/test_queries.parquet --model out/demo/model --out out/rb/routes",
+              "prefill-router route --queries q.parquet --model out/demo/model --out out/rb/routes-5usd "
+              "--policy budget --budget-usd 5"],
+    "onboard": ["prefill-router onboard --data out/demo/data --features out/demo/features --model out/demo/model "
+                "--new labels/newcomer --out out/onboard"],
+    "submit": ["prefill-router submit --address http://127.0.0.1:8265 route -- --config configs/cluster.yaml "
+               "--queries s3://prefill-router/incoming/batch-0001/ --model s3://prefill-router/models "
+               "--out s3://prefill-router/routes/adhoc/batch-0001"],
+    "nightly": ["prefill-router nightly --config configs/cluster.yaml",
+                "prefill-router nightly --config configs/cluster.yaml --date 2026-12-08"],
+    "retrain": ["prefill-router retrain --config configs/cluster.yaml"],
+    "status": ["prefill-router status --config configs/cluster.yaml",
+               "prefill-router status s3://prefill-router/models --json"],
+    "pipeline": ["prefill-router pipeline --config configs/demo.yaml   (what `make demo` runs)"],
+}
+
+
+class Version(argparse.Action):
+    """--version: the package version and the checkout's commit, read only when asked."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .runtime import code_version
+
+        print(f"prefill-router {code_version()}")
+        parser.exit()

@@ -132,3 +132,22 @@ def test_a_crash_exits_3_with_its_traceback_and_submit_passes_each_code_through(
     assert exit_code("FAILED", 1, "... prefill-router nightly: " + REJECTED_LINE + "\n") == 1
     assert exit_code("FAILED", 1, "Traceback (most recent call last): ...") == 3
     assert exit_code("FAILED", 2, "") == 2 and exit_code("FAILED", 3, "") == 3 and exit_code("FAILED", None, "") == 3
+
+
+def test_version_and_every_commands_help_ends_with_examples_that_parse_and_the_exit_codes(capsys):
+    import shlex
+
+    import router_core
+    from jobs import cli_args
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith(f"prefill-router {router_core.__version__}")
+    parser = cli.build_parser()
+    for stage in cli.STAGES:
+        with pytest.raises(SystemExit):
+            main([stage.name, "--help"])
+        text = capsys.readouterr().out
+        assert "examples:\n  prefill-router " + stage.name in text and text.rstrip().endswith("130 interrupted")
+        for example in cli_args.EXAMPLES[stage.name]:
+            parser.parse_args(shlex.split(example.split("   (")[0])[1:])  # exits on an unknown flag
