@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from router_core.config import AppConfig, ExtractConfig
-from router_core.encoders import encoder_fingerprint, resolve_encoder
+from router_core.encoders import PACKAGED, encoder_fingerprint, resolve_encoder
+from router_core.errors import ArtifactError
 from router_core.extraction import (ExtractStats, feature_column, memory_estimate_mb, resolve_layers, settings_identity,
                                    settings_key, text_hashes)
 from router_core.features import PARTS, Cache, Located, full_hit, load_features, read_manifest, request_of
@@ -73,7 +74,13 @@ def encoder_shape(path: str, ecfg: ExtractConfig) -> tuple[list[int], int, float
     """(hidden-state indices read, hidden size, memory an actor needs in MiB) of the encoder at ``path``."""
     from transformers import AutoConfig
 
-    conf = AutoConfig.from_pretrained(path, revision=ecfg.revision)
+    try:
+        conf = AutoConfig.from_pretrained(path, revision=ecfg.revision)
+    except OSError as e:  # a Hub id the machine cannot reach, or a name the Hub does not have
+        first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise ArtifactError(f"encoder {path}: its config could not be loaded ({first[:160]}); use a packaged encoder "
+                            f"({', '.join(PACKAGED)}), a local model folder, or download it into the Hugging Face "
+                            "cache (HF_HOME) on a machine that reaches the Hub") from None
     memory = ecfg.actor_memory_mb or memory_estimate_mb(conf, ecfg)
     return resolve_layers(ecfg.layers, conf.num_hidden_layers + 1), conf.hidden_size, memory
 

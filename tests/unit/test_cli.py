@@ -151,3 +151,18 @@ def test_version_and_every_commands_help_ends_with_examples_that_parse_and_the_e
         assert "examples:\n  prefill-router " + stage.name in text and text.rstrip().endswith("130 interrupted")
         for example in cli_args.EXAMPLES[stage.name]:
             parser.parse_args(shlex.split(example.split("   (")[0])[1:])  # exits on an unknown flag
+
+
+def test_an_encoder_the_hub_cannot_give_is_one_line_naming_it_and_the_ways_out(monkeypatch):
+    import huggingface_hub.constants
+
+    from jobs.encoding import encoder_shape
+    from router_core.config import ExtractConfig
+    from router_core.errors import ArtifactError
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # at once, as on a machine without the Hub
+    with pytest.raises(ArtifactError) as e:
+        encoder_shape("prefill-router-tests/no-such-encoder", ExtractConfig())
+    msg = str(e.value)
+    assert msg.startswith("encoder prefill-router-tests/no-such-encoder: its config could not be loaded (")
+    assert "\n" not in msg and "smollm2-135m" in msg and "a local model folder" in msg
