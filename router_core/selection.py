@@ -38,7 +38,9 @@ from .routing import Z95, change_interval, rows_phrase, threshold_routes
 @dataclass(frozen=True)
 class OperatingRule:
     """How train chooses route's default threshold: train.operating_rule and its settings
-    (accuracy_tolerance, accuracy_guard_z, promise_batch, fallback_best_single; see config.TrainConfig)."""
+    (accuracy_tolerance, accuracy_guard_z, promise_batch, fallback_best_single; see config.TrainConfig).
+    Its own defaults are the bare measured rule (the mean's bound, no fallback), for studies and tests;
+    ``OperatingRule.of(cfg.train)`` is the one train uses (by default a batch of 1000, with the fallback)."""
 
     rule: str = "measured"
     tolerance: float = 0.005
