@@ -45,8 +45,11 @@ def query_sets(storage: Storage, prefix: str) -> list[str]:
     return sorted(names)
 
 
-def _watermark_uri(cfg: AppConfig) -> str:
-    return cfg.nightly.watermark or join(cfg.nightly.output, "_watermark.json")
+WATERMARK = "_watermark.json"  # under nightly.output, unless nightly.watermark names another object
+
+
+def watermark_uri(cfg: AppConfig) -> str:
+    return cfg.nightly.watermark or join(cfg.nightly.output, WATERMARK)
 
 
 def read_watermark(storage: Storage, uri: str) -> dict:
@@ -61,7 +64,7 @@ def run_nightly(cfg: AppConfig, date: str | None = None) -> NightlyRun:
         raise ConfigError("nightly: set nightly.input, nightly.output and nightly.model (see configs/cluster.yaml)")
     storage = storage_from(cfg)
     day = date or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
-    wm_uri = _watermark_uri(cfg)
+    wm_uri = watermark_uri(cfg)
     wm = read_watermark(storage, wm_uri)
     found = query_sets(storage, nc.input)
     model = resolve_model(storage, nc.model)  # one champion for the whole night, even if retrain promotes meanwhile

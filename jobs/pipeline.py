@@ -112,21 +112,19 @@ def run_facts(cfg: AppConfig, features: str) -> dict:
     import datetime as dt
     import platform
 
+    from router_core.encoders import this_cpu_flags
+
     from .runtime import code_version
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in _read_lines("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor() or platform.machine())
-    flags = next((ln.split(":", 1)[1].split() for ln in _read_lines("/proc/cpuinfo") if ln.startswith("flags")), [])
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    flags = this_cpu_flags()
     fm = json.loads(storage_from(cfg).read_text(join(features, "manifest.json")))
     return {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"), "code": code_version(),
             "machine": {"cpu": cpu, "cores": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags,
                         "amx_bf16": "amx_bf16" in flags},
             "dtype": fm["settings"]["dtype"], "encoder": fm["encoder"]["spec"]}
-
-
-def _read_lines(path: str) -> list[str]:
-    try:
-        with open(path) as f:
-            return f.read().splitlines()
-    except OSError:
-        return []

@@ -38,7 +38,7 @@ from router_core.dataset import load_dataset, save_dataset
 from router_core.errors import ConfigError
 from router_core.features import settings_for
 from router_core.labels import batch_folders, merge_new, onboard_batch
-from router_core.model_index import Champion, read_champion, read_index
+from router_core.model_index import Champion, read_champion, read_index, versions
 from router_core.storage import Storage, join
 from router_core.validation import validate
 
@@ -52,11 +52,6 @@ class RetrainRun:
     version: str
     promoted: bool
     decision: dict
-
-
-def _versions(storage: Storage, models: str) -> list[str]:
-    names = {f[len(models.rstrip("/")) + 1:].split("/", 1)[0] for f in storage.list_files(models)}
-    return sorted(n for n in names if n.startswith("v") and n[1:].isdigit())
 
 
 def _batches_of(storage: Storage, models: str, version: str) -> list[str]:
@@ -102,14 +97,15 @@ def run_retrain(cfg: AppConfig) -> RetrainRun:
         raise ConfigError("retrain: set retrain.data, retrain.new, retrain.features and retrain.models")
     t0 = time.perf_counter()
     storage = storage_from(cfg)
-    versions = _versions(storage, rc.models)
-    version = f"v{(int(versions[-1][1:]) + 1) if versions else 1:04d}"
+    done = versions(storage, rc.models)
+    version = f"v{(int(done[-1][1:]) + 1) if done else 1:04d}"
     root = join(rc.models, version)
     champion = read_champion(storage, rc.models)
     # Batches already in the champion's data are not merged again; a run only happens for a batch no
     # version has tried yet, so a rerun with nothing new changes nothing.
-    merged_in = frozenset(_batches_of(storage, rc.models, champion.version)) if champion else frozenset()
-    tried = {b for v in versions for b in _batches_of(storage, rc.models, v)}
+    batches_of = {v: _batches_of(storage, rc.models, v) for v in done}
+    merged_in = frozenset(batches_of.get(champion.version, [])) if champion else frozenset()
+    tried = {b for bs in batches_of.values() for b in bs}
     fresh = [b for b in batch_folders(storage, rc.new) if b not in tried]
     if champion is not None and not fresh:
         return RetrainRun(champion.version, False, {"nothing_new": rc.new, "champion": champion.version})

@@ -15,10 +15,11 @@ from dataclasses import asdict, dataclass, field
 
 from router_core.config import AppConfig
 from router_core.errors import ConfigError, DataError
-from router_core.model_index import read_champion
+from router_core.model_index import read_champion, versions
 from router_core.storage import Storage, join
 
 from .common import format_table, storage_from
+from .nightly import WATERMARK, read_watermark, watermark_uri
 
 
 @dataclass
@@ -54,32 +55,28 @@ def run_status(cfg: AppConfig, models: str | None, nightly: str | None, as_json:
     if not models:
         raise ConfigError("status: name a retrain folder (MODELS) or set retrain.models")
     storage = storage_from(cfg)
-    names = sorted({f[len(models.rstrip("/")) + 1:].split("/", 1)[0] for f in storage.list_files(models)})
-    versions = [n for n in names if n.startswith("v") and n[1:].isdigit()]
+    made = versions(storage, models)
     champion = read_champion(storage, models)
-    if champion is None and not versions:
+    if champion is None and not made:
         raise DataError(f"{models}: no champion.json and no vNNNN folder (not a retrain folder)")
     st = Status(models, champion.model_dump() if champion else None, as_json=as_json)
-    for v in versions:
+    for v in made:
         uri = join(models, v, "decision.json")
         d = json.loads(storage.read_text(uri)) if storage.exists(uri) else None
         st.versions.append(version_row(v, d, champion.version if champion else None))
         if d and d.get("via") == "onboard" and d.get("added"):
             st.onboarded.append(f"{d['target']} ({v}{'' if d.get('promoted') else ', not promoted'})")
-    st.nightly = _nightly(storage, nightly or cfg.nightly.watermark or
-                          (join(cfg.nightly.output, "_watermark.json") if cfg.nightly.output else None))
+    if nightly:  # a nightly.output folder, or its watermark
+        nightly = nightly if nightly.endswith(".json") else join(nightly, WATERMARK)
+    elif cfg.nightly.watermark or cfg.nightly.output:
+        nightly = watermark_uri(cfg)
+    st.nightly = _nightly(storage, nightly) if nightly else None
     return st
 
 
-def _nightly(storage: Storage, watermark: str | None) -> dict | None:
-    if not watermark:
-        return None
-    if not watermark.endswith(".json"):  # a nightly.output folder
-        watermark = join(watermark, "_watermark.json")
-    if not storage.exists(watermark):
-        return {"watermark": watermark, "sets_done": 0, "last_night": None, "last_model": None, "last_success": None}
-    wm = json.loads(storage.read_text(watermark))
-    done = wm.get("done", {})
+def _nightly(storage: Storage, watermark: str) -> dict:
+    wm = read_watermark(storage, watermark)
+    done = wm["done"]
     last = max(done.values(), key=lambda v: (v.get("date") or "", v.get("finished_unix") or 0), default={})
     return {"watermark": watermark, "sets_done": len(done), "last_night": last.get("date"),
             "last_model": last.get("model"), "last_success": _day(wm.get("last_success_unix"))}

@@ -162,13 +162,14 @@ class TrainConfig(Strict):
         1000, ge=1, description="measured rule: make route's default operating point a promise for a batch of this "
         "many queries, not for the mean: a batch's own accuracy change scatters around the mean by SD/sqrt(batch), "
         "so the bound is mean - accuracy_guard_z * sqrt(SE^2 + SD^2/batch) (the interval route's tally gives a batch "
-        "of that size; issue 47's study: with the mean's bound alone, the test split fell more than accuracy_tolerance "
-        "below in 5 of 15 runs, with this one in 2). null = the mean's bound alone")
+        "of that size; issue 47's study, docs/routing.md: with the mean's bound alone, the test split fell more than "
+        "accuracy_tolerance below in 10 of 27 runs, with a batch of 1000 in 2). null = the mean's bound alone")
     fallback_best_single: bool = Field(
         True, description="measured rule: where even tau 0 may give away more than accuracy_tolerance on the held-out "
         "rows (its one-sided bound below), serve the best single target for every query instead of the router at tau "
         "0 (train says so in one line either way). false: the router serves at tau 0 all the same (issue 47's study: "
-        "tau 0 fell below the promise on test in 2 of the 15 runs where it was the rule's point)")
+        "the 2 of 27 runs the batch bound broke were runs whose tau 0 fell below the promise on test; with the "
+        "fallback, 27 of 27 kept it)")
     operating_rule: Literal["measured", "expected"] = Field(
         "measured", description="how train chooses route's default threshold: measured = on the measured routed "
         "accuracy of every held-out row (the out-of-fold training rows the served router was chosen on, plus "

@@ -91,6 +91,12 @@ def _read(storage: Storage, uri: str, cls, what: str):
         raise ArtifactError(f"{uri}: not {what} ({format_validation_error(e)})") from None
 
 
+def versions(storage: Storage, models: str) -> list[str]:
+    """The version folders (v0001, v0002, ...) of the retrain folder ``models``, in order."""
+    names = {f[len(models.rstrip("/")) + 1:].split("/", 1)[0] for f in storage.list_files(models)}
+    return sorted(n for n in names if n.startswith("v") and n[1:].isdigit())
+
+
 def read_champion(storage: Storage, models: str) -> Champion | None:
     uri = join(models, CHAMPION)
     return _read(storage, uri, Champion, "a champion pointer") if storage.exists(uri) else None

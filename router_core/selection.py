@@ -317,9 +317,9 @@ def operating_point_measured(proba: np.ndarray, scores: np.ndarray, costs: np.nd
     floor = -tolerance - 1e-12
     n = len(scores)
     widen = 1.0 if batch is None else float(np.sqrt(1.0 + n / max(int(batch), 1)))  # SE^2 + SD^2/batch, SD^2 = n SE^2
-    j_bound, j_point = end(w["change"] - z * widen * w["se"] >= floor), end(w["change"] >= floor)
-    chosen = placed(j_bound)
-    kept = bool(chosen["accuracy_change"] - z * widen * chosen["accuracy_change_se"] >= floor)
+    ok = w["change"] - z * widen * w["se"] >= floor
+    j_bound, j_point = end(ok), end(w["change"] >= floor)
+    chosen, kept = placed(j_bound), bool(ok[j_bound])
     # Too few rows (or too weak a router) to promise any saving: the careful points, said in one line.
     fallback = None if j_bound > 0 else ("tau 0" if kept else "best single")
     return {"policy": "threshold", "operating_rule": "measured",
